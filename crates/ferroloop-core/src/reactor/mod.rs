@@ -1,0 +1,182 @@
+//! The reactor: readiness of file descriptors, and a waker for other threads.
+//!
+//! Built on mio (epoll on Linux, kqueue on macOS). Two things asyncio needs that mio does not
+//! give directly are handled here:
+//!
+//! 1. **Level-triggered readiness.** `loop.add_reader(fd, cb)` calls `cb` on every iteration
+//!    while the fd stays readable, even if `cb` reads nothing. mio registers edge-triggered.
+//!    After each poll, every fd that reported an event is re-armed ([`Reactor::rearm`], an
+//!    `EPOLL_CTL_MOD`), which makes the kernel re-check it at the next poll and report it again
+//!    only if it is still ready: exactly level-triggered behaviour.
+//! 2. **Interest bookkeeping.** [`Reactor::set_interest`] registers, modifies or deregisters an
+//!    fd according to the union of its reader and writer interests, and recovers when the fd
+//!    was closed and its number reused behind our back (the kernel drops closed fds from epoll).
+//!
+//! The reactor comes in two halves so that registering an fd never waits for a poll in
+//! progress: the [`Poller`] (the blocking wait, owned by the loop's thread) and the
+//! [`Registrar`] (interest bookkeeping, usable while another thread polls: epoll allows it).
+//!
+//! Rules:
+//! 1. Only the loop's thread calls [`Poller::poll`].
+//! 2. Any thread may call [`Waker::wake`] on the shared waker.
+
+pub mod interest;
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::RawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Poll, Registry, Token};
+
+pub use mio::Waker;
+
+pub use interest::Interest;
+
+/// The token of the waker; fds use their own number as token. (mio reserves `usize::MAX`.)
+const WAKER_TOKEN: Token = Token(usize::MAX - 1);
+
+/// One readiness report, already mapped the way asyncio's `EpollSelector` maps epoll bits:
+/// an error or hang-up makes an fd both readable and writable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoEvent {
+    pub fd: RawFd,
+    pub readable: bool,
+    pub writable: bool,
+}
+
+/// Create a reactor: its poller, its registrar and the waker that interrupts the poller.
+pub fn new() -> io::Result<(Poller, Registrar, Arc<Waker>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER_TOKEN)?);
+    let registry = poll.registry().try_clone()?;
+    Ok((
+        Poller {
+            poll,
+            events: Events::with_capacity(1024),
+        },
+        Registrar {
+            registry,
+            interests: HashMap::new(),
+        },
+        waker,
+    ))
+}
+
+/// The blocking half: waits for readiness.
+pub struct Poller {
+    poll: Poll,
+    /// mio's event buffer, reused across polls.
+    events: Events,
+}
+
+/// The bookkeeping half: which fds are registered, with which interest.
+pub struct Registrar {
+    registry: Registry,
+    /// Interest currently registered with the kernel, per fd.
+    interests: HashMap<RawFd, Interest>,
+}
+
+impl Registrar {
+    /// Number of fds with a non-empty interest.
+    pub fn registered(&self) -> usize {
+        self.interests.len()
+    }
+
+    /// The interest currently registered for `fd`.
+    pub fn interest(&self, fd: RawFd) -> Interest {
+        self.interests.get(&fd).copied().unwrap_or(Interest::NONE)
+    }
+
+    /// Make `fd`'s registered interest exactly `interest` (empty means deregister).
+    pub fn set_interest(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        let current = self.interest(fd);
+        if current == interest {
+            return Ok(());
+        }
+        let registry = &self.registry;
+        let token = Token(fd as usize);
+        match (current.to_mio(), interest.to_mio()) {
+            (_, None) => {
+                self.interests.remove(&fd);
+                match registry.deregister(&mut SourceFd(&fd)) {
+                    // The fd was closed (and dropped from epoll by the kernel) before we were
+                    // told to stop watching it: nothing is left to undo.
+                    Err(e) if is_gone(&e) => Ok(()),
+                    other => other,
+                }
+            }
+            (None, Some(new)) => {
+                match registry.register(&mut SourceFd(&fd), token, new) {
+                    // Still registered under an fd number we had forgotten (closed and reused).
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                        registry.reregister(&mut SourceFd(&fd), token, new)?
+                    }
+                    other => other?,
+                }
+                self.interests.insert(fd, interest);
+                Ok(())
+            }
+            (Some(_), Some(new)) => {
+                match registry.reregister(&mut SourceFd(&fd), token, new) {
+                    // The fd was closed and its number reused: register it afresh.
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                        registry.register(&mut SourceFd(&fd), token, new)?
+                    }
+                    other => other?,
+                }
+                self.interests.insert(fd, interest);
+                Ok(())
+            }
+        }
+    }
+
+    /// Forget `fd` without a system call: used when the fd is known to be closed already.
+    pub fn forget(&mut self, fd: RawFd) {
+        self.interests.remove(&fd);
+    }
+
+    /// Re-arm `fd` so that the next poll reports it again if it is still ready (see the module
+    /// documentation). Errors mean the fd went away; the caller's next `set_interest` sorts
+    /// that out, so they are ignored here.
+    pub fn rearm(&mut self, fd: RawFd) {
+        if let Some(interest) = self.interests.get(&fd).and_then(|i| i.to_mio()) {
+            let _ = self.registry.reregister(
+                &mut SourceFd(&fd),
+                Token(fd as usize),
+                interest,
+            );
+        }
+    }
+
+}
+
+impl Poller {
+    /// Wait for readiness for at most `timeout` (`None`: forever) and append what happened to
+    /// `out`. A signal interrupting the wait is reported as `ErrorKind::Interrupted`.
+    pub fn poll(&mut self, timeout: Option<Duration>, out: &mut Vec<IoEvent>) -> io::Result<()> {
+        self.poll.poll(&mut self.events, timeout)?;
+        for event in self.events.iter() {
+            let token = event.token();
+            if token == WAKER_TOKEN {
+                continue;
+            }
+            let failed = event.is_error() || event.is_read_closed() || event.is_write_closed();
+            out.push(IoEvent {
+                fd: token.0 as RawFd,
+                readable: event.is_readable() || failed,
+                writable: event.is_writable() || failed,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn is_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EBADF))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,3 @@
+//! Thin wrappers over system calls. Every `unsafe` block of the core lives here.
+
+pub mod clock;

@@ -1,0 +1,237 @@
+//! The timer heap.
+//!
+//! asyncio keeps its `TimerHandle`s in a list managed by `heapq`, compared by deadline only.
+//! Timers with equal deadlines therefore come out in the order heapq's exact sift algorithm
+//! gives, which is not always the order they were scheduled in. To produce the same callback
+//! order as asyncio in every case, this heap runs the same algorithm (`heappush`, `heappop`,
+//! `heapify` with `_siftdown`/`_siftup` as in CPython's `Modules/_heapqmodule.c`) on the same
+//! comparison (`a.when() < b.when()`).
+//!
+//! Cancellation is lazy: a cancelled entry stays in the heap until it reaches the top or until
+//! [`TimerHeap::retain`] compacts the heap (asyncio's purge rule lives in the caller).
+
+/// What the heap needs of an entry.
+pub trait TimerEntry {
+    /// The deadline, in `loop.time()` seconds.
+    fn when(&self) -> f64;
+}
+
+/// A binary min-heap ordered by deadline, exactly as `heapq` orders asyncio's timers.
+#[derive(Debug)]
+pub struct TimerHeap<T> {
+    items: Vec<T>,
+}
+
+impl<T> Default for TimerHeap<T> {
+    fn default() -> Self {
+        Self { items: Vec::new() }
+    }
+}
+
+impl<T: TimerEntry> TimerHeap<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// The entry with the earliest deadline.
+    pub fn peek(&self) -> Option<&T> {
+        self.items.first()
+    }
+
+    /// `heapq.heappush`.
+    pub fn push(&mut self, item: T) {
+        self.items.push(item);
+        let last = self.items.len() - 1;
+        self.sift_down(0, last);
+    }
+
+    /// `heapq.heappop`.
+    pub fn pop(&mut self) -> Option<T> {
+        let last = self.items.pop()?;
+        if self.items.is_empty() {
+            return Some(last);
+        }
+        let top = std::mem::replace(&mut self.items[0], last);
+        self.sift_up(0);
+        Some(top)
+    }
+
+    /// Keep the entries for which `keep` is true (in their current order), then `heapify`:
+    /// the body of asyncio's purge of cancelled timers. Returns the removed entries, so the
+    /// caller decides when they are dropped.
+    pub fn purge(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
+        let (kept, removed): (Vec<T>, Vec<T>) =
+            std::mem::take(&mut self.items).into_iter().partition(|item| keep(item));
+        self.items = kept;
+        self.heapify();
+        removed
+    }
+
+    /// Remove every entry.
+    pub fn drain(&mut self) -> std::vec::Drain<'_, T> {
+        self.items.drain(..)
+    }
+
+    /// Entries in heap order (not sorted).
+    pub fn iter(&self) -> std::slice::Iter<'_, T> {
+        self.items.iter()
+    }
+
+    /// `heapq.heapify`.
+    fn heapify(&mut self) {
+        let n = self.items.len();
+        for i in (0..n / 2).rev() {
+            self.sift_up(i);
+        }
+    }
+
+    #[inline]
+    fn less(&self, a: usize, b: usize) -> bool {
+        self.items[a].when() < self.items[b].when()
+    }
+
+    /// heapq's `_siftdown(heap, startpos, pos)`: move the item at `pos` towards the root.
+    fn sift_down(&mut self, start: usize, mut pos: usize) {
+        while pos > start {
+            let parent = (pos - 1) >> 1;
+            if self.less(pos, parent) {
+                self.items.swap(pos, parent);
+                pos = parent;
+                continue;
+            }
+            break;
+        }
+    }
+
+    /// heapq's `_siftup(heap, pos)`: move the smaller child up until a leaf is reached, put the
+    /// item there, then sift it down again.
+    fn sift_up(&mut self, mut pos: usize) {
+        let end = self.items.len();
+        let start = pos;
+        let mut child = 2 * pos + 1;
+        while child < end {
+            let right = child + 1;
+            if right < end && !self.less(child, right) {
+                child = right;
+            }
+            self.items.swap(pos, child);
+            pos = child;
+            child = 2 * pos + 1;
+        }
+        self.sift_down(start, pos);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    struct T(f64, u32);
+    impl TimerEntry for T {
+        fn when(&self) -> f64 {
+            self.0
+        }
+    }
+
+    /// A direct transcription of the pure-Python heapq module, as the reference.
+    fn reference_push(heap: &mut Vec<T>, item: T) {
+        heap.push(item);
+        let pos = heap.len() - 1;
+        ref_siftdown(heap, 0, pos);
+    }
+    fn ref_siftdown(heap: &mut [T], start: usize, mut pos: usize) {
+        let newitem = heap[pos];
+        while pos > start {
+            let parentpos = (pos - 1) >> 1;
+            let parent = heap[parentpos];
+            if newitem.0 < parent.0 {
+                heap[pos] = parent;
+                pos = parentpos;
+                continue;
+            }
+            break;
+        }
+        heap[pos] = newitem;
+    }
+    fn ref_siftup(heap: &mut [T], mut pos: usize) {
+        let endpos = heap.len();
+        let startpos = pos;
+        let newitem = heap[pos];
+        let mut childpos = 2 * pos + 1;
+        while childpos < endpos {
+            let rightpos = childpos + 1;
+            if rightpos < endpos && !(heap[childpos].0 < heap[rightpos].0) {
+                childpos = rightpos;
+            }
+            heap[pos] = heap[childpos];
+            pos = childpos;
+            childpos = 2 * pos + 1;
+        }
+        heap[pos] = newitem;
+        ref_siftdown(heap, startpos, pos);
+    }
+    fn reference_pop(heap: &mut Vec<T>) -> Option<T> {
+        let last = heap.pop()?;
+        if heap.is_empty() {
+            return Some(last);
+        }
+        let ret = heap[0];
+        heap[0] = last;
+        ref_siftup(heap, 0);
+        Some(ret)
+    }
+
+    #[test]
+    fn same_order_as_heapq_with_many_ties() {
+        // A small deterministic generator: deadlines from a tiny set, so ties are everywhere.
+        let mut seed: u64 = 0x1234_5678;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut ours = TimerHeap::new();
+        let mut theirs = Vec::new();
+        for id in 0..5000u32 {
+            let r = next();
+            if r % 3 == 0 {
+                assert_eq!(ours.pop(), reference_pop(&mut theirs));
+            } else {
+                let t = T((r % 7) as f64, id);
+                ours.push(t);
+                reference_push(&mut theirs, t);
+            }
+            assert_eq!(ours.items, theirs);
+        }
+        while let Some(t) = reference_pop(&mut theirs) {
+            assert_eq!(ours.pop(), Some(t));
+        }
+        assert!(ours.is_empty());
+    }
+
+    #[test]
+    fn retain_heapifies() {
+        let mut h = TimerHeap::new();
+        for i in 0..100u32 {
+            h.push(T(f64::from(100 - i), i));
+        }
+        let removed = h.purge(|t| t.1 % 2 == 0);
+        assert_eq!(h.len(), 50);
+        assert_eq!(removed.len(), 50);
+        let mut last = f64::MIN;
+        while let Some(t) = h.pop() {
+            assert!(t.0 >= last);
+            last = t.0;
+        }
+    }
+}

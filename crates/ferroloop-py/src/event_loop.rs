@@ -1,0 +1,709 @@
+//! `ferroloop._core.Loop`: the native base class of `ferroloop.Loop`.
+//!
+//! It owns the ready queue, the timer heap and the reactor, and runs asyncio's
+//! `BaseEventLoop._run_once` algorithm natively. Everything that runs once per loop or per
+//! connection lives in Python (`python/ferroloop/_loop.py`).
+//!
+//! Rules:
+//! 1. One iteration runs exactly the callbacks that were ready when it started (`ntodo`);
+//!    `stop()` never cuts a batch short; I/O callbacks are queued after the poll, then due
+//!    timers in heap order. A `KeyboardInterrupt`/`SystemExit` from a callback propagates and
+//!    leaves the rest of the batch queued.
+//! 2. The GIL is released only around a blocking poll. A poll that would not block is skipped
+//!    when no fd is registered.
+//! 3. `state` is never borrowed across a call into Python (see `gil_cell.rs`).
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferroloop_core::reactor::{self, Interest, IoEvent, Poller, Registrar};
+use ferroloop_core::time::clock::CLOCK_RESOLUTION;
+use ferroloop_core::time::{monotonic, TimerEntry, TimerHeap};
+use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyFloat, PyTuple};
+
+use crate::errors::os_error;
+use crate::ffi::{check_signals, copy_context};
+use crate::gil_cell::GilCell;
+use crate::handles::{check_callable, report_error, Handle, Kind, TimerHandle};
+use crate::python_hooks::call_hook;
+use crate::shared::LoopShared;
+
+/// asyncio: `base_events._MIN_SCHEDULED_TIMER_HANDLES`.
+const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
+/// asyncio: `base_events.MAXIMUM_SELECT_TIMEOUT`.
+const MAXIMUM_SELECT_TIMEOUT: f64 = 24.0 * 3600.0;
+
+/// An entry of the ready queue.
+enum Ready {
+    Native(Py<Handle>),
+    /// A handle made elsewhere (`asyncio.Handle` given to `_add_callback`, e.g. by asyncio's
+    /// signal machinery): run through its `_run` method.
+    Foreign(Py<PyAny>),
+}
+
+struct Timer {
+    when: f64,
+    handle: Py<Handle>,
+}
+
+impl TimerEntry for Timer {
+    #[inline]
+    fn when(&self) -> f64 {
+        self.when
+    }
+}
+
+#[derive(Default)]
+struct IoHandles {
+    reader: Option<Py<Handle>>,
+    writer: Option<Py<Handle>>,
+}
+
+struct LoopState {
+    ready: VecDeque<Ready>,
+    timers: TimerHeap<Timer>,
+    io: HashMap<RawFd, IoHandles>,
+    registrar: Registrar,
+    /// Readiness reports of the last poll; kept to reuse its allocation.
+    events: Vec<IoEvent>,
+    stopping: bool,
+    closed: bool,
+}
+
+#[pyclass(module = "ferroloop._core", name = "Loop", subclass, frozen)]
+pub struct Loop {
+    shared: Arc<LoopShared>,
+    state: GilCell<LoopState>,
+    /// Only the loop's thread polls; the lock is never contended and never held while Python
+    /// code runs.
+    poller: Mutex<Poller>,
+}
+
+fn to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+    // asyncio: selectors._fileobj_to_fd
+    let fd: i64 = if let Ok(fd) = fileobj.extract::<i64>() {
+        fd
+    } else {
+        match fileobj.call_method0("fileno").and_then(|f| f.extract::<i64>()) {
+            Ok(fd) => fd,
+            Err(_) => {
+                return Err(PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    fileobj.repr()?
+                )))
+            }
+        }
+    };
+    if fd < 0 || fd > i64::from(i32::MAX) {
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+    }
+    Ok(fd as RawFd)
+}
+
+impl Loop {
+    fn check_closed(&self, py: Python<'_>) -> PyResult<()> {
+        if self.state.borrow(py).closed {
+            return Err(PyRuntimeError::new_err("Event loop is closed"));
+        }
+        Ok(())
+    }
+
+    fn is_debug(&self) -> bool {
+        self.shared.debug.load(Ordering::Relaxed)
+    }
+
+    /// Build a handle: copy the current context if none is given, record the source
+    /// traceback in debug mode.
+    fn make_handle(
+        &self,
+        py: Python<'_>,
+        kind: Kind,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Handle> {
+        let context = match context {
+            Some(context) if !context.is_none() => context.unbind(),
+            _ => copy_context(py)?,
+        };
+        let args = if args.is_empty() { None } else { Some(args.clone().unbind()) };
+        let source_traceback = if self.is_debug() {
+            Some(call_hook(py, "extract_stack", ())?.unbind())
+        } else {
+            None
+        };
+        Ok(Handle::new(
+            Arc::clone(&self.shared),
+            kind,
+            when,
+            callback.unbind(),
+            args,
+            context,
+            source_traceback,
+        ))
+    }
+
+    fn check_callback(
+        slf: &Bound<'_, Self>,
+        callback: &Bound<'_, PyAny>,
+        method: &str,
+        thread_check: bool,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        if slf.get().is_debug() {
+            if thread_check {
+                slf.call_method0("_check_thread")?;
+            }
+            slf.call_method1("_check_callback", (callback, method))?;
+            Ok(())
+        } else {
+            check_callable(py, callback, method)
+        }
+    }
+
+    fn schedule_timer(
+        slf: &Bound<'_, Self>,
+        when: f64,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        if when.is_nan() {
+            return Err(PyValueError::new_err("when must not be NaN"));
+        }
+        Loop::check_callback(slf, &callback, "call_at", true)?;
+        let handle = this.make_handle(py, Kind::Timer, when, callback, args, context)?;
+        let timer: Py<TimerHandle> =
+            Py::new(py, PyClassInitializer::from(handle).add_subclass(TimerHandle))?;
+        let base: Py<Handle> = timer.bind(py).as_super().clone().unbind();
+        this.state.borrow_mut(py).timers.push(Timer { when, handle: base });
+        Ok(timer)
+    }
+
+    fn push_ready(&self, py: Python<'_>, entry: Ready) {
+        self.state.borrow_mut(py).ready.push_back(entry);
+    }
+
+    /// Purge cancelled timers (asyncio's rule) and compute the poll timeout.
+    fn prepare_poll(&self, py: Python<'_>) -> Option<Duration> {
+        let mut garbage: Vec<Timer> = Vec::new();
+        {
+            let mut state = self.state.borrow_mut(py);
+            let count = state.timers.len();
+            let cancelled = self.shared.timer_cancelled.load(Ordering::Relaxed);
+            if count > MIN_SCHEDULED_TIMER_HANDLES && cancelled * 2 > count {
+                garbage = state.timers.purge(|t| !t.handle.get().is_cancelled(py));
+                self.shared.timer_cancelled.store(0, Ordering::Relaxed);
+            } else {
+                while state.timers.peek().is_some_and(|t| t.handle.get().is_cancelled(py)) {
+                    if let Some(timer) = state.timers.pop() {
+                        let _ = self.shared.timer_cancelled.fetch_update(
+                            Ordering::Relaxed,
+                            Ordering::Relaxed,
+                            |c| Some(c.saturating_sub(1)),
+                        );
+                        garbage.push(timer);
+                    }
+                }
+            }
+        }
+        for timer in &garbage {
+            timer.handle.get().state.borrow_mut(py).scheduled = false;
+        }
+        drop(garbage);
+        let state = self.state.borrow(py);
+        if !state.ready.is_empty() || state.stopping {
+            Some(Duration::ZERO)
+        } else {
+            state.timers.peek().map(|timer| {
+                let timeout = (timer.when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+                Duration::from_secs_f64(timeout)
+            })
+        }
+    }
+
+    /// Poll the reactor and queue the reader/writer handles of ready fds, in the order
+    /// asyncio's `_process_events` does.
+    fn poll_io(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
+        let mut events = {
+            let mut state = self.state.borrow_mut(py);
+            if timeout == Some(Duration::ZERO) && state.io.is_empty() {
+                return Ok(());
+            }
+            std::mem::take(&mut state.events)
+        };
+        events.clear();
+        let result = if timeout == Some(Duration::ZERO) {
+            self.poll_locked(timeout, &mut events)
+        } else {
+            self.shared.parked.store(true, Ordering::SeqCst);
+            let result = py.detach(|| self.poll_locked(timeout, &mut events));
+            self.shared.parked.store(false, Ordering::SeqCst);
+            result
+        };
+        if let Err(error) = result {
+            self.state.borrow_mut(py).events = events;
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                // A signal arrived: run the Python-level handlers (KeyboardInterrupt, or
+                // asyncio.Runner's SIGINT handler), as select() does under PEP 475.
+                return check_signals(py);
+            }
+            return Err(os_error(error));
+        }
+        let mut garbage: Vec<Py<Handle>> = Vec::new();
+        {
+            let mut state = self.state.borrow_mut(py);
+            let state = &mut *state;
+            for event in &events {
+                let fd = event.fd;
+                state.registrar.rearm(fd);
+                let Some(entry) = state.io.get_mut(&fd) else {
+                    continue;
+                };
+                let mut drop_interest = Interest::NONE;
+                if event.readable {
+                    if let Some(reader) = &entry.reader {
+                        if reader.get().is_cancelled(py) {
+                            garbage.extend(entry.reader.take());
+                            drop_interest = drop_interest | Interest::READ;
+                        } else {
+                            state.ready.push_back(Ready::Native(reader.clone_ref(py)));
+                        }
+                    }
+                }
+                if event.writable {
+                    if let Some(writer) = &entry.writer {
+                        if writer.get().is_cancelled(py) {
+                            garbage.extend(entry.writer.take());
+                            drop_interest = drop_interest | Interest::WRITE;
+                        } else {
+                            state.ready.push_back(Ready::Native(writer.clone_ref(py)));
+                        }
+                    }
+                }
+                if !drop_interest.is_empty() {
+                    let interest = state.registrar.interest(fd).without(drop_interest);
+                    let _ = state.registrar.set_interest(fd, interest);
+                    if interest.is_empty() {
+                        state.io.remove(&fd);
+                    }
+                }
+            }
+            state.events = events;
+        }
+        drop(garbage);
+        Ok(())
+    }
+
+    fn poll_locked(&self, timeout: Option<Duration>, events: &mut Vec<IoEvent>) -> std::io::Result<()> {
+        let mut poller = self.poller.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        poller.poll(timeout, events)
+    }
+
+    /// Move due timers to the ready queue (asyncio: deadline before now + clock resolution).
+    fn queue_due_timers(&self, py: Python<'_>) {
+        let end = monotonic() + CLOCK_RESOLUTION;
+        let mut state = self.state.borrow_mut(py);
+        while state.timers.peek().is_some_and(|t| t.when < end) {
+            if let Some(timer) = state.timers.pop() {
+                timer.handle.get().state.borrow_mut(py).scheduled = false;
+                state.ready.push_back(Ready::Native(timer.handle));
+            }
+        }
+    }
+
+    /// Run one ready entry.
+    fn run_entry(slf: &Bound<'_, Self>, entry: Ready) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let event_loop = slf.as_any();
+        match entry {
+            Ready::Native(handle) => {
+                let handle = handle.bind(py);
+                if handle.get().is_cancelled(py) {
+                    return Ok(());
+                }
+                if this.is_debug() {
+                    Loop::run_debug(slf, handle.as_any(), || Handle::run(handle, event_loop, true))?;
+                    if handle.get().kind != Kind::Io {
+                        handle.get().release(py);
+                    }
+                    Ok(())
+                } else {
+                    Handle::run(handle, event_loop, false)
+                }
+            }
+            Ready::Foreign(handle) => {
+                let handle = handle.bind(py);
+                if handle.getattr("_cancelled")?.is_truthy()? {
+                    return Ok(());
+                }
+                let run = || match handle.call_method0("_run") {
+                    Ok(_) => Ok(()),
+                    Err(error) => report_error(py, handle, event_loop, error),
+                };
+                if this.is_debug() {
+                    Loop::run_debug(slf, handle, run)
+                } else {
+                    run()
+                }
+            }
+        }
+    }
+
+    /// asyncio's debug-mode wrapper: `_current_handle`, and the slow-callback warning.
+    fn run_debug(
+        slf: &Bound<'_, Self>,
+        handle: &Bound<'_, PyAny>,
+        run: impl FnOnce() -> PyResult<()>,
+    ) -> PyResult<()> {
+        let py = slf.py();
+        slf.setattr("_current_handle", handle)?;
+        let start = monotonic();
+        let outcome = run();
+        let elapsed = monotonic() - start;
+        let logged = match &outcome {
+            Ok(()) => call_hook(py, "log_slow_callback", (slf, handle, elapsed)).map(|_| ()),
+            Err(_) => Ok(()),
+        };
+        slf.setattr("_current_handle", py.None())?;
+        outcome.and(logged)
+    }
+
+    fn run_once_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        let timeout = this.prepare_poll(py);
+        this.poll_io(py, timeout)?;
+        this.queue_due_timers(py);
+        let ntodo = this.state.borrow(py).ready.len();
+        for _ in 0..ntodo {
+            let entry = this.state.borrow_mut(py).ready.pop_front();
+            let Some(entry) = entry else {
+                break;
+            };
+            Loop::run_entry(slf, entry)?;
+        }
+        Ok(())
+    }
+
+    fn set_io_handle(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        interest: Interest,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        let fd = to_fd(fileobj)?;
+        let handle = Py::new(py, this.make_handle(py, Kind::Io, f64::NAN, callback, args, None)?)?;
+        let previous = {
+            let mut state = this.state.borrow_mut(py);
+            let state = &mut *state;
+            let wanted = state.registrar.interest(fd) | interest;
+            state.registrar.set_interest(fd, wanted).map_err(os_error)?;
+            let entry = state.io.entry(fd).or_default();
+            let slot = if interest == Interest::READ { &mut entry.reader } else { &mut entry.writer };
+            slot.replace(handle.clone_ref(py))
+        };
+        if let Some(previous) = previous {
+            Handle::cancel_impl(previous.bind(py))?;
+        }
+        Ok(handle)
+    }
+
+    fn clear_io_handle(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, interest: Interest) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.borrow(py).closed {
+            return Ok(false);
+        }
+        let fd = to_fd(fileobj)?;
+        let previous = {
+            let mut state = this.state.borrow_mut(py);
+            let state = &mut *state;
+            let Some(entry) = state.io.get_mut(&fd) else {
+                return Ok(false);
+            };
+            let slot = if interest == Interest::READ { &mut entry.reader } else { &mut entry.writer };
+            let Some(previous) = slot.take() else {
+                return Ok(false);
+            };
+            let empty = entry.reader.is_none() && entry.writer.is_none();
+            let remaining = state.registrar.interest(fd).without(interest);
+            // As asyncio's selector: a failure to unregister (fd already closed) is ignored.
+            let _ = state.registrar.set_interest(fd, remaining);
+            if empty {
+                state.io.remove(&fd);
+            }
+            previous
+        };
+        Handle::cancel_impl(previous.bind(py))?;
+        Ok(true)
+    }
+}
+
+fn delay_to_when(py: Python<'_>, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
+    let now = monotonic();
+    let when = match delay.extract::<f64>() {
+        Ok(delay) => now + delay,
+        // Let Python produce asyncio's own error (`self.time() + delay`).
+        Err(_) => PyFloat::new(py, now).add(delay)?.extract::<f64>()?,
+    };
+    if when.is_nan() {
+        return Err(PyValueError::new_err("delay must not be NaN"));
+    }
+    Ok(when)
+}
+
+#[pymethods]
+impl Loop {
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> PyResult<Self> {
+        let (poller, registrar, waker) = reactor::new().map_err(os_error)?;
+        Ok(Loop {
+            shared: Arc::new(LoopShared::new(waker)),
+            state: GilCell::new(LoopState {
+                ready: VecDeque::new(),
+                timers: TimerHeap::new(),
+                io: HashMap::new(),
+                registrar,
+                events: Vec::new(),
+                stopping: false,
+                closed: false,
+            }),
+            poller: Mutex::new(poller),
+        })
+    }
+
+    /// Give the native loop a weak reference to the Python loop object (for `Handle._loop`).
+    fn _bind_weakref(&self, py: Python<'_>, weakref: Py<PyAny>) -> PyResult<()> {
+        self.shared
+            .loop_weakref
+            .set(py, weakref)
+            .map_err(|_| PyRuntimeError::new_err("loop already bound"))
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        Loop::check_callback(slf, &callback, "call_soon", true)?;
+        let handle = Py::new(py, this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?)?;
+        this.push_ready(py, Ready::Native(handle.clone_ref(py)));
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (callback, *args, context=None))]
+    fn call_soon_threadsafe(
+        slf: &Bound<'_, Self>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        Loop::check_callback(slf, &callback, "call_soon_threadsafe", false)?;
+        let handle = Py::new(py, this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?)?;
+        this.push_ready(py, Ready::Native(handle.clone_ref(py)));
+        this.shared.wake_if_parked();
+        Ok(handle)
+    }
+
+    #[pyo3(signature = (delay, callback, *args, context=None))]
+    fn call_later(
+        slf: &Bound<'_, Self>,
+        delay: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if delay.is_none() {
+            return Err(PyTypeError::new_err("delay must not be None"));
+        }
+        let when = delay_to_when(slf.py(), delay)?;
+        Loop::schedule_timer(slf, when, callback, args, context)
+    }
+
+    #[pyo3(signature = (when, callback, *args, context=None))]
+    fn call_at(
+        slf: &Bound<'_, Self>,
+        when: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<TimerHandle>> {
+        if when.is_none() {
+            return Err(PyTypeError::new_err("when cannot be None"));
+        }
+        let when: f64 = when.extract()?;
+        Loop::schedule_timer(slf, when, callback, args, context)
+    }
+
+    fn time(&self) -> f64 {
+        monotonic()
+    }
+
+    fn stop(&self, py: Python<'_>) {
+        self.state.borrow_mut(py).stopping = true;
+    }
+
+    fn get_debug(&self) -> bool {
+        self.is_debug()
+    }
+
+    #[getter(_debug)]
+    fn get_debug_attr(&self) -> bool {
+        self.is_debug()
+    }
+
+    #[setter(_debug)]
+    fn set_debug_attr(&self, enabled: bool) {
+        self.shared.debug.store(enabled, Ordering::Relaxed);
+    }
+
+    fn is_closed(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closed
+    }
+
+    #[getter(_closed)]
+    fn get_closed_attr(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).closed
+    }
+
+    /// Written by asyncio's `BaseEventLoop.__init__` (`False`); closing goes through
+    /// `close()`, which also drops the pending callbacks.
+    #[setter(_closed)]
+    fn set_closed_attr(&self, py: Python<'_>, value: bool) {
+        self.state.borrow_mut(py).closed = value;
+    }
+
+    #[getter(_stopping)]
+    fn get_stopping(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).stopping
+    }
+
+    #[setter(_stopping)]
+    fn set_stopping(&self, py: Python<'_>, value: bool) {
+        self.state.borrow_mut(py).stopping = value;
+    }
+
+    /// asyncio: `BaseEventLoop._run_once`.
+    fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Loop::run_once_impl(slf)
+    }
+
+    /// The body of `run_forever`: iterate until `stop()` was called.
+    fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        loop {
+            Loop::run_once_impl(slf)?;
+            if slf.get().state.borrow(py).stopping {
+                return Ok(());
+            }
+        }
+    }
+
+    /// asyncio: `BaseEventLoop._add_callback`.
+    fn _add_callback(slf: &Bound<'_, Self>, handle: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let entry = if let Ok(native) = handle.cast::<Handle>() {
+            if native.get().is_cancelled(py) {
+                return Ok(());
+            }
+            Ready::Native(native.clone().unbind())
+        } else {
+            if handle.getattr("_cancelled")?.is_truthy()? {
+                return Ok(());
+            }
+            Ready::Foreign(handle.clone().unbind())
+        };
+        slf.get().push_ready(py, entry);
+        Ok(())
+    }
+
+    /// Wake the loop if it is blocked in its poll (asyncio's self-pipe write).
+    fn _write_to_self(&self) {
+        let _ = self.shared.waker.wake();
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_reader(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Loop::set_io_handle(slf, fd, callback, args, Interest::READ)
+    }
+
+    #[pyo3(signature = (fd, callback, *args))]
+    fn _add_writer(
+        slf: &Bound<'_, Self>,
+        fd: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+    ) -> PyResult<Py<Handle>> {
+        Loop::set_io_handle(slf, fd, callback, args, Interest::WRITE)
+    }
+
+    fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Loop::clear_io_handle(slf, fd, Interest::READ)
+    }
+
+    fn _remove_writer(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Loop::clear_io_handle(slf, fd, Interest::WRITE)
+    }
+
+    /// Close the native part: drop queued callbacks, timers and fd registrations.
+    /// Callbacks of handles still pending are released so that no cycle through them lives on.
+    fn _close_native(&self, py: Python<'_>) {
+        let (ready, timers, io) = {
+            let mut state = self.state.borrow_mut(py);
+            state.closed = true;
+            let ready: Vec<Ready> = state.ready.drain(..).collect();
+            let timers: Vec<Timer> = state.timers.drain().collect();
+            let io: Vec<(RawFd, IoHandles)> = state.io.drain().collect();
+            for (fd, _) in &io {
+                let _ = state.registrar.set_interest(*fd, Interest::NONE);
+            }
+            (ready, timers, io)
+        };
+        self.shared.timer_cancelled.store(0, Ordering::Relaxed);
+        for entry in &ready {
+            if let Ready::Native(handle) = entry {
+                handle.get().release(py);
+            }
+        }
+        for timer in &timers {
+            timer.handle.get().state.borrow_mut(py).scheduled = false;
+            timer.handle.get().release(py);
+        }
+        drop((ready, timers, io));
+    }
+
+    /// Number of handles in the ready queue and the timer heap (for tests and metrics).
+    fn _pending_counts(&self, py: Python<'_>) -> (usize, usize, usize) {
+        let state = self.state.borrow(py);
+        (state.ready.len(), state.timers.len(), state.io.len())
+    }
+}

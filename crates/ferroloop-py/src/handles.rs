@@ -1,0 +1,340 @@
+//! `Handle` and `TimerHandle`: what `call_soon`, `call_later`, `call_at` and `add_reader`
+//! return, and what the ready queue and the timer heap hold.
+//!
+//! They behave as `asyncio.Handle` / `asyncio.TimerHandle`: same methods, same private
+//! attributes (`_callback`, `_args`, `_cancelled`, `_when`, ...), same `repr`, same ordering
+//! and equality for timers, and `isinstance(h, asyncio.Handle)` is true because `__class__`
+//! names the asyncio class (the check `isinstance` falls back to; see
+//! `docs/decisions/0002-handles.md`).
+//!
+//! Rules:
+//! 1. Handles are not tracked by the cyclic GC. A one-shot handle drops its callback and
+//!    arguments the moment it has run or is cancelled, so `self.h = loop.call_later(d, self.cb)`
+//!    leaves no cycle behind; the loop drops the callbacks of handles still pending at close.
+//! 2. Reader/writer handles (`Kind::Io`) run many times and keep their callback until
+//!    `remove_reader`/`remove_writer` cancels them.
+//! 3. A handle never holds its loop: it holds the loop's [`LoopShared`], which holds a weak
+//!    reference to the loop object.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::pyclass::CompareOp;
+use pyo3::types::{PyTuple, PyType};
+
+use crate::ffi::call_in_context;
+use crate::gil_cell::GilCell;
+use crate::python_hooks::{asyncio_handle, asyncio_timer_handle, call_hook};
+use crate::shared::LoopShared;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `call_soon`, `call_soon_threadsafe`: runs once.
+    Soon,
+    /// `call_later`, `call_at`: runs once, at `when`.
+    Timer,
+    /// `add_reader`, `add_writer`: runs on every readiness report.
+    Io,
+}
+
+pub struct HandleState {
+    pub callback: Option<Py<PyAny>>,
+    pub args: Option<Py<PyTuple>>,
+    pub context: Option<Py<PyAny>>,
+    pub cancelled: bool,
+    /// Timers: in the loop's heap (asyncio's `TimerHandle._scheduled`).
+    pub scheduled: bool,
+    /// asyncio's `_repr`: the repr frozen at cancellation in debug mode.
+    pub repr: Option<Py<PyAny>>,
+    /// asyncio's `_source_traceback` (debug mode only).
+    pub source_traceback: Option<Py<PyAny>>,
+}
+
+#[pyclass(module = "ferroloop._core", name = "Handle", subclass, frozen, weakref, freelist = 1024)]
+pub struct Handle {
+    pub(crate) shared: Arc<LoopShared>,
+    pub(crate) kind: Kind,
+    /// The deadline of a timer; NaN for other handles.
+    pub(crate) when: f64,
+    pub(crate) state: GilCell<HandleState>,
+}
+
+/// A `TimerHandle` is a `Handle` whose `when` is meaningful.
+#[pyclass(module = "ferroloop._core", name = "TimerHandle", extends = Handle, frozen, freelist = 1024)]
+pub struct TimerHandle;
+
+impl Handle {
+    pub fn new(
+        shared: Arc<LoopShared>,
+        kind: Kind,
+        when: f64,
+        callback: Py<PyAny>,
+        args: Option<Py<PyTuple>>,
+        context: Py<PyAny>,
+        source_traceback: Option<Py<PyAny>>,
+    ) -> Self {
+        Handle {
+            shared,
+            kind,
+            when,
+            state: GilCell::new(HandleState {
+                callback: Some(callback),
+                args,
+                context: Some(context),
+                cancelled: false,
+                scheduled: kind == Kind::Timer,
+                repr: None,
+                source_traceback,
+            }),
+        }
+    }
+
+    #[inline]
+    pub fn is_cancelled(&self, py: Python<'_>) -> bool {
+        self.state.borrow(py).cancelled
+    }
+
+    /// Drop the callback and arguments (they may form reference cycles with the handle's
+    /// owner). The objects are released after the borrow ends.
+    pub fn release(&self, py: Python<'_>) {
+        let dropped = {
+            let mut state = self.state.borrow_mut(py);
+            (state.callback.take(), state.args.take())
+        };
+        drop(dropped);
+    }
+
+    /// Run the callback, as `asyncio.Handle._run`: an exception goes to the loop's exception
+    /// handler, except `SystemExit` and `KeyboardInterrupt`, which propagate. A one-shot handle
+    /// releases its callback afterwards unless `keep` is set (debug mode logs it first).
+    pub fn run(slf: &Bound<'_, Handle>, event_loop: &Bound<'_, PyAny>, keep: bool) -> PyResult<()> {
+        let py = slf.py();
+        let handle = slf.get();
+        let one_shot = handle.kind != Kind::Io && !keep;
+        let (callback, args, context) = {
+            let mut state = handle.state.borrow_mut(py);
+            if one_shot {
+                (state.callback.take(), state.args.take(), state.context.as_ref().map(|c| c.clone_ref(py)))
+            } else {
+                (
+                    state.callback.as_ref().map(|c| c.clone_ref(py)),
+                    state.args.as_ref().map(|a| a.clone_ref(py)),
+                    state.context.as_ref().map(|c| c.clone_ref(py)),
+                )
+            }
+        };
+        let Some(callback) = callback else {
+            return Ok(());
+        };
+        let Err(error) = call_in_context(py, &callback, args.as_ref(), context.as_ref()) else {
+            return Ok(());
+        };
+        if one_shot {
+            // Put them back while the error is reported: the report shows the handle's repr.
+            let mut state = handle.state.borrow_mut(py);
+            state.callback = Some(callback);
+            state.args = args;
+        }
+        let outcome = report_error(py, slf, event_loop, error);
+        if one_shot {
+            handle.release(py);
+        }
+        outcome
+    }
+
+    pub fn cancel_impl(slf: &Bound<'_, Handle>) -> PyResult<()> {
+        let py = slf.py();
+        let handle = slf.get();
+        let (already, scheduled) = {
+            let state = handle.state.borrow(py);
+            (state.cancelled, state.scheduled)
+        };
+        // asyncio: TimerHandle.cancel tells the loop whenever the timer is still scheduled.
+        if handle.kind == Kind::Timer && scheduled {
+            handle.shared.timer_cancelled.fetch_add(1, Ordering::Relaxed);
+        }
+        if already {
+            return Ok(());
+        }
+        let repr = if handle.shared.debug.load(Ordering::Relaxed) {
+            // Keep the representation for "Executing <Handle...> took ..." style logs.
+            Some(slf.repr()?.into_any().unbind())
+        } else {
+            None
+        };
+        {
+            let mut state = handle.state.borrow_mut(py);
+            state.cancelled = true;
+            if repr.is_some() {
+                state.repr = repr;
+            }
+        }
+        handle.release(py);
+        Ok(())
+    }
+
+    fn loop_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.shared.loop_object(py)
+    }
+}
+
+/// Report a callback's exception as `asyncio.Handle._run` does; `SystemExit` and
+/// `KeyboardInterrupt` are returned to propagate.
+pub fn report_error(
+    py: Python<'_>,
+    handle: &Bound<'_, PyAny>,
+    event_loop: &Bound<'_, PyAny>,
+    error: PyErr,
+) -> PyResult<()> {
+    if error.is_instance_of::<pyo3::exceptions::PySystemExit>(py)
+        || error.is_instance_of::<pyo3::exceptions::PyKeyboardInterrupt>(py)
+    {
+        return Err(error);
+    }
+    call_hook(py, "report_callback_error", (event_loop, handle, error.into_value(py)))?;
+    Ok(())
+}
+
+#[pymethods]
+impl Handle {
+    fn cancel(slf: &Bound<'_, Self>) -> PyResult<()> {
+        Handle::cancel_impl(slf)
+    }
+
+    fn cancelled(&self, py: Python<'_>) -> bool {
+        self.is_cancelled(py)
+    }
+
+    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).context.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let event_loop = slf.get().loop_object(py)?;
+        Handle::run(slf, event_loop.bind(py), true)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        Ok(call_hook(slf.py(), "handle_repr", (slf,))?.unbind())
+    }
+
+    #[getter(__class__)]
+    fn asyncio_class(&self, py: Python<'_>) -> PyResult<Py<PyType>> {
+        let class = if self.kind == Kind::Timer {
+            asyncio_timer_handle(py)?
+        } else {
+            asyncio_handle(py)?
+        };
+        Ok(class.clone().unbind())
+    }
+
+    #[getter]
+    fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).callback.as_ref().map(|c| c.clone_ref(py))
+    }
+
+    #[getter]
+    fn _args(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        let state = self.state.borrow(py);
+        match (&state.args, &state.callback) {
+            (Some(args), _) => Some(args.clone_ref(py).into_any()),
+            // A live handle without arguments has the empty tuple, as in asyncio.
+            (None, Some(_)) => Some(PyTuple::empty(py).into_any().unbind()),
+            (None, None) => None,
+        }
+    }
+
+    #[getter]
+    fn _cancelled(&self, py: Python<'_>) -> bool {
+        self.is_cancelled(py)
+    }
+
+    #[getter]
+    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.get_context(py)
+    }
+
+    #[getter]
+    fn _loop(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        self.loop_object(py)
+    }
+
+    #[getter]
+    fn _repr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).repr.as_ref().map(|r| r.clone_ref(py))
+    }
+
+    #[getter]
+    fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state.borrow(py).source_traceback.as_ref().map(|s| s.clone_ref(py))
+    }
+}
+
+#[pymethods]
+impl TimerHandle {
+    fn when(slf: PyRef<'_, Self>) -> f64 {
+        slf.as_super().when
+    }
+
+    #[getter]
+    fn _when(slf: PyRef<'_, Self>) -> f64 {
+        slf.as_super().when
+    }
+
+    #[getter]
+    fn _scheduled(slf: PyRef<'_, Self>) -> bool {
+        let py = slf.py();
+        slf.as_super().state.borrow(py).scheduled
+    }
+
+    fn __hash__(slf: PyRef<'_, Self>) -> PyResult<isize> {
+        let py = slf.py();
+        Ok(pyo3::types::PyFloat::new(py, slf.as_super().when).hash()?)
+    }
+
+    /// asyncio: TimerHandle.__lt__/__le__/__gt__/__ge__ compare `_when`; `__eq__` also
+    /// compares callback, args and cancelled state.
+    fn __richcmp__(
+        slf: &Bound<'_, Self>,
+        other: &Bound<'_, PyAny>,
+        op: CompareOp,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        if !other.is_instance(asyncio_timer_handle(py)?)? {
+            return Ok(py.NotImplemented());
+        }
+        let when = slf.as_super().get().when;
+        let other_when: f64 = other.getattr("_when")?.extract()?;
+        let result = match op {
+            CompareOp::Lt => when < other_when,
+            CompareOp::Le => when < other_when || slf.as_any().eq(other)?,
+            CompareOp::Gt => when > other_when,
+            CompareOp::Ge => when > other_when || slf.as_any().eq(other)?,
+            CompareOp::Eq | CompareOp::Ne => {
+                let this = slf.as_any();
+                let equal = when == other_when
+                    && this.getattr("_callback")?.eq(other.getattr("_callback")?)?
+                    && this.getattr("_args")?.eq(other.getattr("_args")?)?
+                    && this.getattr("_cancelled")?.eq(other.getattr("_cancelled")?)?;
+                if matches!(op, CompareOp::Eq) {
+                    equal
+                } else {
+                    !equal
+                }
+            }
+        };
+        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+    }
+}
+
+/// `TypeError` for a callback asyncio would refuse (checked in every mode: it is cheap).
+pub fn check_callable(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
+    if callback.is_callable() {
+        return Ok(());
+    }
+    let message: String = call_hook(py, "noncallable_message", (callback, method))?.extract()?;
+    Err(PyTypeError::new_err(message))
+}

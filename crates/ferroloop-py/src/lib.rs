@@ -1,0 +1,21 @@
+//! `ferroloop._core`: the native half of ferroloop. See `python/ferroloop/_loop.py` for the
+//! half written in Python, and `docs/architecture.md` for how they fit.
+
+mod errors;
+mod event_loop;
+mod ffi;
+mod gil_cell;
+mod handles;
+mod python_hooks;
+mod shared;
+
+use pyo3::prelude::*;
+
+#[pymodule(gil_used = true)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<event_loop::Loop>()?;
+    m.add_class::<handles::Handle>()?;
+    m.add_class::<handles::TimerHandle>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! The Python side of cold paths: asyncio's types and the helpers in `ferroloop._loop`.
+//!
+//! Hot paths never come here. Error reporting, debug-mode checks, reprs and logging are done
+//! by small Python functions so that their output is byte-for-byte asyncio's.
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+
+static ASYNCIO_HANDLE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static ASYNCIO_TIMER_HANDLE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static HOOKS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+pub fn asyncio_handle(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    ASYNCIO_HANDLE.import(py, "asyncio.events", "Handle")
+}
+
+pub fn asyncio_timer_handle(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    ASYNCIO_TIMER_HANDLE.import(py, "asyncio.events", "TimerHandle")
+}
+
+/// The `ferroloop._hooks` module.
+pub fn hooks(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    HOOKS
+        .get_or_try_init(py, || Ok::<_, PyErr>(py.import("ferroloop._hooks")?.into_any().unbind()))
+        .map(|m| m.bind(py))
+}
+
+/// Call `ferroloop._hooks.<name>(*args)`.
+pub fn call_hook<'py, A>(py: Python<'py>, name: &str, args: A) -> PyResult<Bound<'py, PyAny>>
+where
+    A: pyo3::call::PyCallArgs<'py>,
+{
+    hooks(py)?.getattr(name)?.call1(args)
+}

@@ -1,0 +1,57 @@
+//! `LoopShared`: the part of a loop that its handles and other threads may reach.
+//!
+//! Handles hold an `Arc<LoopShared>` rather than the loop object, so no reference cycle runs
+//! through untracked handles (see `handles.rs`).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use ferroloop_core::reactor::Waker;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+pub struct LoopShared {
+    /// `loop.get_debug()`; read by handles when they are cancelled.
+    pub debug: AtomicBool,
+    /// asyncio's `_timer_cancelled_count`: cancelled timers still in the heap.
+    pub timer_cancelled: AtomicUsize,
+    /// True while the loop's thread is (about to be) blocked in the poll with the GIL
+    /// released: other threads must then wake it. Written by the loop thread under the GIL.
+    pub parked: AtomicBool,
+    pub waker: Arc<Waker>,
+    /// A weak reference to the loop object (set once, right after construction).
+    pub loop_weakref: PyOnceLock<Py<PyAny>>,
+}
+
+impl LoopShared {
+    pub fn new(waker: Arc<Waker>) -> Self {
+        LoopShared {
+            debug: AtomicBool::new(false),
+            timer_cancelled: AtomicUsize::new(0),
+            parked: AtomicBool::new(false),
+            waker,
+            loop_weakref: PyOnceLock::new(),
+        }
+    }
+
+    /// Wake the loop if it is blocked in its poll.
+    #[inline]
+    pub fn wake_if_parked(&self) {
+        if self.parked.load(Ordering::SeqCst) {
+            let _ = self.waker.wake();
+        }
+    }
+
+    pub fn loop_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let weakref = self
+            .loop_weakref
+            .get(py)
+            .ok_or_else(|| PyRuntimeError::new_err("handle has no event loop"))?;
+        let target = weakref.bind(py).call0()?;
+        if target.is_none() {
+            return Err(PyRuntimeError::new_err("the event loop of this handle is gone"));
+        }
+        Ok(target.unbind())
+    }
+}

@@ -1,0 +1,44 @@
+"""ferroloop: a fast, faithful asyncio event loop written in Rust.
+
+Use it with one line::
+
+    ferroloop.run(main())
+    asyncio.Runner(loop_factory=ferroloop.new_event_loop)
+    asyncio.run(main(), loop_factory=ferroloop.new_event_loop)   # Python 3.12+
+    ferroloop.install()                                          # sets the policy
+"""
+
+import asyncio as _asyncio
+import sys as _sys
+
+from ._core import __version__
+from ._loop import Loop
+from ._policy import EventLoopPolicy
+
+__all__ = ("Loop", "EventLoopPolicy", "new_event_loop", "install", "run", "__version__")
+
+
+def new_event_loop():
+    """Return a new ferroloop event loop."""
+    return Loop()
+
+
+def install():
+    """Make ferroloop the loop that ``asyncio.run``/``asyncio.new_event_loop`` create."""
+    _asyncio.set_event_loop_policy(EventLoopPolicy())
+
+
+def run(main, *, debug=None, loop_factory=None):
+    """Run the coroutine ``main`` on a new ferroloop loop and return its result.
+
+    The same as ``asyncio.run(main, debug=debug)`` with a ferroloop loop: the loop is closed,
+    remaining tasks cancelled, async generators and the default executor shut down.
+    """
+    if loop_factory is None:
+        loop_factory = new_event_loop
+    if _sys.version_info >= (3, 11):
+        with _asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
+            return runner.run(main)
+    from ._runner310 import run as _run310
+
+    return _run310(main, debug=debug, loop_factory=loop_factory)

@@ -1,0 +1,52 @@
+"""Cold paths called by the native core.
+
+Everything here runs only on errors, in debug mode or for ``repr``: it is written in Python
+so that its output is exactly asyncio's (same messages, same log records).
+"""
+
+import sys
+from asyncio import base_events, coroutines, format_helpers
+from asyncio.log import logger
+
+
+def report_callback_error(loop, handle, exc):
+    """asyncio: ``Handle._run``'s ``except BaseException`` branch."""
+    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    context = {
+        "message": f"Exception in callback {cb}",
+        "exception": exc,
+        "handle": handle,
+    }
+    source_traceback = handle._source_traceback
+    if source_traceback:
+        context["source_traceback"] = source_traceback
+    loop.call_exception_handler(context)
+
+
+def handle_repr(handle):
+    """asyncio: ``Handle.__repr__`` / ``TimerHandle.__repr__`` on a native handle."""
+    frozen = handle._repr
+    if frozen is not None:
+        return frozen
+    info = handle.__class__._repr_info(handle)
+    return "<{}>".format(" ".join(info))
+
+
+def noncallable_message(callback, method):
+    """asyncio: the messages of ``BaseEventLoop._check_callback``."""
+    if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        return f"coroutines cannot be used with {method}()"
+    return f"a callable object was expected by {method}(), got {callback!r}"
+
+
+def extract_stack():
+    """The source traceback of a handle created by the calling Python frame."""
+    return format_helpers.extract_stack(sys._getframe(1))
+
+
+def log_slow_callback(loop, handle, elapsed):
+    """asyncio: the slow-callback warning of ``_run_once`` in debug mode."""
+    if elapsed >= loop.slow_callback_duration:
+        logger.warning(
+            "Executing %s took %.3f seconds", base_events._format_handle(handle), elapsed
+        )

@@ -1,0 +1,189 @@
+"""``ferroloop.Loop``: the event loop class users get.
+
+The hot paths (``call_soon``, timers, the ready queue, ``_run_once``, the reactor behind
+``add_reader``/``add_writer``) are native, in ``ferroloop._core.Loop``. What runs once per loop
+or once per connection is not rewritten: it is the running Python version's own asyncio code
+(``BaseEventLoop``, ``BaseSelectorEventLoop``, ``_UnixSelectorEventLoop``), borrowed method by
+method onto this class at import, so ``run_until_complete``, ``create_task``, the exception
+handler, executors, ``getaddrinfo``, the networking methods, signals and subprocesses behave
+exactly as on the same version's asyncio. See ``docs/decisions/0001-borrowed-asyncio-methods.md``.
+"""
+
+import asyncio
+import sys
+import threading
+import types
+import weakref
+from asyncio import base_events, events, selector_events, unix_events
+from asyncio.log import logger
+
+from . import _core
+
+__all__ = ("Loop",)
+
+_PY312 = sys.version_info >= (3, 12)
+
+# The classes whose methods are borrowed, most derived first (the first definition wins).
+_SOURCES = (
+    unix_events._UnixSelectorEventLoop,
+    selector_events.BaseSelectorEventLoop,
+    base_events.BaseEventLoop,
+)
+
+# Methods of the sources that assume asyncio's own internals (the selector, the ``_ready``
+# deque, the ``_scheduled`` heap) or use zero-argument ``super()``: implemented here or
+# natively instead.
+_NOT_BORROWED = frozenset(
+    {
+        "__init__",
+        "close",
+        "run_forever",
+        "_run_once",
+        "_process_events",
+        "_call_soon",
+        "_add_callback",
+        "_timer_handle_cancelled",
+        "_write_to_self",
+        "_make_self_pipe",
+        "add_signal_handler",
+    }
+)
+
+# Dunders worth taking from asyncio (the others are object's or are ours).
+_BORROWED_DUNDERS = frozenset({"__repr__", "__del__"})
+
+
+class Loop(_core.Loop, asyncio.AbstractEventLoop):
+    """An asyncio event loop with a native core. Create it with ``ferroloop.new_event_loop()``."""
+
+    def __init__(self):
+        # The running version's own initialisation: every private attribute its borrowed
+        # methods rely on (_default_executor, _asyncgens, _exception_handler, ...).
+        base_events.BaseEventLoop.__init__(self)
+        # The native core keeps the ready queue and the timer heap.
+        del self._ready, self._scheduled, self._timer_cancelled_count
+        # BaseSelectorEventLoop / _UnixSelectorEventLoop state.
+        self._transports = weakref.WeakValueDictionary()
+        self._ssock = self._csock = None
+        self._signal_handlers = {}
+        if _PY312:
+            self._unix_server_sockets = {}
+        self._bind_weakref(weakref.ref(self))
+
+    def run_forever(self):
+        """Run until ``stop()`` is called."""
+        self._run_forever_setup()
+        try:
+            self._run_until_stopped()
+        finally:
+            self._run_forever_cleanup()
+
+    if not _PY312:
+        # Python 3.12 split BaseEventLoop.run_forever into these two; earlier versions have
+        # the same steps inline.
+        def _run_forever_setup(self):
+            self._check_closed()
+            self._check_running()
+            self._set_coroutine_origin_tracking(self._debug)
+            self._old_agen_hooks = sys.get_asyncgen_hooks()
+            self._thread_id = threading.get_ident()
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+
+        def _run_forever_cleanup(self):
+            self._stopping = False
+            self._thread_id = None
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            if self._old_agen_hooks is not None:
+                sys.set_asyncgen_hooks(*self._old_agen_hooks)
+                self._old_agen_hooks = None
+
+    def close(self):
+        """Close the loop: drop pending callbacks, shut the default executor down."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self._closed:
+            return
+        if self._ssock is not None:
+            self._close_self_pipe()
+        if self._debug:
+            logger.debug("Close %r", self)
+        self._close_native()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+        # asyncio: _UnixSelectorEventLoop.close
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            import warnings
+
+            warnings.warn(
+                f"Closing the loop {self!r} on interpreter shutdown "
+                f"stage, skipping signal handlers removal",
+                ResourceWarning,
+                source=self,
+            )
+            self._signal_handlers.clear()
+
+    def _call_soon(self, callback, args, context):
+        return self.call_soon(callback, *args, context=context)
+
+    def _timer_handle_cancelled(self, handle):
+        # Only asyncio's own TimerHandles call this, and they are never in our heap.
+        pass
+
+    def _make_self_pipe(self):
+        # Created on first use (signal handlers): a loop that never needs it registers no fd.
+        if self._ssock is None:
+            _BORROWED_MAKE_SELF_PIPE(self)
+
+    def add_signal_handler(self, sig, callback, *args):
+        self._check_closed()
+        self._make_self_pipe()
+        return _BORROWED_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
+
+
+def _defining_source(name):
+    for source in _SOURCES:
+        if name in source.__dict__:
+            return source.__dict__[name]
+    return None
+
+
+def _borrow():
+    native = set(dir(_core.Loop)) - set(dir(object))
+    own = set(Loop.__dict__)
+    borrowed = []
+    names = set()
+    for source in _SOURCES:
+        names.update(source.__dict__)
+    for name in sorted(names):
+        if name in own or name in native or name in _NOT_BORROWED:
+            continue
+        if name.startswith("__") and name not in _BORROWED_DUNDERS:
+            continue
+        attr = _defining_source(name)
+        if isinstance(attr, types.FunctionType):
+            if "__class__" in attr.__code__.co_freevars:
+                raise ImportError(
+                    f"ferroloop cannot borrow asyncio's {name}(): it uses super(); "
+                    f"implement it in ferroloop._loop.Loop"
+                )
+        elif not isinstance(attr, (staticmethod, classmethod, property)):
+            continue
+        setattr(Loop, name, attr)
+        borrowed.append(name)
+    return tuple(borrowed)
+
+
+_BORROWED_MAKE_SELF_PIPE = selector_events.BaseSelectorEventLoop._make_self_pipe
+_BORROWED_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
+BORROWED = _borrow()
