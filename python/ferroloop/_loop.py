@@ -10,6 +10,7 @@ exactly as on the same version's asyncio. See ``docs/decisions/0001-borrowed-asy
 """
 
 import asyncio
+import os
 import sys
 import threading
 import types
@@ -22,6 +23,9 @@ from . import _core
 __all__ = ("Loop",)
 
 _PY312 = sys.version_info >= (3, 12)
+_PY313 = sys.version_info >= (3, 13)
+# BaseEventLoop._run_forever_setup/_run_forever_cleanup: 3.13+ (tested, not assumed by version).
+_HAS_RUN_FOREVER_SETUP = hasattr(base_events.BaseEventLoop, "_run_forever_setup")
 
 # The classes whose methods are borrowed, most derived first (the first definition wins).
 _SOURCES = (
@@ -66,7 +70,8 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         self._transports = weakref.WeakValueDictionary()
         self._ssock = self._csock = None
         self._signal_handlers = {}
-        if _PY312:
+        if _PY313:
+            # 3.13: listening UNIX sockets are unlinked when their server closes.
             self._unix_server_sockets = {}
         self._bind_weakref(weakref.ref(self))
 
@@ -78,9 +83,9 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         finally:
             self._run_forever_cleanup()
 
-    if not _PY312:
-        # Python 3.12 split BaseEventLoop.run_forever into these two; earlier versions have
-        # the same steps inline.
+    if not _HAS_RUN_FOREVER_SETUP:
+        # asyncio 3.13 split BaseEventLoop.run_forever into these two (gh-110771); earlier
+        # versions have the same steps inline.
         def _run_forever_setup(self):
             self._check_closed()
             self._check_running()
@@ -132,6 +137,26 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
                 source=self,
             )
             self._signal_handlers.clear()
+
+    if _PY313:
+        # asyncio 3.13: _UnixSelectorEventLoop._stop_serving, which calls super(); before
+        # 3.13 BaseSelectorEventLoop._stop_serving is borrowed as is.
+        def _stop_serving(self, sock):
+            if sock in self._unix_server_sockets:
+                path = sock.getsockname()
+            else:
+                path = None
+            selector_events.BaseSelectorEventLoop._stop_serving(self, sock)
+            if path is not None:
+                prev_ino = self._unix_server_sockets[sock]
+                del self._unix_server_sockets[sock]
+                try:
+                    if os.stat(path).st_ino == prev_ino:
+                        os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     def _call_soon(self, callback, args, context):
         return self.call_soon(callback, *args, context=context)
