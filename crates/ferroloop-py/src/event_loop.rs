@@ -382,6 +382,10 @@ impl Loop {
     fn run_once_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // A signal that arrived while callbacks ran (not during the poll, which EINTR would
+        // end) has only tripped CPython's flag: asyncio's Python loop acts on it at its next
+        // bytecode, so run the handlers now, before a poll that could block indefinitely.
+        check_signals(py)?;
         let timeout = this.prepare_poll(py);
         this.poll_io(py, timeout)?;
         this.queue_due_timers(py);
