@@ -22,7 +22,9 @@ pub fn asyncio_timer_handle(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 /// The `ferroloop._hooks` module.
 pub fn hooks(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     HOOKS
-        .get_or_try_init(py, || Ok::<_, PyErr>(py.import("ferroloop._hooks")?.into_any().unbind()))
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("ferroloop._hooks")?.into_any().unbind())
+        })
         .map(|m| m.bind(py))
 }
 

@@ -50,7 +50,9 @@ impl LoopShared {
             .ok_or_else(|| PyRuntimeError::new_err("handle has no event loop"))?;
         let target = weakref.bind(py).call0()?;
         if target.is_none() {
-            return Err(PyRuntimeError::new_err("the event loop of this handle is gone"));
+            return Err(PyRuntimeError::new_err(
+                "the event loop of this handle is gone",
+            ));
         }
         Ok(target.unbind())
     }
