@@ -27,13 +27,18 @@ use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyTuple};
 
 use crate::errors::os_error;
+use crate::ffi::{call_with_keywords, KeywordNames};
 use crate::ffi::{
     check_signals, context_key, copy_context, current_context_key, untrack, ContextKey,
 };
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Handle, Kind, TimerHandle};
-use crate::python_hooks::call_hook;
+use crate::python_hooks::{asyncio_future, asyncio_task, call_hook};
 use crate::shared::LoopShared;
+
+static KW_LOOP: KeywordNames = KeywordNames::new(&["loop"]);
+static KW_LOOP_NAME: KeywordNames = KeywordNames::new(&["loop", "name"]);
+static KW_LOOP_NAME_CONTEXT: KeywordNames = KeywordNames::new(&["loop", "name", "context"]);
 
 /// asyncio: `base_events._MIN_SCHEDULED_TIMER_HANDLES`.
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
@@ -75,6 +80,8 @@ struct LoopState {
     events: Vec<IoEvent>,
     stopping: bool,
     closed: bool,
+    /// asyncio's `_task_factory` (`set_task_factory`/`get_task_factory`).
+    task_factory: Option<Py<PyAny>>,
     /// The last snapshot of a caller's context: handles scheduled while the caller's context
     /// has the same contents share it instead of each copying the context.
     context_snapshot: Option<(ContextKey, Py<PyAny>)>,
@@ -298,9 +305,12 @@ impl Loop {
             self.poll_locked(timeout, &mut events)
         } else {
             self.shared.parked.store(true, Ordering::SeqCst);
-            let result = py.detach(|| self.poll_locked(timeout, &mut events));
-            self.shared.parked.store(false, Ordering::SeqCst);
-            result
+            py.detach(|| {
+                let result = self.poll_locked(timeout, &mut events);
+                // Stop other threads' wakeups now, not after the GIL is back.
+                self.shared.parked.store(false, Ordering::SeqCst);
+                result
+            })
         };
         if let Err(error) = result {
             self.state.borrow_mut(py).events = events;
@@ -571,6 +581,7 @@ impl Loop {
                 stopping: false,
                 closed: false,
                 context_snapshot: None,
+                task_factory: None,
             }),
             poller: Mutex::new(poller),
         })
@@ -699,6 +710,73 @@ impl Loop {
     #[setter(_stopping)]
     fn set_stopping(&self, py: Python<'_>, value: bool) {
         self.state.borrow_mut(py).stopping = value;
+    }
+
+    #[getter(_task_factory)]
+    fn get_task_factory_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py))
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, py: Python<'_>, factory: Option<Py<PyAny>>) {
+        let factory = factory.filter(|f| !f.is_none(py));
+        let previous = std::mem::replace(&mut self.state.borrow_mut(py).task_factory, factory);
+        drop(previous);
+    }
+
+    /// asyncio: `BaseEventLoop.create_future`.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        call_with_keywords(
+            py,
+            asyncio_future(py)?.as_any(),
+            &[],
+            &KW_LOOP,
+            &[slf.as_any()],
+        )
+    }
+
+    /// asyncio: `BaseEventLoop.create_task`. Without a task factory and outside debug mode
+    /// this is `asyncio.Task(coro, loop=self, name=name, context=context)`, called natively;
+    /// otherwise the running version's own `BaseEventLoop.create_task` does the work.
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, pyo3::types::PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        let simple = kwargs.is_none_or(|k| k.is_empty())
+            && !this.is_debug()
+            && this.state.borrow(py).task_factory.is_none();
+        if !simple {
+            let extra = match kwargs {
+                Some(k) => k.copy()?,
+                None => pyo3::types::PyDict::new(py),
+            };
+            return call_hook(py, "create_task_slow", (slf, coro, name, context, extra));
+        }
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let task = asyncio_task(py)?.as_any();
+        match context.filter(|c| !c.is_none()) {
+            None => call_with_keywords(py, task, &[coro], &KW_LOOP_NAME, &[slf.as_any(), name]),
+            Some(context) => call_with_keywords(
+                py,
+                task,
+                &[coro],
+                &KW_LOOP_NAME_CONTEXT,
+                &[slf.as_any(), name, context],
+            ),
+        }
     }
 
     /// asyncio: `BaseEventLoop._run_once`.

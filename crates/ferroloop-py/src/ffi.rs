@@ -230,3 +230,67 @@ pub fn copy_of(py: Python<'_>, context: &Py<PyAny>) -> PyResult<Py<PyAny>> {
     // reference or NULL with an exception set.
     unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_Copy(context.as_ptr()))?.unbind()) }
 }
+
+/// Keyword-name tuples for [`call_with_keywords`], built once.
+pub struct KeywordNames {
+    names: &'static [&'static str],
+    tuple: PyOnceLock<Py<PyTuple>>,
+}
+
+impl KeywordNames {
+    pub const fn new(names: &'static [&'static str]) -> Self {
+        KeywordNames {
+            names,
+            tuple: PyOnceLock::new(),
+        }
+    }
+
+    fn get<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyTuple>> {
+        self.tuple
+            .get_or_try_init(py, || {
+                let names = self
+                    .names
+                    .iter()
+                    .map(|n| pyo3::types::PyString::intern(py, n));
+                Ok::<_, PyErr>(PyTuple::new(py, names)?.unbind())
+            })
+            .map(|t| t.bind(py))
+    }
+}
+
+/// `callable(*args, **dict(zip(names, values)))` with vectorcall, without building a dict.
+/// At most 3 positional and 4 keyword arguments.
+pub fn call_with_keywords<'py>(
+    py: Python<'py>,
+    callable: &Bound<'py, PyAny>,
+    args: &[&Bound<'py, PyAny>],
+    names: &KeywordNames,
+    values: &[&Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut stack: [*mut ffi::PyObject; 7] = [ptr::null_mut(); 7];
+    if args.len() > 3 || values.len() > 4 || values.len() != names.names.len() {
+        return Err(pyo3::exceptions::PySystemError::new_err(
+            "call_with_keywords: bad arity",
+        ));
+    }
+    for (slot, arg) in stack.iter_mut().zip(args.iter()) {
+        *slot = arg.as_ptr();
+    }
+    for (slot, value) in stack[args.len()..].iter_mut().zip(values.iter()) {
+        *slot = value.as_ptr();
+    }
+    let names = names.get(py)?;
+    // SAFETY: the GIL is held; `stack` holds args.len() + keywords.len() borrowed references
+    // kept alive by the caller's `Bound`s; `names` is a tuple of str of the keyword count.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_Vectorcall(
+                callable.as_ptr(),
+                stack.as_ptr(),
+                args.len(),
+                names.as_ptr(),
+            ),
+        )
+    }
+}
