@@ -27,11 +27,18 @@ use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyTuple};
 
 use crate::errors::os_error;
-use crate::ffi::{check_signals, copy_context};
+use crate::ffi::{call_with_keywords, KeywordNames};
+use crate::ffi::{
+    check_signals, context_key, copy_context, current_context_key, untrack, ContextKey,
+};
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Handle, Kind, TimerHandle};
-use crate::python_hooks::call_hook;
+use crate::python_hooks::{asyncio_future, asyncio_task, call_hook};
 use crate::shared::LoopShared;
+
+static KW_LOOP: KeywordNames = KeywordNames::new(&["loop"]);
+static KW_LOOP_NAME: KeywordNames = KeywordNames::new(&["loop", "name"]);
+static KW_LOOP_NAME_CONTEXT: KeywordNames = KeywordNames::new(&["loop", "name", "context"]);
 
 /// asyncio: `base_events._MIN_SCHEDULED_TIMER_HANDLES`.
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
@@ -73,6 +80,11 @@ struct LoopState {
     events: Vec<IoEvent>,
     stopping: bool,
     closed: bool,
+    /// asyncio's `_task_factory` (`set_task_factory`/`get_task_factory`).
+    task_factory: Option<Py<PyAny>>,
+    /// The last snapshot of a caller's context: handles scheduled while the caller's context
+    /// has the same contents share it instead of each copying the context.
+    context_snapshot: Option<(ContextKey, Py<PyAny>)>,
 }
 
 #[pyclass(module = "ferroloop._core", name = "Loop", subclass, frozen)]
@@ -89,7 +101,10 @@ fn to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     let fd: i64 = if let Ok(fd) = fileobj.extract::<i64>() {
         fd
     } else {
-        match fileobj.call_method0("fileno").and_then(|f| f.extract::<i64>()) {
+        match fileobj
+            .call_method0("fileno")
+            .and_then(|f| f.extract::<i64>())
+        {
             Ok(fd) => fd,
             Err(_) => {
                 return Err(PyValueError::new_err(format!(
@@ -100,7 +115,9 @@ fn to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
         }
     };
     if fd < 0 || fd > i64::from(i32::MAX) {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {fd}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {fd}"
+        )));
     }
     Ok(fd as RawFd)
 }
@@ -128,11 +145,17 @@ impl Loop {
         args: &Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
-        let context = match context {
-            Some(context) if !context.is_none() => context.unbind(),
-            _ => copy_context(py)?,
+        let (context, shared_context) = match context {
+            Some(context) if !context.is_none() => (context.unbind(), false),
+            // Readers run many times in one context that keeps what they set: their own copy.
+            _ if kind == Kind::Io => (copy_context(py)?, false),
+            _ => (self.context_snapshot(py)?, true),
         };
-        let args = if args.is_empty() { None } else { Some(args.clone().unbind()) };
+        let args = if args.is_empty() {
+            None
+        } else {
+            Some(args.clone().unbind())
+        };
         let source_traceback = if self.is_debug() {
             Some(call_hook(py, "extract_stack", ())?.unbind())
         } else {
@@ -145,8 +168,34 @@ impl Loop {
             callback.unbind(),
             args,
             context,
+            shared_context,
             source_traceback,
         ))
+    }
+
+    /// A snapshot of the caller's current context, shared by every handle scheduled while
+    /// the context (object and contents) stays the same. Each callback then runs in a fresh
+    /// copy of the snapshot, made when it runs: the same semantics as asyncio's copy at
+    /// scheduling time, without a long-lived GC-tracked context per pending callback.
+    fn context_snapshot(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if let Some(key) = current_context_key(py) {
+            let state = self.state.borrow(py);
+            if let Some((cached, snapshot)) = &state.context_snapshot {
+                if *cached == key {
+                    return Ok(snapshot.clone_ref(py));
+                }
+            }
+        }
+        let snapshot = copy_context(py)?;
+        if let Some(key) = context_key(py, &snapshot) {
+            let previous = self
+                .state
+                .borrow_mut(py)
+                .context_snapshot
+                .replace((key, snapshot.clone_ref(py)));
+            drop(previous);
+        }
+        Ok(snapshot)
     }
 
     fn check_callback(
@@ -182,10 +231,16 @@ impl Loop {
         }
         Loop::check_callback(slf, &callback, "call_at", true)?;
         let handle = this.make_handle(py, Kind::Timer, when, callback, args, context)?;
-        let timer: Py<TimerHandle> =
-            Py::new(py, PyClassInitializer::from(handle).add_subclass(TimerHandle))?;
+        let timer: Py<TimerHandle> = Py::new(
+            py,
+            PyClassInitializer::from(handle).add_subclass(TimerHandle),
+        )?;
+        untrack(timer.bind(py).as_any());
         let base: Py<Handle> = timer.bind(py).as_super().clone().unbind();
-        this.state.borrow_mut(py).timers.push(Timer { when, handle: base });
+        this.state
+            .borrow_mut(py)
+            .timers
+            .push(Timer { when, handle: base });
         Ok(timer)
     }
 
@@ -204,7 +259,11 @@ impl Loop {
                 garbage = state.timers.purge(|t| !t.handle.get().is_cancelled(py));
                 self.shared.timer_cancelled.store(0, Ordering::Relaxed);
             } else {
-                while state.timers.peek().is_some_and(|t| t.handle.get().is_cancelled(py)) {
+                while state
+                    .timers
+                    .peek()
+                    .is_some_and(|t| t.handle.get().is_cancelled(py))
+                {
                     if let Some(timer) = state.timers.pop() {
                         let _ = self.shared.timer_cancelled.fetch_update(
                             Ordering::Relaxed,
@@ -246,9 +305,12 @@ impl Loop {
             self.poll_locked(timeout, &mut events)
         } else {
             self.shared.parked.store(true, Ordering::SeqCst);
-            let result = py.detach(|| self.poll_locked(timeout, &mut events));
-            self.shared.parked.store(false, Ordering::SeqCst);
-            result
+            py.detach(|| {
+                let result = self.poll_locked(timeout, &mut events);
+                // Stop other threads' wakeups now, not after the GIL is back.
+                self.shared.parked.store(false, Ordering::SeqCst);
+                result
+            })
         };
         if let Err(error) = result {
             self.state.borrow_mut(py).events = events;
@@ -304,8 +366,15 @@ impl Loop {
         Ok(())
     }
 
-    fn poll_locked(&self, timeout: Option<Duration>, events: &mut Vec<IoEvent>) -> std::io::Result<()> {
-        let mut poller = self.poller.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn poll_locked(
+        &self,
+        timeout: Option<Duration>,
+        events: &mut Vec<IoEvent>,
+    ) -> std::io::Result<()> {
+        let mut poller = self
+            .poller
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         poller.poll(timeout, events)
     }
 
@@ -333,7 +402,9 @@ impl Loop {
                     return Ok(());
                 }
                 if this.is_debug() {
-                    Loop::run_debug(slf, handle.as_any(), || Handle::run(handle, event_loop, true))?;
+                    Loop::run_debug(slf, handle.as_any(), || {
+                        Handle::run(handle, event_loop, true)
+                    })?;
                     if handle.get().kind != Kind::Io {
                         handle.get().release(py);
                     }
@@ -411,14 +482,21 @@ impl Loop {
         let this = slf.get();
         this.check_closed(py)?;
         let fd = to_fd(fileobj)?;
-        let handle = Py::new(py, this.make_handle(py, Kind::Io, f64::NAN, callback, args, None)?)?;
+        let handle = new_untracked(
+            py,
+            this.make_handle(py, Kind::Io, f64::NAN, callback, args, None)?,
+        )?;
         let previous = {
             let mut state = this.state.borrow_mut(py);
             let state = &mut *state;
             let wanted = state.registrar.interest(fd) | interest;
             state.registrar.set_interest(fd, wanted).map_err(os_error)?;
             let entry = state.io.entry(fd).or_default();
-            let slot = if interest == Interest::READ { &mut entry.reader } else { &mut entry.writer };
+            let slot = if interest == Interest::READ {
+                &mut entry.reader
+            } else {
+                &mut entry.writer
+            };
             slot.replace(handle.clone_ref(py))
         };
         if let Some(previous) = previous {
@@ -427,7 +505,11 @@ impl Loop {
         Ok(handle)
     }
 
-    fn clear_io_handle(slf: &Bound<'_, Self>, fileobj: &Bound<'_, PyAny>, interest: Interest) -> PyResult<bool> {
+    fn clear_io_handle(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        interest: Interest,
+    ) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
         if this.state.borrow(py).closed {
@@ -440,7 +522,11 @@ impl Loop {
             let Some(entry) = state.io.get_mut(&fd) else {
                 return Ok(false);
             };
-            let slot = if interest == Interest::READ { &mut entry.reader } else { &mut entry.writer };
+            let slot = if interest == Interest::READ {
+                &mut entry.reader
+            } else {
+                &mut entry.writer
+            };
             let Some(previous) = slot.take() else {
                 return Ok(false);
             };
@@ -456,6 +542,14 @@ impl Loop {
         Handle::cancel_impl(previous.bind(py))?;
         Ok(true)
     }
+}
+
+/// Allocate a handle and take it off the GC's lists (see `ffi::untrack`).
+#[inline]
+fn new_untracked(py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
+    let handle = Py::new(py, handle)?;
+    untrack(handle.bind(py).as_any());
+    Ok(handle)
 }
 
 fn delay_to_when(py: Python<'_>, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
@@ -475,7 +569,10 @@ fn delay_to_when(py: Python<'_>, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
 impl Loop {
     #[new]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn py_new(_args: &Bound<'_, PyTuple>, _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>) -> PyResult<Self> {
+    fn py_new(
+        _args: &Bound<'_, PyTuple>,
+        _kwargs: Option<&Bound<'_, pyo3::types::PyDict>>,
+    ) -> PyResult<Self> {
         let (poller, registrar, waker) = reactor::new().map_err(os_error)?;
         Ok(Loop {
             shared: Arc::new(LoopShared::new(waker)),
@@ -487,6 +584,8 @@ impl Loop {
                 events: Vec::new(),
                 stopping: false,
                 closed: false,
+                context_snapshot: None,
+                task_factory: None,
             }),
             poller: Mutex::new(poller),
         })
@@ -511,7 +610,10 @@ impl Loop {
         let this = slf.get();
         this.check_closed(py)?;
         Loop::check_callback(slf, &callback, "call_soon", true)?;
-        let handle = Py::new(py, this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?)?;
+        let handle = new_untracked(
+            py,
+            this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?,
+        )?;
         this.push_ready(py, Ready::Native(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -527,7 +629,10 @@ impl Loop {
         let this = slf.get();
         this.check_closed(py)?;
         Loop::check_callback(slf, &callback, "call_soon_threadsafe", false)?;
-        let handle = Py::new(py, this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?)?;
+        let handle = new_untracked(
+            py,
+            this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?,
+        )?;
         this.push_ready(py, Ready::Native(handle.clone_ref(py)));
         this.shared.wake_if_parked();
         Ok(handle)
@@ -611,6 +716,73 @@ impl Loop {
         self.state.borrow_mut(py).stopping = value;
     }
 
+    #[getter(_task_factory)]
+    fn get_task_factory_attr(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .task_factory
+            .as_ref()
+            .map(|f| f.clone_ref(py))
+    }
+
+    #[setter(_task_factory)]
+    fn set_task_factory_attr(&self, py: Python<'_>, factory: Option<Py<PyAny>>) {
+        let factory = factory.filter(|f| !f.is_none(py));
+        let previous = std::mem::replace(&mut self.state.borrow_mut(py).task_factory, factory);
+        drop(previous);
+    }
+
+    /// asyncio: `BaseEventLoop.create_future`.
+    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        call_with_keywords(
+            py,
+            asyncio_future(py)?.as_any(),
+            &[],
+            &KW_LOOP,
+            &[slf.as_any()],
+        )
+    }
+
+    /// asyncio: `BaseEventLoop.create_task`. Without a task factory and outside debug mode
+    /// this is `asyncio.Task(coro, loop=self, name=name, context=context)`, called natively;
+    /// otherwise the running version's own `BaseEventLoop.create_task` does the work.
+    #[pyo3(signature = (coro, *, name=None, context=None, **kwargs))]
+    fn create_task<'py>(
+        slf: &Bound<'py, Self>,
+        coro: &Bound<'py, PyAny>,
+        name: Option<&Bound<'py, PyAny>>,
+        context: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, pyo3::types::PyDict>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        let simple = kwargs.is_none_or(|k| k.is_empty())
+            && !this.is_debug()
+            && this.state.borrow(py).task_factory.is_none();
+        if !simple {
+            let extra = match kwargs {
+                Some(k) => k.copy()?,
+                None => pyo3::types::PyDict::new(py),
+            };
+            return call_hook(py, "create_task_slow", (slf, coro, name, context, extra));
+        }
+        let none = py.None().into_bound(py);
+        let name = name.unwrap_or(&none);
+        let task = asyncio_task(py)?.as_any();
+        match context.filter(|c| !c.is_none()) {
+            None => call_with_keywords(py, task, &[coro], &KW_LOOP_NAME, &[slf.as_any(), name]),
+            Some(context) => call_with_keywords(
+                py,
+                task,
+                &[coro],
+                &KW_LOOP_NAME_CONTEXT,
+                &[slf.as_any(), name, context],
+            ),
+        }
+    }
+
     /// asyncio: `BaseEventLoop._run_once`.
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         Loop::run_once_impl(slf)
@@ -681,16 +853,17 @@ impl Loop {
     /// Close the native part: drop queued callbacks, timers and fd registrations.
     /// Callbacks of handles still pending are released so that no cycle through them lives on.
     fn _close_native(&self, py: Python<'_>) {
-        let (ready, timers, io) = {
+        let (ready, timers, io, snapshot) = {
             let mut state = self.state.borrow_mut(py);
             state.closed = true;
             let ready: Vec<Ready> = state.ready.drain(..).collect();
             let timers: Vec<Timer> = state.timers.drain().collect();
             let io: Vec<(RawFd, IoHandles)> = state.io.drain().collect();
+            let snapshot = state.context_snapshot.take();
             for (fd, _) in &io {
                 let _ = state.registrar.set_interest(*fd, Interest::NONE);
             }
-            (ready, timers, io)
+            (ready, timers, io, snapshot)
         };
         self.shared.timer_cancelled.store(0, Ordering::Relaxed);
         for entry in &ready {
@@ -702,7 +875,7 @@ impl Loop {
             timer.handle.get().state.borrow_mut(py).scheduled = false;
             timer.handle.get().release(py);
         }
-        drop((ready, timers, io));
+        drop((ready, timers, io, snapshot));
     }
 
     /// Number of handles in the ready queue and the timer heap (for tests and metrics).

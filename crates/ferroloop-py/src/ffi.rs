@@ -6,14 +6,38 @@ use std::ptr;
 
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
 /// `contextvars.copy_context()`.
+///
+/// The copy stays tracked by the cyclic GC: CPython 3.11's `context_tp_dealloc` untracks
+/// unconditionally, so an untracked context would crash on deallocation.
 #[inline]
 pub fn copy_context(py: Python<'_>) -> PyResult<Py<PyAny>> {
     // SAFETY: the GIL is held (we have `py`); PyContext_CopyCurrent returns a new reference
     // or NULL with an exception set, which `from_owned_ptr_or_err` handles.
     unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_CopyCurrent())?.unbind()) }
+}
+
+/// Remove a GC-enabled object from the cyclic GC's lists (`PyObject_GC_UnTrack`).
+///
+/// Used on handles: pyo3 makes every `#[pyclass]` GC-enabled, but a handle only references
+/// its callback, arguments and context, drops the first two as soon as it ran or was
+/// cancelled, and the loop drops them for every pending handle at close; tracking it would
+/// only make collections slower. Untracking an already untracked object is a no-op, and
+/// deallocation of an untracked object is valid: pyo3's `tp_dealloc` untracks with the
+/// checked `PyObject_GC_UnTrack`. (Never use this on objects whose own dealloc untracks
+/// unconditionally, such as 3.11's `contextvars.Context`.)
+#[inline]
+pub fn untrack(obj: &Bound<'_, PyAny>) {
+    // SAFETY: the GIL is held; `obj` is a live object. PyObject_GC_UnTrack checks that the
+    // object is tracked before unlinking it; we only pass our own pyclass instances.
+    unsafe {
+        if ffi::PyObject_IS_GC(obj.as_ptr()) != 0 {
+            ffi::PyObject_GC_UnTrack(obj.as_ptr().cast());
+        }
+    }
 }
 
 /// `context.run(callback, *args)`, discarding the result, entering the context with
@@ -37,7 +61,10 @@ pub fn call_in_context(
         let (items, nargs) = match args {
             Some(tuple) => {
                 let raw = tuple.as_ptr() as *mut ffi::PyTupleObject;
-                ((*raw).ob_item.as_ptr(), ffi::PyTuple_GET_SIZE(tuple.as_ptr()) as usize)
+                (
+                    (*raw).ob_item.as_ptr(),
+                    ffi::PyTuple_GET_SIZE(tuple.as_ptr()) as usize,
+                )
             }
             None => (ptr::null(), 0),
         };
@@ -66,4 +93,204 @@ pub fn check_signals(py: Python<'_>) -> PyResult<()> {
         return Err(PyErr::fetch(py));
     }
     Ok(())
+}
+
+/// The contents of the calling thread's current context: the address of its `ctx_vars`
+/// mapping. `ctx_vars` is an immutable HAMT that `ContextVar.set`/`reset` replace, so two
+/// contexts with the same `ctx_vars` hold the same values. The loop keeps a snapshot context
+/// alive, and with it the snapshot's HAMT, so an equal address can never be a reused one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextKey(usize);
+
+/// Byte offsets of `PyThreadState.context` and `PyContext.ctx_vars`, found at run time
+/// (pyo3 keeps both structures opaque); `None` when they could not be established, and then
+/// no snapshot is ever shared.
+static CONTEXT_FIELDS: PyOnceLock<Option<(usize, usize)>> = PyOnceLock::new();
+
+/// Largest `PyThreadState` offset probed: every supported version's structure is at least
+/// 280 bytes (3.10), and `context` sits at 208..=240 in 3.10-3.13.
+const THREAD_STATE_PROBE_END: usize = 256;
+
+/// The key of the calling thread's current context, if it can be read.
+#[inline]
+pub fn current_context_key(py: Python<'_>) -> Option<ContextKey> {
+    let (context_offset, vars_offset) = (*CONTEXT_FIELDS.get_or_init(py, || discover(py)))?;
+    // SAFETY: the GIL is held, so PyThreadState_Get returns this thread's live state;
+    // `context_offset` was verified to be its `context` field (a Context or NULL) and
+    // `vars_offset` the `ctx_vars` field of a Context.
+    unsafe {
+        let state = ffi::PyThreadState_Get() as *const u8;
+        let context = ptr::read_unaligned(state.add(context_offset) as *const *const u8);
+        if context.is_null() {
+            return None;
+        }
+        Some(ContextKey(ptr::read_unaligned(
+            context.add(vars_offset) as *const usize
+        )))
+    }
+}
+
+/// The key of a Context object's contents.
+#[inline]
+pub fn context_key(py: Python<'_>, context: &Py<PyAny>) -> Option<ContextKey> {
+    let (_, vars_offset) = (*CONTEXT_FIELDS.get_or_init(py, || discover(py)))?;
+    // SAFETY: `context` is a live Context object (we only pass contexts we copied) and
+    // `vars_offset` was verified to be its `ctx_vars` field.
+    unsafe {
+        let base = context.as_ptr() as *const u8;
+        Some(ContextKey(ptr::read_unaligned(
+            base.add(vars_offset) as *const usize
+        )))
+    }
+}
+
+fn discover(py: Python<'_>) -> Option<(usize, usize)> {
+    let context_offset = discover_thread_state_context(py)?;
+    let vars_offset = discover_context_vars(py)?;
+    Some((context_offset, vars_offset))
+}
+
+/// Find `PyThreadState.context`: enter two fresh contexts in turn and look for the word that
+/// holds each of them.
+fn discover_thread_state_context(py: Python<'_>) -> Option<usize> {
+    // SAFETY: the GIL is held. We only read within the first THREAD_STATE_PROBE_END + 8
+    // bytes of this thread's PyThreadState (smaller than the structure on every supported
+    // version), and every Enter is paired with an Exit.
+    unsafe {
+        let state = ffi::PyThreadState_Get() as *const u8;
+        let first = Bound::from_owned_ptr_or_err(py, ffi::PyContext_New()).ok()?;
+        let second = Bound::from_owned_ptr_or_err(py, ffi::PyContext_New()).ok()?;
+        let read = |offset: usize| ptr::read_unaligned(state.add(offset) as *const usize);
+        if ffi::PyContext_Enter(first.as_ptr()) < 0 {
+            PyErr::fetch(py);
+            return None;
+        }
+        let candidates: Vec<usize> = (0..=THREAD_STATE_PROBE_END)
+            .step_by(8)
+            .filter(|&offset| read(offset) == first.as_ptr() as usize)
+            .collect();
+        ffi::PyContext_Exit(first.as_ptr());
+        if ffi::PyContext_Enter(second.as_ptr()) < 0 {
+            PyErr::fetch(py);
+            return None;
+        }
+        let found = candidates
+            .into_iter()
+            .find(|&offset| read(offset) == second.as_ptr() as usize);
+        ffi::PyContext_Exit(second.as_ptr());
+        found
+    }
+}
+
+/// Find `PyContext.ctx_vars`: the one word after the object header that a context and its
+/// copy share (the same HAMT), and that changes in the copy when a variable is set in it.
+fn discover_context_vars(py: Python<'_>) -> Option<usize> {
+    const HEADER: usize = std::mem::size_of::<ffi::PyObject>();
+    // SAFETY: the GIL is held; we read the first words after the header of Context objects
+    // we own (a Context has at least four pointer-sized fields after its header), and the
+    // Enter/Exit pair is balanced.
+    unsafe {
+        let original = Bound::from_owned_ptr_or_err(py, ffi::PyContext_New()).ok()?;
+        let copy = Bound::from_owned_ptr_or_err(py, ffi::PyContext_Copy(original.as_ptr())).ok()?;
+        let read = |obj: &Bound<'_, PyAny>, offset: usize| {
+            ptr::read_unaligned((obj.as_ptr() as *const u8).add(offset) as *const usize)
+        };
+        let candidates: Vec<usize> = (HEADER..HEADER + 24)
+            .step_by(8)
+            .filter(|&offset| {
+                let value = read(&original, offset);
+                value != 0 && value == read(&copy, offset)
+            })
+            .collect();
+        let name = std::ffi::CString::new("ferroloop_probe").ok()?;
+        let var =
+            Bound::from_owned_ptr_or_err(py, ffi::PyContextVar_New(name.as_ptr(), ptr::null_mut()))
+                .ok()?;
+        if ffi::PyContext_Enter(copy.as_ptr()) < 0 {
+            PyErr::fetch(py);
+            return None;
+        }
+        let token = ffi::PyContextVar_Set(var.as_ptr(), py.None().as_ptr());
+        if token.is_null() {
+            PyErr::fetch(py);
+        } else {
+            ffi::Py_DECREF(token);
+        }
+        ffi::PyContext_Exit(copy.as_ptr());
+        candidates
+            .into_iter()
+            .find(|&offset| read(&original, offset) != read(&copy, offset))
+    }
+}
+
+/// `contextvars.copy_context()`-like copy of a context snapshot (`PyContext_Copy`).
+#[inline]
+pub fn copy_of(py: Python<'_>, context: &Py<PyAny>) -> PyResult<Py<PyAny>> {
+    // SAFETY: the GIL is held; `context` is a live Context object; the result is a new
+    // reference or NULL with an exception set.
+    unsafe { Ok(Bound::from_owned_ptr_or_err(py, ffi::PyContext_Copy(context.as_ptr()))?.unbind()) }
+}
+
+/// Keyword-name tuples for [`call_with_keywords`], built once.
+pub struct KeywordNames {
+    names: &'static [&'static str],
+    tuple: PyOnceLock<Py<PyTuple>>,
+}
+
+impl KeywordNames {
+    pub const fn new(names: &'static [&'static str]) -> Self {
+        KeywordNames {
+            names,
+            tuple: PyOnceLock::new(),
+        }
+    }
+
+    fn get<'py>(&self, py: Python<'py>) -> PyResult<&Bound<'py, PyTuple>> {
+        self.tuple
+            .get_or_try_init(py, || {
+                let names = self
+                    .names
+                    .iter()
+                    .map(|n| pyo3::types::PyString::intern(py, n));
+                Ok::<_, PyErr>(PyTuple::new(py, names)?.unbind())
+            })
+            .map(|t| t.bind(py))
+    }
+}
+
+/// `callable(*args, **dict(zip(names, values)))` with vectorcall, without building a dict.
+/// At most 3 positional and 4 keyword arguments.
+pub fn call_with_keywords<'py>(
+    py: Python<'py>,
+    callable: &Bound<'py, PyAny>,
+    args: &[&Bound<'py, PyAny>],
+    names: &KeywordNames,
+    values: &[&Bound<'py, PyAny>],
+) -> PyResult<Bound<'py, PyAny>> {
+    let mut stack: [*mut ffi::PyObject; 7] = [ptr::null_mut(); 7];
+    if args.len() > 3 || values.len() > 4 || values.len() != names.names.len() {
+        return Err(pyo3::exceptions::PySystemError::new_err(
+            "call_with_keywords: bad arity",
+        ));
+    }
+    for (slot, arg) in stack.iter_mut().zip(args.iter()) {
+        *slot = arg.as_ptr();
+    }
+    for (slot, value) in stack[args.len()..].iter_mut().zip(values.iter()) {
+        *slot = value.as_ptr();
+    }
+    let names = names.get(py)?;
+    // SAFETY: the GIL is held; `stack` holds args.len() + keywords.len() borrowed references
+    // kept alive by the caller's `Bound`s; `names` is a tuple of str of the keyword count.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyObject_Vectorcall(
+                callable.as_ptr(),
+                stack.as_ptr(),
+                args.len(),
+                names.as_ptr(),
+            ),
+        )
+    }
 }

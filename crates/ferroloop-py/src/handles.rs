@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyTuple, PyType};
 
-use crate::ffi::call_in_context;
+use crate::ffi::{call_in_context, copy_of};
 use crate::gil_cell::GilCell;
 use crate::python_hooks::{asyncio_handle, asyncio_timer_handle, call_hook};
 use crate::shared::LoopShared;
@@ -43,6 +43,9 @@ pub struct HandleState {
     pub callback: Option<Py<PyAny>>,
     pub args: Option<Py<PyTuple>>,
     pub context: Option<Py<PyAny>>,
+    /// `context` is a snapshot shared with other handles (see `Loop::context_snapshot`): the
+    /// callback runs in a fresh copy of it, so nothing it sets leaks into the others.
+    pub shared_context: bool,
     pub cancelled: bool,
     /// Timers: in the loop's heap (asyncio's `TimerHandle._scheduled`).
     pub scheduled: bool,
@@ -52,7 +55,14 @@ pub struct HandleState {
     pub source_traceback: Option<Py<PyAny>>,
 }
 
-#[pyclass(module = "ferroloop._core", name = "Handle", subclass, frozen, weakref, freelist = 1024)]
+#[pyclass(
+    module = "ferroloop._core",
+    name = "Handle",
+    subclass,
+    frozen,
+    weakref,
+    freelist = 1024
+)]
 pub struct Handle {
     pub(crate) shared: Arc<LoopShared>,
     pub(crate) kind: Kind,
@@ -66,6 +76,7 @@ pub struct Handle {
 pub struct TimerHandle;
 
 impl Handle {
+    #[allow(clippy::too_many_arguments)] // one per field of a handle; built in one place
     pub fn new(
         shared: Arc<LoopShared>,
         kind: Kind,
@@ -73,6 +84,7 @@ impl Handle {
         callback: Py<PyAny>,
         args: Option<Py<PyTuple>>,
         context: Py<PyAny>,
+        shared_context: bool,
         source_traceback: Option<Py<PyAny>>,
     ) -> Self {
         Handle {
@@ -83,6 +95,7 @@ impl Handle {
                 callback: Some(callback),
                 args,
                 context: Some(context),
+                shared_context,
                 cancelled: false,
                 scheduled: kind == Kind::Timer,
                 repr: None,
@@ -113,20 +126,31 @@ impl Handle {
         let py = slf.py();
         let handle = slf.get();
         let one_shot = handle.kind != Kind::Io && !keep;
-        let (callback, args, context) = {
+        let (callback, args, context, shared_context) = {
             let mut state = handle.state.borrow_mut(py);
+            let shared_context = state.shared_context;
             if one_shot {
-                (state.callback.take(), state.args.take(), state.context.as_ref().map(|c| c.clone_ref(py)))
+                (
+                    state.callback.take(),
+                    state.args.take(),
+                    state.context.as_ref().map(|c| c.clone_ref(py)),
+                    shared_context,
+                )
             } else {
                 (
                     state.callback.as_ref().map(|c| c.clone_ref(py)),
                     state.args.as_ref().map(|a| a.clone_ref(py)),
                     state.context.as_ref().map(|c| c.clone_ref(py)),
+                    shared_context,
                 )
             }
         };
         let Some(callback) = callback else {
             return Ok(());
+        };
+        let context = match (context, shared_context) {
+            (Some(snapshot), true) => Some(copy_of(py, &snapshot)?),
+            (context, _) => context,
         };
         let Err(error) = call_in_context(py, &callback, args.as_ref(), context.as_ref()) else {
             return Ok(());
@@ -153,7 +177,10 @@ impl Handle {
         };
         // asyncio: TimerHandle.cancel tells the loop whenever the timer is still scheduled.
         if handle.kind == Kind::Timer && scheduled {
-            handle.shared.timer_cancelled.fetch_add(1, Ordering::Relaxed);
+            handle
+                .shared
+                .timer_cancelled
+                .fetch_add(1, Ordering::Relaxed);
         }
         if already {
             return Ok(());
@@ -193,7 +220,11 @@ pub fn report_error(
     {
         return Err(error);
     }
-    call_hook(py, "report_callback_error", (event_loop, handle, error.into_value(py)))?;
+    call_hook(
+        py,
+        "report_callback_error",
+        (event_loop, handle, error.into_value(py)),
+    )?;
     Ok(())
 }
 
@@ -207,8 +238,28 @@ impl Handle {
         self.is_cancelled(py)
     }
 
-    fn get_context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).context.as_ref().map(|c| c.clone_ref(py))
+    fn get_context(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let (context, shared) = {
+            let state = self.state.borrow(py);
+            (
+                state.context.as_ref().map(|c| c.clone_ref(py)),
+                state.shared_context,
+            )
+        };
+        match (context, shared) {
+            (Some(snapshot), true) => {
+                // The caller may enter or keep this context: give the handle its own copy,
+                // the one its callback will run in.
+                let own = copy_of(py, &snapshot)?;
+                let mut state = self.state.borrow_mut(py);
+                let previous = state.context.replace(own.clone_ref(py));
+                state.shared_context = false;
+                drop(state);
+                drop(previous);
+                Ok(Some(own))
+            }
+            (context, _) => Ok(context),
+        }
     }
 
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
@@ -233,7 +284,11 @@ impl Handle {
 
     #[getter]
     fn _callback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).callback.as_ref().map(|c| c.clone_ref(py))
+        self.state
+            .borrow(py)
+            .callback
+            .as_ref()
+            .map(|c| c.clone_ref(py))
     }
 
     #[getter]
@@ -253,7 +308,7 @@ impl Handle {
     }
 
     #[getter]
-    fn _context(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+    fn _context(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
         self.get_context(py)
     }
 
@@ -269,7 +324,11 @@ impl Handle {
 
     #[getter]
     fn _source_traceback(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.state.borrow(py).source_traceback.as_ref().map(|s| s.clone_ref(py))
+        self.state
+            .borrow(py)
+            .source_traceback
+            .as_ref()
+            .map(|s| s.clone_ref(py))
     }
 }
 
@@ -292,7 +351,7 @@ impl TimerHandle {
 
     fn __hash__(slf: PyRef<'_, Self>) -> PyResult<isize> {
         let py = slf.py();
-        Ok(pyo3::types::PyFloat::new(py, slf.as_super().when).hash()?)
+        pyo3::types::PyFloat::new(py, slf.as_super().when).hash()
     }
 
     /// asyncio: TimerHandle.__lt__/__le__/__gt__/__ge__ compare `_when`; `__eq__` also
@@ -318,7 +377,9 @@ impl TimerHandle {
                 let equal = when == other_when
                     && this.getattr("_callback")?.eq(other.getattr("_callback")?)?
                     && this.getattr("_args")?.eq(other.getattr("_args")?)?
-                    && this.getattr("_cancelled")?.eq(other.getattr("_cancelled")?)?;
+                    && this
+                        .getattr("_cancelled")?
+                        .eq(other.getattr("_cancelled")?)?;
                 if matches!(op, CompareOp::Eq) {
                     equal
                 } else {
@@ -326,7 +387,10 @@ impl TimerHandle {
                 }
             }
         };
-        Ok(pyo3::types::PyBool::new(py, result).to_owned().into_any().unbind())
+        Ok(pyo3::types::PyBool::new(py, result)
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 }
 

@@ -9,6 +9,8 @@ use pyo3::types::PyType;
 
 static ASYNCIO_HANDLE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ASYNCIO_TIMER_HANDLE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static ASYNCIO_FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static ASYNCIO_TASK: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static HOOKS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 pub fn asyncio_handle(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
@@ -19,10 +21,22 @@ pub fn asyncio_timer_handle(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     ASYNCIO_TIMER_HANDLE.import(py, "asyncio.events", "TimerHandle")
 }
 
+/// `asyncio.Future` (the C implementation when available, as asyncio's own loop uses).
+pub fn asyncio_future(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    ASYNCIO_FUTURE.import(py, "asyncio.futures", "Future")
+}
+
+/// `asyncio.Task`, looked up in `asyncio.tasks` as `BaseEventLoop.create_task` does.
+pub fn asyncio_task(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
+    ASYNCIO_TASK.import(py, "asyncio.tasks", "Task")
+}
+
 /// The `ferroloop._hooks` module.
 pub fn hooks(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     HOOKS
-        .get_or_try_init(py, || Ok::<_, PyErr>(py.import("ferroloop._hooks")?.into_any().unbind()))
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(py.import("ferroloop._hooks")?.into_any().unbind())
+        })
         .map(|m| m.bind(py))
 }
 

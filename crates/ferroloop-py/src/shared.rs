@@ -17,7 +17,9 @@ pub struct LoopShared {
     /// asyncio's `_timer_cancelled_count`: cancelled timers still in the heap.
     pub timer_cancelled: AtomicUsize,
     /// True while the loop's thread is (about to be) blocked in the poll with the GIL
-    /// released: other threads must then wake it. Written by the loop thread under the GIL.
+    /// released and nobody has woken it yet. Set by the loop thread under the GIL before it
+    /// polls; cleared by the first waker (so one eventfd write per park, however many threads
+    /// post callbacks while the loop waits to get the GIL back) or by the loop after the poll.
     pub parked: AtomicBool,
     pub waker: Arc<Waker>,
     /// A weak reference to the loop object (set once, right after construction).
@@ -35,10 +37,15 @@ impl LoopShared {
         }
     }
 
-    /// Wake the loop if it is blocked in its poll.
+    /// Wake the loop if it is blocked in its poll and no one woke it yet.
+    ///
+    /// Callers have pushed their callback under the GIL before calling this; the loop sets
+    /// `parked` under the GIL after checking its ready queue was empty. So either the loop saw
+    /// the callback, or `parked` is true here and this call (or an earlier one) writes the
+    /// eventfd.
     #[inline]
     pub fn wake_if_parked(&self) {
-        if self.parked.load(Ordering::SeqCst) {
+        if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::SeqCst) {
             let _ = self.waker.wake();
         }
     }
@@ -50,7 +57,9 @@ impl LoopShared {
             .ok_or_else(|| PyRuntimeError::new_err("handle has no event loop"))?;
         let target = weakref.bind(py).call0()?;
         if target.is_none() {
-            return Err(PyRuntimeError::new_err("the event loop of this handle is gone"));
+            return Err(PyRuntimeError::new_err(
+                "the event loop of this handle is gone",
+            ));
         }
         Ok(target.unbind())
     }

@@ -143,14 +143,11 @@ impl Registrar {
     /// that out, so they are ignored here.
     pub fn rearm(&mut self, fd: RawFd) {
         if let Some(interest) = self.interests.get(&fd).and_then(|i| i.to_mio()) {
-            let _ = self.registry.reregister(
-                &mut SourceFd(&fd),
-                Token(fd as usize),
-                interest,
-            );
+            let _ = self
+                .registry
+                .reregister(&mut SourceFd(&fd), Token(fd as usize), interest);
         }
     }
-
 }
 
 impl Poller {

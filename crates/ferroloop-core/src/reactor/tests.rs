@@ -42,7 +42,8 @@ fn interest_transitions() {
     let ev = poll_now(&mut p);
     assert_eq!(ev.len(), 1);
     assert!(ev[0].writable && !ev[0].readable);
-    r.set_interest(fd, Interest::READ | Interest::WRITE).unwrap();
+    r.set_interest(fd, Interest::READ | Interest::WRITE)
+        .unwrap();
     assert_eq!(r.registered(), 1);
     r.set_interest(fd, Interest::NONE).unwrap();
     assert_eq!(r.registered(), 0);
@@ -52,8 +53,7 @@ fn interest_transitions() {
 
 #[test]
 fn bad_fd_is_an_error() {
-    let (mut p, mut r, waker) = new().unwrap();
-    let _ = &waker;
+    let (_p, mut r, _waker) = new().unwrap();
     let err = r.set_interest(1_000_000, Interest::READ).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EBADF));
     assert_eq!(r.registered(), 0);
@@ -71,7 +71,8 @@ fn closed_and_reused_fd_recovers() {
     // The kernel dropped the fd from epoll; a new socket may get the same number.
     let (mut c, d) = UnixStream::pair().unwrap();
     let fd2 = d.as_raw_fd();
-    r.set_interest(fd2, Interest::READ | Interest::WRITE).unwrap();
+    r.set_interest(fd2, Interest::READ | Interest::WRITE)
+        .unwrap();
     c.write_all(b"y").unwrap();
     let ev = poll_now(&mut p);
     assert!(ev.iter().any(|e| e.fd == fd2 && e.readable));

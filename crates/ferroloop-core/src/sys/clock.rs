@@ -12,5 +12,9 @@ pub fn monotonic_ns() -> i64 {
     unsafe {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
     }
-    (ts.tv_sec as i64) * 1_000_000_000 + ts.tv_nsec as i64
+    // `time_t`/`c_long` are `i64` on the 64-bit targets we build for; the conversion keeps
+    // 32-bit targets compiling.
+    #[allow(clippy::useless_conversion)]
+    let nanos = i64::from(ts.tv_sec) * 1_000_000_000 + i64::from(ts.tv_nsec);
+    nanos
 }

@@ -68,8 +68,9 @@ impl<T: TimerEntry> TimerHeap<T> {
     /// the body of asyncio's purge of cancelled timers. Returns the removed entries, so the
     /// caller decides when they are dropped.
     pub fn purge(&mut self, mut keep: impl FnMut(&T) -> bool) -> Vec<T> {
-        let (kept, removed): (Vec<T>, Vec<T>) =
-            std::mem::take(&mut self.items).into_iter().partition(|item| keep(item));
+        let (kept, removed): (Vec<T>, Vec<T>) = std::mem::take(&mut self.items)
+            .into_iter()
+            .partition(|item| keep(item));
         self.items = kept;
         self.heapify();
         removed
@@ -162,6 +163,7 @@ mod tests {
         }
         heap[pos] = newitem;
     }
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // transcribes heapq's `not a < b` verbatim
     fn ref_siftup(heap: &mut [T], mut pos: usize) {
         let endpos = heap.len();
         let startpos = pos;
