@@ -10,6 +10,7 @@ exactly as on the same version's asyncio. See ``docs/decisions/0001-borrowed-asy
 """
 
 import asyncio
+import selectors
 import os
 import sys
 import threading
@@ -74,6 +75,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
             # 3.13: listening UNIX sockets are unlinked when their server closes.
             self._unix_server_sockets = {}
         self._bind_weakref(weakref.ref(self))
+        self._selector = _SelectorView(self)
 
     def run_forever(self):
         """Run until ``stop()`` is called."""
@@ -118,6 +120,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         if self._debug:
             logger.debug("Close %r", self)
         self._close_native()
+        self._selector = None
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
@@ -174,6 +177,44 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         self._check_closed()
         self._make_self_pipe()
         return _BORROWED_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
+
+
+class _SelectorView(selectors.BaseSelector):
+    """A read-only view of the native fd table with the selector API asyncio's transports
+    use in their ``repr`` (``get_key``/``get_map``). Registration goes through
+    ``add_reader``/``add_writer``; polling is the loop's own."""
+
+    def __init__(self, loop):
+        self._loop = weakref.ref(loop)
+
+    def _key(self, fd):
+        loop = self._loop()
+        found = None if loop is None else loop._fd_key(fd)
+        if found is None:
+            return None
+        events, reader, writer = found
+        return selectors.SelectorKey(fd, fd, events, (reader, writer))
+
+    def get_key(self, fileobj):
+        fd = selectors._fileobj_to_fd(fileobj)
+        key = self._key(fd)
+        if key is None:
+            raise KeyError(f"{fileobj!r} is not registered")
+        return key
+
+    def get_map(self):
+        loop = self._loop()
+        fds = [] if loop is None else loop._registered_fds()
+        return {fd: key for fd in fds if (key := self._key(fd)) is not None}
+
+    def register(self, fileobj, events, data=None):
+        raise NotImplementedError("use loop.add_reader()/add_writer() with ferroloop")
+
+    def unregister(self, fileobj):
+        raise NotImplementedError("use loop.remove_reader()/remove_writer() with ferroloop")
+
+    def select(self, timeout=None):
+        raise NotImplementedError("ferroloop polls natively")
 
 
 def _defining_source(name):

@@ -24,7 +24,7 @@ use ferroloop_core::time::clock::CLOCK_RESOLUTION;
 use ferroloop_core::time::{monotonic, TimerEntry, TimerHeap};
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyTuple};
+use pyo3::types::{PyFloat, PyInt, PyTuple};
 
 use crate::errors::os_error;
 use crate::ffi::{call_with_keywords, KeywordNames};
@@ -65,6 +65,9 @@ impl TimerEntry for Timer {
     }
 }
 
+/// `(events, reader, writer)` of one fd, as `loop._fd_key` returns it.
+type FdKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
+
 #[derive(Default)]
 struct IoHandles {
     reader: Option<Py<Handle>>,
@@ -96,17 +99,15 @@ pub struct Loop {
     poller: Mutex<Poller>,
 }
 
-fn to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    // asyncio: selectors._fileobj_to_fd
-    let fd: i64 = if let Ok(fd) = fileobj.extract::<i64>() {
-        fd
+/// asyncio: `selectors._fileobj_to_fd`. `Ok(None)`: a valid integer too large for a C int
+/// (asyncio's selector then fails with OverflowError on add, and finds nothing on remove).
+fn to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let number = if fileobj.is_instance_of::<PyInt>() {
+        fileobj.clone()
     } else {
-        match fileobj
-            .call_method0("fileno")
-            .and_then(|f| f.extract::<i64>())
-        {
-            Ok(fd) => fd,
-            Err(_) => {
+        match fileobj.call_method0("fileno") {
+            Ok(fd) if fd.is_instance_of::<PyInt>() => fd,
+            _ => {
                 return Err(PyValueError::new_err(format!(
                     "Invalid file object: {}",
                     fileobj.repr()?
@@ -114,12 +115,19 @@ fn to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<RawFd> {
             }
         }
     };
-    if fd < 0 || fd > i64::from(i32::MAX) {
+    if number.lt(0)? {
         return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {fd}"
+            "Invalid file descriptor: {number}"
         )));
     }
-    Ok(fd as RawFd)
+    Ok(number
+        .extract::<i64>()
+        .ok()
+        .and_then(|fd| RawFd::try_from(fd).ok()))
+}
+
+fn c_int_overflow() -> PyErr {
+    pyo3::exceptions::PyOverflowError::new_err("Python int too large to convert to C int")
 }
 
 impl Loop {
@@ -453,6 +461,8 @@ impl Loop {
     fn run_once_impl(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let this = slf.get();
+        // A closed loop has no reactor left to wait on (asyncio fails on its closed selector).
+        this.check_closed(py)?;
         // A signal that arrived while callbacks ran (not during the poll, which EINTR would
         // end) has only tripped CPython's flag: asyncio's Python loop acts on it at its next
         // bytecode, so run the handlers now, before a poll that could block indefinitely.
@@ -481,7 +491,7 @@ impl Loop {
         let py = slf.py();
         let this = slf.get();
         this.check_closed(py)?;
-        let fd = to_fd(fileobj)?;
+        let fd = to_fd(fileobj)?.ok_or_else(c_int_overflow)?;
         let handle = new_untracked(
             py,
             this.make_handle(py, Kind::Io, f64::NAN, callback, args, None)?,
@@ -515,7 +525,9 @@ impl Loop {
         if this.state.borrow(py).closed {
             return Ok(false);
         }
-        let fd = to_fd(fileobj)?;
+        let Some(fd) = to_fd(fileobj)? else {
+            return Ok(false);
+        };
         let previous = {
             let mut state = this.state.borrow_mut(py);
             let state = &mut *state;
@@ -554,10 +566,11 @@ fn new_untracked(py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
 
 fn delay_to_when(py: Python<'_>, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
     let now = monotonic();
-    let when = match delay.extract::<f64>() {
-        Ok(delay) => now + delay,
-        // Let Python produce asyncio's own error (`self.time() + delay`).
-        Err(_) => PyFloat::new(py, now).add(delay)?.extract::<f64>()?,
+    let when = if delay.is_exact_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() {
+        now + delay.extract::<f64>()?
+    } else {
+        // asyncio computes `self.time() + delay`: same result type rules, same errors.
+        PyFloat::new(py, now).add(delay)?.extract::<f64>()?
     };
     if when.is_nan() {
         return Err(PyValueError::new_err("delay must not be NaN"));
@@ -876,6 +889,30 @@ impl Loop {
             timer.handle.get().release(py);
         }
         drop((ready, timers, io, snapshot));
+    }
+
+    /// What is registered for `fd`: `(events, reader, writer)` with asyncio's selector event
+    /// bits (1: read, 2: write), or `None`. Backs `loop._selector.get_key()`.
+    fn _fd_key(&self, py: Python<'_>, fd: RawFd) -> Option<FdKey> {
+        let state = self.state.borrow(py);
+        let entry = state.io.get(&fd)?;
+        let mut events = 0;
+        if entry.reader.is_some() {
+            events |= 1;
+        }
+        if entry.writer.is_some() {
+            events |= 2;
+        }
+        Some((
+            events,
+            entry.reader.as_ref().map(|h| h.clone_ref(py)),
+            entry.writer.as_ref().map(|h| h.clone_ref(py)),
+        ))
+    }
+
+    /// Registered fds (for `loop._selector.get_map()`).
+    fn _registered_fds(&self, py: Python<'_>) -> Vec<RawFd> {
+        self.state.borrow(py).io.keys().copied().collect()
     }
 
     /// Number of handles in the ready queue and the timer heap (for tests and metrics).

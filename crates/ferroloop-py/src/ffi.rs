@@ -49,6 +49,22 @@ pub fn call_in_context(
     args: Option<&Py<PyTuple>>,
     context: Option<&Py<PyAny>>,
 ) -> PyResult<()> {
+    if let Some(context) = context {
+        // SAFETY: type check of a live object.
+        if unsafe { ffi::PyContext_CheckExact(context.as_ptr()) } == 0 {
+            // Not a Context: asyncio calls `context.run(callback, *args)`; so do we, to get
+            // the same behaviour (and the same error).
+            let mut call_args: Vec<Bound<'_, PyAny>> = vec![callback.bind(py).clone()];
+            if let Some(args) = args {
+                call_args.extend(args.bind(py).iter());
+            }
+            context
+                .bind(py)
+                .getattr("run")?
+                .call1(PyTuple::new(py, call_args)?)?;
+            return Ok(());
+        }
+    }
     // SAFETY: the GIL is held. `callback`, `args` and `context` are owned references kept
     // alive by the caller for the whole call. The tuple's item array is valid for its length
     // while the tuple is alive, and vectorcall does not mutate it. Enter/Exit are paired.

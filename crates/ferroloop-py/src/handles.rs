@@ -262,6 +262,36 @@ impl Handle {
         }
     }
 
+    /// `copy.copy(handle)`: a handle with the same callback, arguments and context.
+    fn __copy__(slf: &Bound<'_, Self>) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let handle = slf.get();
+        let state = handle.state.borrow(py);
+        let copy = Handle {
+            shared: Arc::clone(&handle.shared),
+            kind: handle.kind,
+            when: handle.when,
+            state: GilCell::new(HandleState {
+                callback: state.callback.as_ref().map(|c| c.clone_ref(py)),
+                args: state.args.as_ref().map(|a| a.clone_ref(py)),
+                context: state.context.as_ref().map(|c| c.clone_ref(py)),
+                shared_context: state.shared_context,
+                cancelled: state.cancelled,
+                scheduled: false,
+                repr: state.repr.as_ref().map(|r| r.clone_ref(py)),
+                source_traceback: state.source_traceback.as_ref().map(|t| t.clone_ref(py)),
+            }),
+        };
+        drop(state);
+        let copy = if handle.kind == Kind::Timer {
+            Py::new(py, PyClassInitializer::from(copy).add_subclass(TimerHandle))?.into_any()
+        } else {
+            Py::new(py, copy)?.into_any()
+        };
+        crate::ffi::untrack(copy.bind(py));
+        Ok(copy)
+    }
+
     fn _run(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let event_loop = slf.get().loop_object(py)?;
