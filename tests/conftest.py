@@ -9,7 +9,6 @@
 """
 
 import asyncio
-import gc
 import os
 import subprocess
 import sys
@@ -112,9 +111,3 @@ def run_python(code, *args, env=None, timeout=30, input=None, xargs=()):
         input=input,
         cwd="/tmp",
     )
-
-
-@pytest.fixture(autouse=True)
-def _collect_between_tests():
-    yield
-    gc.collect()
