@@ -298,3 +298,141 @@ def test_callable_objects(loop):
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert out == [("call", 1), ("meth", 2), 3]
+
+
+def test_handle_run_directly(loop):
+    out = []
+    h = loop.call_soon(out.append, "direct")
+    h._run()
+    assert out == ["direct"]
+    h.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["direct"]
+
+
+@pytest.mark.expect_errors
+def test_handle_run_directly_exception(loop, loop_errors):
+    def bad():
+        raise ValueError("direct")
+
+    h = loop.call_soon(bad)
+    h._run()  # asyncio's Handle._run reports to the exception handler, does not raise
+    assert len(loop_errors) == 1
+    assert loop_errors[0]["handle"] is h
+    h.cancel()
+
+
+def test_manual_run_once_stepping(loop):
+    out = []
+    loop.call_soon(out.append, 1)
+    loop.call_soon(lambda: loop.call_soon(out.append, 3))
+    loop.call_soon(out.append, 2)
+    loop._run_once()
+    assert out == [1, 2]
+    loop._run_once()
+    assert out == [1, 2, 3]
+
+
+def test_timerhandle_sorting_mixed_with_asyncio_handles(loop):
+    a = loop.call_at(3.0, print)
+    b = loop.call_at(1.0, print)
+    c = asyncio.TimerHandle(2.0, print, (), loop)
+    assert [h.when() for h in sorted([a, b, c])] == [1.0, 2.0, 3.0]
+    a.cancel()
+    b.cancel()
+
+
+def test_handle_repr_after_run(loop):
+    def cb():
+        pass
+
+    h = loop.call_soon(cb)
+    before = repr(h)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert repr(h) == before
+
+
+def test_handle_repr_partial_and_method(loop):
+    import functools
+
+    class K:
+        def meth(self):
+            pass
+
+    k = K()
+    for cb in (functools.partial(print, 1), k.meth, len):
+        h = loop.call_soon(cb)
+        ref = asyncio.Handle(cb, (), loop)
+        assert repr(h) == repr(ref)
+        h.cancel()
+
+
+def test_call_soon_many_args(loop):
+    out = []
+    args = tuple(range(100))
+    loop.call_soon(lambda *a: out.append(a), *args)
+    loop.call_later(0, lambda *a: out.append(a), *args)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert out == [args, args]
+
+
+def test_callback_kwargs_not_allowed(loop):
+    with pytest.raises(TypeError):
+        loop.call_soon(print, end="")
+
+
+def _default_handler_log(loop_factory_fn, debug):
+    import logging
+
+    records = []
+
+    class H(logging.Handler):
+        def emit(self, record):
+            records.append(self.format(record) if False else record.getMessage())
+
+    lg = logging.getLogger("asyncio")
+    h = H()
+    lg.addHandler(h)
+    old = lg.level
+    lg.setLevel(logging.ERROR)
+    lp = loop_factory_fn()
+    try:
+        lp.set_debug(debug)
+
+        def bad_callback(x):
+            raise ValueError("logged")
+
+        lp.call_soon(bad_callback, 1)
+        lp.call_later(0, bad_callback, 2)
+        lp.call_later(0.01, lp.stop)
+        lp.run_forever()
+    finally:
+        lp.close()
+        lg.removeHandler(h)
+        lg.setLevel(old)
+    return records
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_default_handler_log_same_as_asyncio(debug):
+    from conftest import FACTORIES
+
+    expected = _default_handler_log(FACTORIES["asyncio"], debug)
+    got = _default_handler_log(FACTORIES["ferroloop"], debug)
+    import re
+
+    def norm(msgs):
+        out = []
+        for m in msgs:
+            m = re.sub(r"when=[0-9.e+-]+", "when=X", m)
+            if debug:
+                # the source traceback's outer frames are this test's two call lines
+                m = "\n".join(m.split("\n")[:2])
+            out.append(m)
+        return out
+
+    assert len(expected) == 2
+    assert norm(got) == norm(expected)
