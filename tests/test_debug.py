@@ -280,3 +280,26 @@ def test_debug_exception_handler_logs_source(loop, caplog):
     assert len(recs) == 1
     assert "created at (most recent call last)" in recs[0].getMessage()
     assert recs[0].getMessage().endswith("loop.call_soon(bad)")
+
+
+def test_asyncio_run_debug_with_installed_policy():
+    import ferroloop
+
+    old = asyncio.get_event_loop_policy()
+    try:
+        ferroloop.install()
+
+        async def main():
+            lp = asyncio.get_running_loop()
+            return type(lp).__name__, lp.get_debug()
+
+        assert asyncio.run(main(), debug=True) == ("Loop", True)
+        assert asyncio.run(main()) == ("Loop", False)
+    finally:
+        asyncio.set_event_loop_policy(old)
+
+
+def test_slow_callback_duration_attribute(loop):
+    assert loop.slow_callback_duration == 0.1
+    loop.slow_callback_duration = 0.5
+    assert loop.slow_callback_duration == 0.5

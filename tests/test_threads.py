@@ -199,3 +199,63 @@ def test_stop_from_other_thread_via_threadsafe(loop):
     loop.run_forever()
     t.join()
     assert ticks
+
+
+def test_close_from_other_thread_while_running(loop):
+    res = []
+
+    def other():
+        try:
+            loop.close()
+        except RuntimeError as e:
+            res.append(str(e))
+        loop.call_soon_threadsafe(loop.stop)
+
+    loop.call_soon(lambda: threading.Thread(target=other).start())
+    loop.run_forever()
+    assert res == ["Cannot close a running event loop"]
+
+
+def test_threadsafe_hammer_during_close(loop):
+    # threads keep scheduling while the loop is closed: they get RuntimeError, nothing crashes
+    stop = threading.Event()
+    outcomes = []
+
+    def hammer():
+        n = 0
+        while not stop.is_set():
+            try:
+                loop.call_soon_threadsafe(lambda: None)
+                n += 1
+            except RuntimeError as e:
+                outcomes.append(str(e))
+                return
+            except BaseException as e:  # pragma: no cover
+                outcomes.append(repr(e))
+                return
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    loop.close()
+    time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert outcomes == ["Event loop is closed"] * 3
+
+
+def test_cancel_timer_from_other_thread_no_crash(loop):
+    timers = [loop.call_later(0.001 * (i % 10), lambda: None) for i in range(2000)]
+
+    def canceller():
+        for t in timers[::2]:
+            t.cancel()
+
+    t = threading.Thread(target=canceller)
+    loop.call_soon(t.start)
+    loop.call_later(0.05, loop.stop)
+    loop.run_forever()
+    t.join()
