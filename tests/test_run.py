@@ -293,7 +293,8 @@ def test_ferroloop_run_cancels_remaining_tasks():
 
 
 def test_ferroloop_run_in_running_loop(loop):
-    # asyncio.run fails fast with its own message and creates no loop (no leaked coroutine)
+    """ferroloop.run() called inside a running loop (the outer loop is the parameter): like
+    asyncio.run it must fail fast with asyncio.run's message and leak nothing."""
     async def inner():
         pass
 
