@@ -436,3 +436,35 @@ def test_default_handler_log_same_as_asyncio(debug):
 
     assert len(expected) == 2
     assert norm(got) == norm(expected)
+
+
+def test_handle_weakref(loop):
+    import weakref
+
+    h = loop.call_soon(print)
+    r = weakref.ref(h)
+    assert r() is h
+    h.cancel()
+
+
+def test_handle_copy_same_as_asyncio(loop):
+    import copy
+
+    from conftest import asyncio_loop
+
+    def outcome(lp):
+        h = lp.call_soon(print, 1)
+        try:
+            c = copy.copy(h)
+            return ("ok", repr(c))
+        except Exception as e:  # noqa: BLE001
+            return (type(e).__name__,)
+        finally:
+            h.cancel()
+
+    ref = asyncio_loop()
+    try:
+        expected = outcome(ref)
+    finally:
+        ref.close()
+    assert outcome(loop) == expected

@@ -141,3 +141,133 @@ def test_connect_refused(loop):
             await asyncio.open_connection("127.0.0.1", port)
 
     loop.run_until_complete(main())
+
+
+def _norm_repr(s):
+    import re
+
+    s = re.sub(r"fd=\d+", "fd=N", s)
+    s = re.sub(r"pid=\d+", "pid=N", s)
+    s = re.sub(r" at 0x[0-9a-f]+", " at 0x", s)
+    return s
+
+
+def _safe_repr(obj):
+    try:
+        return repr(obj)
+    except Exception as e:  # noqa: BLE001
+        return f"repr raised {type(e).__name__}: {e}"
+
+
+def _socket_transport_reprs(loop):
+    async def handler(r, w):
+        await r.read()
+        w.close()
+
+    async def main():
+        srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection(*srv.sockets[0].getsockname())
+        try:
+            return [_safe_repr(w.transport), _safe_repr(w)]
+        finally:
+            w.close()
+            await w.wait_closed()
+            srv.close()
+            await srv.wait_closed()
+
+    return [_norm_repr(x) for x in loop.run_until_complete(main())]
+
+
+def test_socket_transport_repr(loop):
+    from conftest import asyncio_loop
+
+    ref = asyncio_loop()
+    try:
+        expected = _socket_transport_reprs(ref)
+    finally:
+        ref.close()
+    assert _socket_transport_reprs(loop) == expected
+    assert "read=polling" in expected[0]
+
+
+def _pipe_transport_reprs(loop):
+    import os
+
+    async def main():
+        r, w = os.pipe()
+        rf = os.fdopen(r, "rb", buffering=0)
+        wf = os.fdopen(w, "wb", buffering=0)
+        rtr, _ = await loop.connect_read_pipe(asyncio.Protocol, rf)
+        wtr, _ = await loop.connect_write_pipe(asyncio.Protocol, wf)
+        try:
+            return [_safe_repr(rtr), _safe_repr(wtr)]
+        finally:
+            rtr.close()
+            wtr.close()
+            await asyncio.sleep(0)
+
+    return [_norm_repr(x) for x in loop.run_until_complete(main())]
+
+
+def test_pipe_transport_repr(loop):
+    from conftest import asyncio_loop
+
+    ref = asyncio_loop()
+    try:
+        expected = _pipe_transport_reprs(ref)
+    finally:
+        ref.close()
+    assert _pipe_transport_reprs(loop) == expected
+
+
+def _debug_eof_log(loop):
+    import logging
+
+    records = []
+
+    class H(logging.Handler):
+        def emit(self, record):
+            try:
+                records.append(_norm_repr(record.getMessage()))
+            except Exception as e:  # noqa: BLE001
+                records.append(f"getMessage raised {type(e).__name__}: {e}")
+
+    lg = logging.getLogger("asyncio")
+    h = H(logging.DEBUG)
+    old = lg.level
+    lg.addHandler(h)
+    lg.setLevel(logging.DEBUG)
+    loop.set_debug(True)
+    try:
+        async def handler(r, w):
+            await r.read()
+            w.close()
+
+        async def main():
+            srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+            r, w = await asyncio.open_connection(*srv.sockets[0].getsockname())
+            w.write_eof()
+            await r.read()
+            w.close()
+            await w.wait_closed()
+            srv.close()
+            await srv.wait_closed()
+
+        loop.run_until_complete(main())
+    finally:
+        lg.removeHandler(h)
+        lg.setLevel(old)
+        loop.set_debug(False)
+    return [m for m in records if "EOF" in m]
+
+
+def test_debug_transport_eof_logging(loop):
+    from conftest import asyncio_loop
+
+    ref = asyncio_loop()
+    try:
+        expected = _debug_eof_log(ref)
+    finally:
+        ref.close()
+    assert expected
+    assert _debug_eof_log(loop) == expected
