@@ -160,11 +160,15 @@ def _safe_repr(obj):
 
 
 def _socket_transport_reprs(loop):
-    async def handler(r, w):
-        await r.read()
-        w.close()
-
     async def main():
+        done = loop.create_future()
+
+        async def handler(r, w):
+            await r.read()
+            w.close()
+            await w.wait_closed()
+            done.set_result(None)
+
         srv = await asyncio.start_server(handler, "127.0.0.1", 0)
         r, w = await asyncio.open_connection(*srv.sockets[0].getsockname())
         try:
@@ -172,6 +176,7 @@ def _socket_transport_reprs(loop):
         finally:
             w.close()
             await w.wait_closed()
+            await asyncio.wait_for(done, 10)
             srv.close()
             await srv.wait_closed()
 
@@ -237,19 +242,26 @@ def _debug_eof_log(loop):
     old = lg.level
     lg.addHandler(h)
     lg.setLevel(logging.DEBUG)
+    # only our handler (which survives a failing repr) sees the records, not pytest's capture
+    lg.propagate = False
     loop.set_debug(True)
     try:
-        async def handler(r, w):
-            await r.read()
-            w.close()
-
         async def main():
+            done = loop.create_future()
+
+            async def handler(r, w):
+                await r.read()
+                w.close()
+                await w.wait_closed()
+                done.set_result(None)
+
             srv = await asyncio.start_server(handler, "127.0.0.1", 0)
             r, w = await asyncio.open_connection(*srv.sockets[0].getsockname())
             w.write_eof()
             await r.read()
             w.close()
             await w.wait_closed()
+            await asyncio.wait_for(done, 10)
             srv.close()
             await srv.wait_closed()
 
@@ -257,8 +269,9 @@ def _debug_eof_log(loop):
     finally:
         lg.removeHandler(h)
         lg.setLevel(old)
+        lg.propagate = True
         loop.set_debug(False)
-    return [m for m in records if "EOF" in m]
+    return [m for m in records if "EOF" in m or "raised" in m]
 
 
 def test_debug_transport_eof_logging(loop):
