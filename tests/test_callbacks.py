@@ -468,3 +468,24 @@ def test_handle_copy_same_as_asyncio(loop):
     finally:
         ref.close()
     assert outcome(loop) == expected
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
+def test_base_exception_resets_running_state(loop, exc_type):
+    def boom():
+        raise exc_type()
+
+    loop.call_soon(boom)
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert not loop.is_running()
+    assert asyncio._get_running_loop() is None
+    assert loop._thread_id is None
+    assert not loop._stopping
+
+
+def test_stop_flag_reset_after_run(loop):
+    loop.stop()
+    assert loop._stopping
+    loop.run_forever()
+    assert not loop._stopping

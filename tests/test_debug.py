@@ -303,3 +303,37 @@ def test_slow_callback_duration_attribute(loop):
     assert loop.slow_callback_duration == 0.1
     loop.slow_callback_duration = 0.5
     assert loop.slow_callback_duration == 0.5
+
+
+def test_call_soon_threadsafe_no_thread_check_in_debug(loop):
+    loop.set_debug(True)
+    out = []
+
+    async def main():
+        def other():
+            loop.call_soon_threadsafe(out.append, "ok")
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        await asyncio.sleep(0.01)
+
+    loop.run_until_complete(main())
+    assert out == ["ok"]
+
+
+def test_set_debug_while_running(loop):
+    seen = []
+
+    async def main():
+        loop.set_debug(True)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        seen.append(sys.get_coroutine_origin_tracking_depth())
+        loop.set_debug(False)
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        seen.append(sys.get_coroutine_origin_tracking_depth())
+
+    loop.run_until_complete(main())
+    assert seen[0] > 0 and seen[1] == 0

@@ -361,3 +361,27 @@ def test_sock_apis(loop, pair):
         return data
 
     assert loop.run_until_complete(main()) == b"hello"
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_base_exception_in_reader_propagates(loop, pair, exc_type):
+    a, b = pair
+    calls = []
+
+    def on_read():
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc_type()
+        b.recv(10)
+        loop.remove_reader(b)
+        loop.stop()
+
+    loop.add_reader(b, on_read)
+    a.send(b"x")
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert not loop.is_running()
+    assert asyncio._get_running_loop() is None
+    # still registered: the next run calls it again
+    loop.run_forever()
+    assert calls == [1, 1]
