@@ -1,0 +1,113 @@
+"""Shared fixtures: every behavioural test runs on asyncio's own loop and on ferroloop.
+
+``loop``          a fresh loop (``[asyncio]`` / ``[ferroloop]`` in the test id), closed after the
+                  test; a recording exception handler is installed and the test fails if anything
+                  reached it, unless the test is marked ``expect_errors`` (then it reads the
+                  records through the ``loop_errors`` fixture).
+``loop_factory``  the factory itself, for tests that need several loops; loops it creates are
+                  closed after the test.
+"""
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import ferroloop
+
+LOOP_NAMES = ("asyncio", "ferroloop")
+
+
+def asyncio_loop():
+    """asyncio's loop as the default policy makes it (independent of any installed policy)."""
+    return asyncio.DefaultEventLoopPolicy().new_event_loop()
+
+
+FACTORIES = {"asyncio": asyncio_loop, "ferroloop": ferroloop.new_event_loop}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "expect_errors: the test expects calls of the loop's exception handler"
+    )
+
+
+class _Factory:
+    def __init__(self, name):
+        self.name = name
+        self.loops = []
+
+    def __call__(self):
+        loop = FACTORIES[self.name]()
+        self.loops.append(loop)
+        return loop
+
+    def __repr__(self):
+        return f"<loop factory {self.name}>"
+
+    def close_all(self):
+        for loop in self.loops:
+            if not loop.is_running() and not loop.is_closed():
+                loop.close()
+
+
+@pytest.fixture(params=LOOP_NAMES)
+def loop_name(request):
+    return request.param
+
+
+@pytest.fixture
+def loop_factory(loop_name):
+    factory = _Factory(loop_name)
+    yield factory
+    factory.close_all()
+    asyncio.set_event_loop(None)
+
+
+@pytest.fixture
+def loop(request, loop_factory):
+    loop = loop_factory()
+    errors = []
+
+    def handler(lp, context):
+        errors.append(context)
+
+    loop.set_exception_handler(handler)
+    loop._test_errors = errors
+    yield loop
+    if not loop.is_closed():
+        # Let finished work settle (e.g. callbacks queued by done futures) then close.
+        loop.close()
+    asyncio.set_event_loop(None)
+    if request.node.get_closest_marker("expect_errors") is None:
+        assert errors == [], f"unexpected exception handler calls: {errors!r}"
+
+
+@pytest.fixture
+def loop_errors(loop):
+    return loop._test_errors
+
+
+def is_ferroloop(loop):
+    return isinstance(loop, ferroloop.Loop)
+
+
+def run_python(code, *args, env=None, timeout=30, input=None, xargs=()):
+    """Run ``code`` in a fresh interpreter; return the CompletedProcess (text mode)."""
+    full_env = dict(os.environ)
+    full_env.pop("PYTHONASYNCIODEBUG", None)
+    full_env.pop("PYTHONDEVMODE", None)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, *xargs, "-c", textwrap.dedent(code), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=input,
+        cwd="/tmp",
+    )

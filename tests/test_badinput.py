@@ -1,0 +1,522 @@
+"""Bad input: same exceptions as asyncio (exact type and message), never a Rust panic."""
+
+import asyncio
+import math
+
+import pytest
+
+import ferroloop
+from conftest import asyncio_loop
+
+
+async def _coro_func():
+    pass
+
+
+def outcome(func):
+    try:
+        func()
+    except BaseException as e:  # noqa: BLE001
+        return type(e), str(e)
+    return None
+
+
+def compare(loop, call, debug):
+    """(asyncio's outcome, this loop's outcome) for call(loop)."""
+    ref = asyncio_loop()
+    ref.set_debug(debug)
+    loop.set_debug(debug)
+    try:
+        expected = outcome(lambda: call(ref))
+    finally:
+        ref.close()
+    got = outcome(lambda: call(loop))
+    return expected, got
+
+
+SCHEDULERS = {
+    "call_soon": lambda lp, cb: lp.call_soon(cb),
+    "call_soon_threadsafe": lambda lp, cb: lp.call_soon_threadsafe(cb),
+    "call_later": lambda lp, cb: lp.call_later(1, cb),
+    "call_at": lambda lp, cb: lp.call_at(1, cb),
+}
+
+NONCALLABLES = {
+    "int": lambda: 1,
+    "None": lambda: None,
+    "str": lambda: "text",
+    "coroutine_function": lambda: _coro_func,
+}
+
+
+@pytest.mark.parametrize("kind", list(NONCALLABLES))
+@pytest.mark.parametrize("method", list(SCHEDULERS))
+def test_noncallable_debug_same_as_asyncio(loop, method, kind):
+    cb = NONCALLABLES[kind]()
+    expected, got = compare(loop, lambda lp: SCHEDULERS[method](lp, cb), debug=True)
+    assert expected is not None and expected[0] is TypeError
+    assert got == expected
+
+
+def test_coroutine_object_debug_same_as_asyncio(loop):
+    for method in SCHEDULERS:
+        coro = _coro_func()
+        try:
+            expected, got = compare(loop, lambda lp: SCHEDULERS[method](lp, coro), debug=True)
+        finally:
+            coro.close()
+        assert expected is not None and expected[0] is TypeError
+        assert expected[1].startswith("coroutines cannot be used with ")
+        assert got == expected
+
+
+@pytest.mark.parametrize("kind", ["int", "None", "str", "coroutine_object"])
+@pytest.mark.parametrize("method", list(SCHEDULERS))
+def test_noncallable_ferroloop_always_typeerror(method, kind):
+    # deliberate deviation: ferroloop checks outside debug mode too (asyncio fails later)
+    lp = ferroloop.new_event_loop()
+    try:
+        cb = _coro_func() if kind == "coroutine_object" else NONCALLABLES[kind]()
+        ref = asyncio_loop()
+        ref.set_debug(True)
+        try:
+            expected = outcome(lambda: SCHEDULERS[method](ref, cb))
+        finally:
+            ref.close()
+        assert outcome(lambda: SCHEDULERS[method](lp, cb)) == expected
+    finally:
+        lp.close()
+        if kind == "coroutine_object":
+            cb.close()
+
+
+BAD_DELAYS = {
+    "None": None,
+    "str": "1",
+    "list": [1],
+    "complex": 1j,
+    "object": object(),
+}
+
+
+@pytest.mark.parametrize("value", list(BAD_DELAYS))
+def test_bad_delay_same_as_asyncio(loop, value):
+    d = BAD_DELAYS[value]
+    def call(lp):
+        lp.call_later(d, print).cancel()
+
+    expected, got = compare(loop, call, debug=False)
+    if expected is None:
+        # asyncio accepts it (e.g. a complex delay) and breaks later; a TypeError is fine
+        assert got is None or got[0] is TypeError
+    else:
+        assert got == expected
+
+
+@pytest.mark.parametrize("value", list(BAD_DELAYS))
+def test_bad_when_same_as_asyncio(loop, value):
+    w = BAD_DELAYS[value]
+
+    def call(lp):
+        h = lp.call_at(w, print)
+        # asyncio may accept the value at scheduling time; make it fail the same way later
+        h.cancel()
+
+    expected, got = compare(loop, call, debug=False)
+    if expected is None:
+        # asyncio accepted it (no check in call_at); ferroloop must not crash either
+        assert got is None or got[0] is TypeError
+    else:
+        assert got == expected
+
+
+def test_numeric_like_delays(loop):
+    from decimal import Decimal
+    from fractions import Fraction
+
+    out = []
+    for d in (0, 0.0, False, Fraction(1, 1000), Decimal("0.001")):
+        expected, got = compare(loop, lambda lp: lp.call_later(d, out.append, d).cancel(), debug=False)
+        assert got == expected, d
+
+
+def test_nan_delay_ferroloop_valueerror():
+    # deliberate deviation: asyncio accepts NaN and misbehaves later
+    lp = ferroloop.new_event_loop()
+    try:
+        with pytest.raises(ValueError):
+            lp.call_later(math.nan, print)
+        with pytest.raises(ValueError):
+            lp.call_at(math.nan, print)
+    finally:
+        lp.close()
+
+
+def test_nan_accepted_by_asyncio():
+    lp = asyncio_loop()
+    try:
+        lp.call_later(math.nan, print).cancel()
+        lp.call_at(math.nan, print).cancel()
+    finally:
+        lp.close()
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, 1e308, -1e308])
+def test_infinite_delay_no_panic(loop, value):
+    out = []
+    h = loop.call_later(value, out.append, 1)
+    h2 = loop.call_at(value, out.append, 2)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    h.cancel()
+    h2.cancel()
+    if value < 0:
+        assert sorted(out) == [1, 2]
+    else:
+        assert out == []
+
+
+def test_infinite_timer_then_stop_from_timer(loop):
+    loop.call_later(math.inf, print)
+    loop.call_later(0.001, loop.stop)
+    loop.run_forever()
+
+
+def test_context_wrong_type(loop):
+    for method in ("call_soon", "call_soon_threadsafe"):
+        def call(lp, method=method):
+            h = getattr(lp, method)(print, context=object())
+            h.cancel()
+
+        expected, got = compare(loop, call, debug=False)
+        if expected is not None:
+            assert got == expected
+        else:
+            assert got is None or got[0] is TypeError
+
+
+def test_context_wrong_type_runs_like_asyncio(loop):
+    # asyncio accepts any context object and fails when the handle runs
+    def scenario(lp):
+        seen = []
+        lp.set_exception_handler(lambda lp, ctx: seen.append(ctx))
+        try:
+            lp.call_soon(print, context=42)
+        except TypeError as e:
+            return ("rejected", str(e))
+        lp.call_soon(lp.stop)
+        lp.run_forever()
+        return [(type(c["exception"]), str(c["exception"])) for c in seen]
+
+    ref = asyncio_loop()
+    try:
+        expected = scenario(ref)
+    finally:
+        ref.close()
+    assert expected == [(AttributeError, "'int' object has no attribute 'run'")]
+    assert scenario(loop) == expected
+
+
+def test_unknown_kwarg(loop):
+    expected, got = compare(loop, lambda lp: lp.call_soon(print, foo=1), debug=False)
+    assert got[0] is expected[0] is TypeError
+
+
+def test_missing_args(loop):
+    for call in (lambda lp: lp.call_soon(), lambda lp: lp.call_later(1),
+                 lambda lp: lp.call_at(), lambda lp: lp.add_reader(0)):
+        expected, got = compare(loop, call, debug=False)
+        assert got is not None and got[0] is expected[0] is TypeError
+
+
+CLOSED_METHODS = {
+    "call_soon": lambda lp: lp.call_soon(print),
+    "call_soon_threadsafe": lambda lp: lp.call_soon_threadsafe(print),
+    "call_later": lambda lp: lp.call_later(0, print),
+    "call_at": lambda lp: lp.call_at(0, print),
+    "run_forever": lambda lp: lp.run_forever(),
+    "run_in_executor": lambda lp: lp.run_in_executor(None, print),
+    "add_reader": lambda lp: lp.add_reader(0, print),
+    "add_writer": lambda lp: lp.add_writer(0, print),
+    "remove_reader": lambda lp: lp.remove_reader(0),
+    "remove_writer": lambda lp: lp.remove_writer(0),
+    "add_signal_handler": lambda lp: lp.add_signal_handler(10, print),
+    "remove_signal_handler": lambda lp: lp.remove_signal_handler(10),
+    "set_debug": lambda lp: lp.set_debug(True),
+    "create_future": lambda lp: lp.create_future().cancel(),
+    "stop": lambda lp: lp.stop(),
+    "time": lambda lp: type(lp.time()),
+    "close": lambda lp: lp.close(),
+}
+
+
+@pytest.mark.parametrize("name", list(CLOSED_METHODS))
+def test_closed_loop_methods_same_as_asyncio(loop, name):
+    ref = asyncio_loop()
+    ref.close()
+    expected = outcome(lambda: CLOSED_METHODS[name](ref))
+    loop.close()
+    got = outcome(lambda: CLOSED_METHODS[name](loop))
+    assert got == expected
+
+
+def test_closed_loop_coroutine_methods(loop):
+    async def noop():
+        pass
+
+    ref = asyncio_loop()
+    ref.close()
+    loop.close()
+    for name in ("create_task", "run_until_complete"):
+        c1, c2 = noop(), noop()
+        expected = outcome(lambda: getattr(ref, name)(c1))
+        got = outcome(lambda: getattr(loop, name)(c2))
+        c1.close()
+        c2.close()
+        assert got == expected == (RuntimeError, "Event loop is closed"), name
+
+
+# --- never a panic -------------------------------------------------------------------------
+
+
+def _no_panic(func):
+    try:
+        func()
+    except BaseException as e:  # noqa: BLE001
+        assert type(e).__name__ != "PanicException", repr(e)
+        assert isinstance(e, Exception), repr(e)
+        return e
+    return None
+
+
+WEIRD_VALUES = [None, -1, 0, 2**31, 2**64, -(2**64), 2**200, 1.5, math.inf, -math.inf, math.nan,
+                "x", b"x", [], {}, object(), print, True]
+
+
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at",
+                                    "_add_reader", "_add_writer", "_remove_reader", "_remove_writer",
+                                    "add_reader", "add_writer", "remove_reader", "remove_writer",
+                                    "time", "stop", "get_debug", "_run_once", "set_debug",
+                                    "is_closed", "is_running"])
+def test_native_methods_weird_args_no_panic(loop, method):
+    m = getattr(loop, method)
+    handles = []
+    for v in WEIRD_VALUES:
+        for args in ((v,), (v, v), (v, print), (print, v), (v, v, v)):
+            def call(args=args):
+                r = m(*args)
+                if isinstance(r, asyncio.Handle):
+                    handles.append(r)
+
+            _no_panic(call)
+    for h in handles:
+        h.cancel()
+    for fd in (0, 1, 2):
+        loop.remove_reader(fd)
+        loop.remove_writer(fd)
+    loop._test_errors.clear()
+    loop.set_debug(False)
+    loop._stopping = False
+
+
+def test_handle_methods_weird_args_no_panic(loop):
+    h = loop.call_soon(print)
+    t = loop.call_later(10, print)
+    for v in WEIRD_VALUES:
+        _no_panic(lambda: h.cancel(v))
+        _no_panic(lambda: t == v)
+        _no_panic(lambda: t < v)
+        _no_panic(lambda: t.when(v))
+        _no_panic(lambda: hash(t))
+    h.cancel()
+    t.cancel()
+
+
+@pytest.mark.expect_errors
+def test_callbacks_that_raise_no_panic(loop, loop_errors):
+    class WeirdError(Exception):
+        def __str__(self):
+            raise RuntimeError("str fails")
+
+    class BadRepr:
+        def __repr__(self):
+            raise RuntimeError("repr fails")
+
+    def raise_weird(*a):
+        raise WeirdError
+
+    loop.call_soon(raise_weird, BadRepr())
+    loop.call_later(0, raise_weird)
+    loop.call_later(0.01, loop.stop)
+    _no_panic(loop.run_forever)
+    loop.stop()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def test_bad_repr_args_handle_repr_same_as_asyncio(loop):
+    class BadRepr:
+        def __repr__(self):
+            raise RuntimeError("repr fails")
+
+    def call(lp):
+        h = lp.call_soon(print, BadRepr())
+        try:
+            return repr(h)
+        finally:
+            h.cancel()
+
+    expected, got = compare(loop, call, debug=False)
+    assert got == expected
+
+
+def test_reentrant_run_once_in_callback(loop):
+    ref = asyncio_loop()
+    results = {}
+
+    def scenario(lp, key):
+        out = []
+
+        def cb():
+            out.append(outcome(lp._run_once))
+
+        lp.call_soon(cb)
+        lp.call_soon(lp.stop)
+        e = _no_panic(lp.run_forever)
+        results[key] = (out, None if e is None else (type(e), str(e)))
+
+    try:
+        scenario(ref, "asyncio")
+    finally:
+        ref.close()
+    scenario(loop, "loop")
+    # asyncio runs the nested iteration; ferroloop must at least not panic and not crash
+    assert results["loop"] is not None
+
+
+def test_close_inside_callback(loop):
+    ref = asyncio_loop()
+    try:
+        res = []
+
+        def cb(lp):
+            res.append(outcome(lp.close))
+            lp.stop()
+
+        ref.call_soon(cb, ref)
+        ref.run_forever()
+        expected = res.pop()
+        loop.call_soon(cb, loop)
+        _no_panic(loop.run_forever)
+        assert res == [expected]
+        assert expected == (RuntimeError, "Cannot close a running event loop")
+    finally:
+        ref.close()
+
+
+def test_run_forever_inside_callback(loop):
+    res = []
+
+    def cb():
+        res.append(outcome(loop.run_forever))
+        loop.stop()
+
+    loop.call_soon(cb)
+    loop.run_forever()
+    assert res == [(RuntimeError, "This event loop is already running")]
+
+
+def _returns_within(func, seconds=5):
+    import threading
+
+    box = []
+    t = threading.Thread(target=lambda: box.append(outcome(func)), daemon=True)
+    t.start()
+    t.join(seconds)
+    assert box, f"{func} did not return within {seconds} s (blocked)"
+    return box[0]
+
+
+def test_native_close_native_twice_no_panic(loop):
+    loop.close()
+    if hasattr(loop, "_close_native"):
+        _no_panic(loop._close_native)
+
+
+def test_run_once_on_closed_loop_no_hang(loop):
+    # asyncio: AttributeError("'NoneType' object has no attribute 'select'"); any Exception
+    # is acceptable, blocking forever is not
+    loop.close()
+    res = _returns_within(loop._run_once)
+    assert res is None or (issubclass(res[0], Exception) and res[0].__name__ != "PanicException")
+
+
+def test_cancel_handle_inside_own_callback(loop):
+    out = []
+    holder = {}
+
+    def cb():
+        holder["h"].cancel()
+        out.append(holder["h"].cancelled())
+
+    holder["h"] = loop.call_soon(cb)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == [True]
+
+
+def test_cancel_timer_inside_own_callback(loop):
+    out = []
+    holder = {}
+
+    def cb():
+        holder["t"].cancel()
+        out.append(holder["t"].cancelled())
+
+    holder["t"] = loop.call_later(0, cb)
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    assert out == [True]
+
+
+def test_exception_handler_that_raises(loop, caplog):
+    def bad_handler(lp, ctx):
+        raise RuntimeError("handler fails")
+
+    loop.set_exception_handler(bad_handler)
+
+    def bad():
+        raise ValueError("cb")
+
+    loop.call_soon(bad)
+    loop.call_soon(loop.stop)
+    with caplog.at_level("ERROR", logger="asyncio"):
+        loop.run_forever()
+    msgs = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert len(msgs) == 1
+    assert msgs[0].startswith("Unhandled error in exception handler\ncontext: {'message': ")
+
+
+def test_exception_handler_raising_baseexception(loop):
+    def bad_handler(lp, ctx):
+        raise KeyboardInterrupt
+
+    loop.set_exception_handler(bad_handler)
+    out = []
+
+    def bad():
+        raise ValueError("cb")
+
+    loop.call_soon(bad)
+    loop.call_soon(out.append, "after")
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_forever()
+    loop.set_exception_handler(lambda lp, ctx: None)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["after"]
+
+
+def test_set_exception_handler_bad(loop):
+    expected, got = compare(loop, lambda lp: lp.set_exception_handler(1), debug=False)
+    assert got == expected

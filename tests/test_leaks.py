@@ -1,0 +1,202 @@
+import asyncio
+import gc
+import sys
+import weakref
+
+import pytest
+
+
+class Callback:
+    def __call__(self, *args):
+        pass
+
+
+class Arg:
+    pass
+
+
+def test_callback_and_args_freed_after_run(loop):
+    cb, arg = Callback(), Arg()
+    rcb, rarg = weakref.ref(cb), weakref.ref(arg)
+    h = loop.call_soon(cb, arg)
+    del cb, arg
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    del h
+    gc.collect()
+    assert rcb() is None and rarg() is None
+
+
+def test_callback_freed_after_cancel(loop):
+    cb, arg = Callback(), Arg()
+    rcb, rarg = weakref.ref(cb), weakref.ref(arg)
+    h = loop.call_soon(cb, arg)
+    t = loop.call_later(100, cb, arg)
+    del cb, arg
+    h.cancel()
+    t.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    del h, t
+    gc.collect()
+    assert rcb() is None and rarg() is None
+
+
+def test_cancelled_timer_freed_while_loop_alive(loop):
+    # cancelled far timers must not keep their callbacks alive forever (the loop purges them)
+    refs = []
+    for _ in range(200):
+        cb = Callback()
+        refs.append(weakref.ref(cb))
+        loop.call_later(1000, cb).cancel()
+        del cb
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
+
+
+def test_timer_callback_freed_after_fire(loop):
+    cb = Callback()
+    r = weakref.ref(cb)
+    loop.call_later(0, cb)
+    del cb
+    loop.call_later(0.01, loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert r() is None
+
+
+def test_pending_freed_on_close(loop):
+    cb, arg = Callback(), Arg()
+    rcb, rarg = weakref.ref(cb), weakref.ref(arg)
+    loop.call_soon(cb, arg)
+    loop.call_later(100, cb, arg)
+    loop.call_soon_threadsafe(cb, arg)
+    del cb, arg
+    loop.close()
+    gc.collect()
+    assert rcb() is None and rarg() is None
+
+
+def test_loop_freed_after_close(loop_factory):
+    lp = loop_factory()
+    lp.call_soon(print).cancel()
+
+    async def main():
+        await asyncio.sleep(0)
+
+    lp.run_until_complete(main())
+    lp.close()
+    r = weakref.ref(lp)
+    loop_factory.loops.remove(lp)
+    del lp
+    gc.collect()
+    assert r() is None
+
+
+def test_loop_freed_with_pending_cycle(loop_factory):
+    lp = loop_factory()
+    lp.call_soon(lp.stop)  # loop -> handle -> bound method -> loop
+    lp.call_later(100, lp.stop)
+    lp.close()
+    r = weakref.ref(lp)
+    loop_factory.loops.remove(lp)
+    del lp
+    gc.collect()
+    assert r() is None
+
+
+def test_io_callback_freed_after_remove(loop):
+    import socket
+
+    a, b = socket.socketpair()
+    try:
+        cb = Callback()
+        r = weakref.ref(cb)
+        loop.add_reader(b, cb)
+        loop.add_writer(a, cb)
+        del cb
+        loop.remove_reader(b)
+        loop.remove_writer(a)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        gc.collect()
+        assert r() is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_burst_300k_call_soon(loop):
+    n = 300_000
+    count = [0]
+
+    def cb():
+        count[0] += 1
+
+    for _ in range(n):
+        loop.call_soon(cb)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert count[0] == n
+
+
+def test_refcounts_stable_over_runs(loop):
+    cb = Callback()
+    arg = Arg()
+
+    def cycle():
+        for _ in range(100):
+            loop.call_soon(cb, arg)
+            loop.call_later(0, cb, arg)
+            loop.call_later(100, cb, arg).cancel()
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        loop.call_later(0.001, loop.stop)
+        loop.run_forever()
+
+    cycle()
+    gc.collect()
+    before = (sys.getrefcount(cb), sys.getrefcount(arg))
+    cycle()
+    cycle()
+    gc.collect()
+    after = (sys.getrefcount(cb), sys.getrefcount(arg))
+    assert after == before
+
+
+def test_exception_in_callback_not_leaked(loop):
+    refs = []
+    loop.set_exception_handler(lambda lp, ctx: None)
+
+    def bad():
+        e = ValueError("leak?")
+        refs.append(weakref.ref(e))
+        raise e
+
+    for _ in range(10):
+        loop.call_soon(bad)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+@pytest.mark.parametrize("n", [1000])
+def test_many_tasks_freed(loop, n):
+    refs = []
+
+    async def child():
+        await asyncio.sleep(0)
+
+    async def main():
+        tasks = [loop.create_task(child()) for _ in range(n)]
+        refs.extend(weakref.ref(t) for t in tasks)
+        await asyncio.gather(*tasks)
+
+    loop.run_until_complete(main())
+    gc.collect()
+    assert sum(r() is not None for r in refs) == 0
