@@ -343,7 +343,7 @@ def test_timerhandle_sorting_mixed_with_asyncio_handles(loop):
     b.cancel()
 
 
-def test_handle_repr_after_run(loop):
+def test_handle_repr_after_run(loop, loop_name):
     def cb():
         pass
 
@@ -351,7 +351,13 @@ def test_handle_repr_after_run(loop):
     before = repr(h)
     loop.call_soon(loop.stop)
     loop.run_forever()
-    assert repr(h) == before
+    if loop_name == "ferroloop":
+        # docs/deviations.md: a one-shot handle drops its callback once it ran (this frees
+        # the `self.h = loop.call_later(d, self.cb)` cycle without the cyclic GC).
+        assert repr(h) == "<Handle>"
+        assert h._callback is None
+    else:
+        assert repr(h) == before
 
 
 def test_handle_repr_partial_and_method(loop):

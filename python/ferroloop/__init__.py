@@ -10,6 +10,7 @@ Use it with one line::
 
 import asyncio as _asyncio
 import sys as _sys
+from asyncio import events as _asyncio_events
 
 from ._core import __version__
 from ._loop import Loop
@@ -34,6 +35,9 @@ def run(main, *, debug=None, loop_factory=None):
     The same as ``asyncio.run(main, debug=debug)`` with a ferroloop loop: the loop is closed,
     remaining tasks cancelled, async generators and the default executor shut down.
     """
+    if _asyncio_events._get_running_loop() is not None:
+        # asyncio.run's check, before any loop is created.
+        raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     if loop_factory is None:
         loop_factory = new_event_loop
     if _sys.version_info >= (3, 11):
