@@ -31,6 +31,11 @@ FACTORIES = {"asyncio": asyncio_loop, "ferroloop": ferroloop.new_event_loop}
 
 def pytest_configure(config):
     config.addinivalue_line(
+        "markers",
+        "nodebug: the test is about behaviour outside debug mode; PYTHONASYNCIODEBUG is "
+        "cleared for it (the suite also runs with PYTHONASYNCIODEBUG=1)",
+    )
+    config.addinivalue_line(
         "markers", "expect_errors: the test expects calls of the loop's exception handler"
     )
 
@@ -111,3 +116,10 @@ def run_python(code, *args, env=None, timeout=30, input=None, xargs=()):
         input=input,
         cwd="/tmp",
     )
+
+
+@pytest.fixture(autouse=True)
+def _nodebug(request, monkeypatch):
+    """Tests marked ``nodebug`` run with asyncio's debug mode off, whatever the environment."""
+    if request.node.get_closest_marker("nodebug"):
+        monkeypatch.delenv("PYTHONASYNCIODEBUG", raising=False)

@@ -56,6 +56,7 @@ def test_cancel_after_run(loop):
     assert out == [1]
 
 
+@pytest.mark.nodebug
 def test_handle_repr(loop):
     h = loop.call_soon(print)
     assert repr(h) == "<Handle print()>"
@@ -70,6 +71,7 @@ def test_handle_repr(loop):
     h.cancel()
 
 
+@pytest.mark.nodebug
 def test_handle_repr_matches_asyncio_classes(loop):
     # repr of a loop handle equals the repr asyncio's own classes would produce
     def cb(a, b=None):
@@ -159,6 +161,7 @@ def test_call_soon_threadsafe_copies_caller_context(loop):
     assert out == ["thread"]
 
 
+@pytest.mark.nodebug
 def test_exception_in_callback_goes_to_handler(loop):
     seen = []
     loop.set_exception_handler(lambda lp, ctx: seen.append((lp, ctx)))
@@ -343,6 +346,7 @@ def test_timerhandle_sorting_mixed_with_asyncio_handles(loop):
     b.cancel()
 
 
+@pytest.mark.nodebug
 def test_handle_repr_after_run(loop, loop_name):
     def cb():
         pass
@@ -360,6 +364,7 @@ def test_handle_repr_after_run(loop, loop_name):
         assert repr(h) == before
 
 
+@pytest.mark.nodebug
 def test_handle_repr_partial_and_method(loop):
     import functools
 

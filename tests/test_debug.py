@@ -11,6 +11,7 @@ import pytest
 from conftest import run_python
 
 
+@pytest.mark.nodebug
 def test_set_debug(loop):
     assert loop.get_debug() is False
     loop.set_debug(True)
@@ -102,6 +103,7 @@ def test_slow_callback_warning_plain_handle(loop, caplog):
     assert msgs[0].endswith(" seconds")
 
 
+@pytest.mark.nodebug
 def test_no_slow_warning_without_debug(loop, caplog):
     loop.slow_callback_duration = 0.001
     loop.call_soon(time.sleep, 0.01)
@@ -174,6 +176,7 @@ def test_source_traceback(loop):
     h.cancel()
 
 
+@pytest.mark.nodebug
 def test_no_source_traceback_without_debug(loop):
     h = loop.call_soon(print)
     assert h._source_traceback is None
@@ -282,6 +285,7 @@ def test_debug_exception_handler_logs_source(loop, caplog):
     assert recs[0].getMessage().endswith("loop.call_soon(bad)")
 
 
+@pytest.mark.nodebug
 def test_asyncio_run_debug_with_installed_policy():
     import ferroloop
 

@@ -130,6 +130,7 @@ def test_io_callback_freed_after_remove(loop):
         b.close()
 
 
+@pytest.mark.nodebug
 def test_burst_300k_call_soon(loop):
     n = 300_000
     count = [0]

@@ -388,6 +388,7 @@ async def _running_loop():
     return asyncio.get_running_loop()
 
 
+@pytest.mark.nodebug
 def test_loop_repr(loop):
     r = repr(loop)
     assert "running=False" in r and "closed=False" in r and "debug=False" in r
@@ -425,6 +426,7 @@ def test_get_event_loop_no_loop_in_thread():
     assert err and "There is no current event loop" in err[0]
 
 
+@pytest.mark.nodebug
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_new_loop_not_running(name):
     lp = FACTORIES[name]()

@@ -388,8 +388,11 @@ impl Loop {
 
     /// Move due timers to the ready queue (asyncio: deadline before now + clock resolution).
     fn queue_due_timers(&self, py: Python<'_>) {
-        let end = monotonic() + CLOCK_RESOLUTION;
         let mut state = self.state.borrow_mut(py);
+        if state.timers.is_empty() {
+            return;
+        }
+        let end = monotonic() + CLOCK_RESOLUTION;
         while state.timers.peek().is_some_and(|t| t.when < end) {
             if let Some(timer) = state.timers.pop() {
                 timer.handle.get().state.borrow_mut(py).scheduled = false;
