@@ -72,6 +72,32 @@ def call_soon(loop, n):
     return state[0]
 
 
+@throughput("call_soon_native", warmup=20_000, step=1000)
+def call_soon_native(loop, n):
+    """loop.call_soon(f) with f a C callable (itertools.count().__next__), 1000 per loop
+    iteration from one Python callback: the loop's own cost per callback, little Python."""
+    import itertools
+
+    batch = 1000
+    count = itertools.count()
+    f = count.__next__
+    done = [0]
+
+    def step():
+        call_soon = loop.call_soon
+        for _ in range(batch):
+            call_soon(f)
+        done[0] += batch
+        if done[0] >= n:
+            loop.call_soon(loop.stop)
+        else:
+            loop.call_soon(step)
+
+    loop.call_soon(step)
+    loop.run_forever()
+    return done[0]
+
+
 @throughput("timer_fire", warmup=10_000, step=1000)
 def timer_fire(loop, n):
     """call_later(d, cb) with 1000 distinct tiny delays (0-100 us, shuffled order) per batch,
