@@ -428,10 +428,12 @@ class WatchdogMixin:
         if threshold is not None and self.is_closed():
             raise RuntimeError("Event loop is closed")
         current = self._watchdog_thread
-        self._watchdog_handler = handler
         if current is not None and threshold == current.threshold:
+            self._watchdog_handler = handler
             return
+        # The old thread's last reports (the end of a block) go to the old handler.
         self._watchdog_stop()
+        self._watchdog_handler = handler
         if threshold is not None:
             self._watchdog_thread = _core.Watchdog(self, threshold)
             _watched.add(self)

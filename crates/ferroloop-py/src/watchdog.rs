@@ -81,8 +81,11 @@ struct Report<'a> {
 }
 
 fn report(py: Python<'_>, shared: &LoopShared, report: Report<'_>) {
+    // The loop was collected (its watchdog is ending): nobody to report to.
+    let Ok(event_loop) = shared.loop_object(py) else {
+        return;
+    };
     let outcome = (|| -> PyResult<()> {
-        let event_loop = shared.loop_object(py)?;
         let hook = REPORT.import(py, "ferroloop._watchdog", "_report")?;
         hook.call1((
             event_loop,
@@ -106,8 +109,11 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
     let mut detector = StallDetector::new(threshold_ns);
     // The current block was announced with a "blocked" report (so its end gets one too).
     let mut announced = false;
-    while !control.sleep(tick) {
-        let running = probe.is_running();
+    loop {
+        let stopping = control.sleep(tick);
+        // When stopping, the loop is closing: a block announced before has ended, and its end
+        // is reported now (before `stop()` returns) rather than lost.
+        let running = !stopping && probe.is_running();
         let parked = shared.parked.load(Ordering::SeqCst);
         let busy = running && !parked;
         let sample = Sample {
@@ -124,6 +130,7 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
         };
         match detector.observe(sample, block_end) {
             None => {}
+            // Never when stopping: the sample then says "not running".
             Some(StallEvent::Blocked {
                 started_ns,
                 blocked_ns,
@@ -140,38 +147,23 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
                         && probe.is_running()
                         && !shared.parked.load(Ordering::SeqCst);
                     probe.count_report();
-                    if still_blocked {
-                        let duration_ns = blocked_ns + gil_wait_ns;
-                        let kind = "blocked";
-                        report(
-                            py,
-                            &shared,
-                            Report {
-                                kind,
-                                started_ns,
-                                duration_ns,
-                                cpu_fraction,
-                                gil_wait_ns,
-                            },
-                        );
+                    let (kind, duration_ns) = if still_blocked {
                         announced = true;
+                        ("blocked", blocked_ns + gil_wait_ns)
                     } else {
                         // The block ended while we waited for the GIL (the loop thread held
                         // it, in C code): its stack is gone, report its length only.
                         let end = probe.take_block_end().unwrap_or(attached_ns);
-                        let (kind, duration_ns) = ("unseen", end - started_ns);
-                        report(
-                            py,
-                            &shared,
-                            Report {
-                                kind,
-                                started_ns,
-                                duration_ns,
-                                cpu_fraction,
-                                gil_wait_ns,
-                            },
-                        );
-                    }
+                        ("unseen", end - started_ns)
+                    };
+                    let report_ = Report {
+                        kind,
+                        started_ns,
+                        duration_ns,
+                        cpu_fraction,
+                        gil_wait_ns,
+                    };
+                    report(py, &shared, report_);
                 });
             }
             Some(StallEvent::Released {
@@ -182,23 +174,23 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
                 probe.take_block_end();
                 if std::mem::take(&mut announced) {
                     Python::attach(|py| {
-                        if !control.is_stopped() {
+                        if stopping || !control.is_stopped() {
                             let (kind, duration_ns, gil_wait_ns) = ("released", total_ns, 0);
-                            report(
-                                py,
-                                &shared,
-                                Report {
-                                    kind,
-                                    started_ns,
-                                    duration_ns,
-                                    cpu_fraction,
-                                    gil_wait_ns,
-                                },
-                            );
+                            let report_ = Report {
+                                kind,
+                                started_ns,
+                                duration_ns,
+                                cpu_fraction,
+                                gil_wait_ns,
+                            };
+                            report(py, &shared, report_);
                         }
                     });
                 }
             }
+        }
+        if stopping {
+            return;
         }
     }
 }
