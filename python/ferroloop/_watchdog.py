@@ -117,7 +117,8 @@ class WatchdogReport:
             )
         if self.stack:
             lines.append("  Stack of the loop thread (most recent call last):")
-            lines.extend("  " + entry.rstrip("\n").replace("\n", "\n  ") for entry in self.stack.format())
+            for entry in self.stack.format():
+                lines.append("  " + entry.rstrip("\n").replace("\n", "\n  "))
         return "\n".join(lines)
 
     def log_extra(self) -> dict:
@@ -257,8 +258,7 @@ def _describe_callback(loop, entry):
     if entry is None:
         return None
     code = entry.f_code
-    name = getattr(code, "co_qualname", code.co_name)
-    return f"{name}() at {code.co_filename}:{code.co_firstlineno}"
+    return f"{getattr(code, 'co_qualname', code.co_name)}()"
 
 
 def _current_task(loop):

@@ -109,20 +109,26 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
     let mut detector = StallDetector::new(threshold_ns);
     // The current block was announced with a "blocked" report (so its end gets one too).
     let mut announced = false;
-    loop {
-        let stopping = control.sleep(tick);
+    let take_sample = |stopping: bool| {
         // When stopping, the loop is closing: a block announced before has ended, and its end
         // is reported now (before `stop()` returns) rather than lost.
         let running = !stopping && probe.is_running();
         let parked = shared.parked.load(Ordering::SeqCst);
         let busy = running && !parked;
-        let sample = Sample {
+        Sample {
             now_ns: monotonic_ns(),
             running,
             parked,
             progress: probe.progress(),
             cpu_ns: if busy { probe.loop_cpu_ns() } else { None },
-        };
+        }
+    };
+    // A first look right away: a block that is already going on is then dated from the
+    // watchdog's start, not from its first tick.
+    detector.observe(take_sample(false), None);
+    loop {
+        let stopping = control.sleep(tick);
+        let sample = take_sample(stopping);
         let block_end = if detector.reported() {
             probe.block_end()
         } else {
