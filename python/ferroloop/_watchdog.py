@@ -16,7 +16,6 @@ import atexit
 import dataclasses
 import os
 import sys
-import sysconfig
 import traceback
 import weakref
 from asyncio.log import logger
@@ -32,8 +31,34 @@ ENV_VAR = "FERROLOOP_WATCHDOG"
 #: that was not configured with ``set_watchdog``. Takes precedence over the environment.
 default_threshold: Optional[float] = None
 
-# Loops with a live watchdog thread, stopped at exit and forgotten in a forked child.
-_watched: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+class _State:
+    """A loop's watchdog settings. Kept out of the loop object: attributes added to a loop
+    after ``__init__`` would slow every attribute lookup on it (CPython then gives up the
+    instance's inline values for a real dict), and the tasks look up ``loop.call_soon``."""
+
+    __slots__ = ("thread", "handler", "explicit", "last")
+
+    def __init__(self):
+        self.thread = None
+        self.handler = None
+        # True once set_watchdog() was called: then neither the environment nor debug mode
+        # changes the setting.
+        self.explicit = False
+        # The last "blocked" report, completed by the "released" one.
+        self.last = None
+
+
+# Loop -> its _State. Also how live threads are found at exit and in a forked child.
+_states: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
+
+
+def _state(loop) -> _State:
+    state = _states.get(loop)
+    if state is None:
+        state = _states[loop] = _State()
+    return state
 
 # CPU share above which a block is called CPU-bound rather than a blocking call.
 _CPU_BOUND = 0.5
@@ -146,6 +171,8 @@ class WatchdogReport:
 
 
 def _library_prefixes():
+    import sysconfig
+
     prefixes = set()
     paths = sysconfig.get_paths()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -272,7 +299,8 @@ def _build(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wai
     cause = _cause(cpu_fraction)
     now = loop.time()
     if kind == "released":
-        previous = loop.__dict__.get("_watchdog_last")
+        state = _states.get(loop)
+        previous = None if state is None else state.last
         if previous is not None:
             return dataclasses.replace(
                 previous,
@@ -347,11 +375,12 @@ def _build(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wai
 def _report(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wait):
     """Called by the watchdog thread, with the GIL, while the loop thread is blocked."""
     report = _build(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wait)
+    state = _state(loop)
     if kind == "blocked":
-        loop.__dict__["_watchdog_last"] = report
+        state.last = report
     elif kind == "released":
-        loop.__dict__.pop("_watchdog_last", None)
-    handler = loop.__dict__.get("_watchdog_handler")
+        state.last = None
+    handler = state.handler
     if handler is not None:
         try:
             handler(report)
@@ -393,13 +422,6 @@ def _env_threshold():
 class WatchdogMixin:
     """``set_watchdog``/``get_watchdog`` for ``ferroloop.Loop``."""
 
-    # Class-level defaults: no __init__ needed.
-    _watchdog_thread = None
-    _watchdog_handler = None
-    # True once set_watchdog() was called: then neither the environment nor debug mode
-    # changes the setting.
-    _watchdog_explicit = False
-
     def set_watchdog(
         self,
         threshold: Optional[float],
@@ -416,53 +438,62 @@ class WatchdogMixin:
         threshold = _parse_threshold(threshold, "watchdog threshold")
         if handler is not None and not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
-        self._watchdog_explicit = True
+        if threshold is not None and self.is_closed():
+            raise RuntimeError("Event loop is closed")
+        _state(self).explicit = True
         self._watchdog_apply(threshold, handler)
 
     def get_watchdog(self) -> Optional[float]:
         """The watchdog's threshold in seconds, or ``None`` when it is off."""
-        thread = self._watchdog_thread
+        state = _states.get(self)
+        thread = None if state is None else state.thread
         return None if thread is None else thread.threshold
 
     def _watchdog_apply(self, threshold, handler):
-        if threshold is not None and self.is_closed():
-            raise RuntimeError("Event loop is closed")
-        current = self._watchdog_thread
+        state = _states.get(self)
+        if state is None:
+            if threshold is None:
+                return
+            state = _state(self)
+        current = state.thread
         if current is not None and threshold == current.threshold:
-            self._watchdog_handler = handler
+            state.handler = handler
             return
         # The old thread's last reports (the end of a block) go to the old handler.
         self._watchdog_stop()
-        self._watchdog_handler = handler
+        state.handler = handler
         if threshold is not None:
-            self._watchdog_thread = _core.Watchdog(self, threshold)
-            _watched.add(self)
+            state.thread = _core.Watchdog(self, threshold)
 
     def _watchdog_stop(self):
-        thread = self._watchdog_thread
+        state = _states.get(self)
+        if state is None:
+            return
+        thread = state.thread
         if thread is not None:
-            self._watchdog_thread = None
-            _watched.discard(self)
+            state.thread = None
             thread.stop()
-        self.__dict__.pop("_watchdog_last", None)
+        state.last = None
 
     def _watchdog_run_starting(self):
         """At each run_forever: the CLI default, ``FERROLOOP_WATCHDOG``, or debug mode."""
-        if self._watchdog_explicit:
+        state = _states.get(self)
+        if state is not None and state.explicit:
             return
         threshold = default_threshold
         if threshold is None:
             threshold = _env_threshold()
         if threshold is None and self._debug:
             threshold = self.slow_callback_duration
-        self._watchdog_apply(threshold, None)
+        if threshold is not None or state is not None:
+            self._watchdog_apply(threshold, None)
 
     def _watchdog_close(self):
         self._watchdog_stop()
 
 
 def _stop_all():
-    for loop in list(_watched):
+    for loop in list(_states.keys()):
         try:
             loop._watchdog_stop()
         except Exception:
@@ -470,12 +501,10 @@ def _stop_all():
 
 
 def _after_fork_in_child():
-    for loop in list(_watched):
-        thread = loop._watchdog_thread
+    for state in list(_states.values()):
+        thread, state.thread = state.thread, None
         if thread is not None:
             thread._forget_after_fork()
-            loop._watchdog_thread = None
-    _watched.clear()
 
 
 atexit.register(_stop_all)
