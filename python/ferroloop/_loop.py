@@ -55,7 +55,9 @@ _NOT_BORROWED = frozenset(
 _BORROWED_DUNDERS = frozenset({"__repr__", "__del__"})
 
 
-class Loop(WatchdogMixin, MetricsMixin, _core.Loop, asyncio.AbstractEventLoop):
+# The mixins come after _core.Loop: the native type checks of every call_soon walk the MRO up
+# to _core.Loop (PyType_IsSubtype).
+class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop with a native core. Create it with ``ferroloop.new_event_loop()``."""
 
     def __init__(self):

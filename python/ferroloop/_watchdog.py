@@ -211,12 +211,10 @@ def _loop_frames(thread_id):
 
     run_forever = Loop.run_forever.__code__
     frames = []
+    # Up to (not including) run_forever; if it is not on the stack, the whole stack.
     while frame is not None and frame.f_code is not run_forever:
         frames.append(frame)
         frame = frame.f_back
-    if frame is None:
-        # Not run by ferroloop's run_forever (should not happen): keep the whole stack.
-        pass
     return frames
 
 
