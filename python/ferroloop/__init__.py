@@ -14,9 +14,20 @@ from asyncio import events as _asyncio_events
 
 from ._core import __version__
 from ._loop import Loop
+from ._metrics import LoopMetrics
 from ._policy import EventLoopPolicy
+from ._watchdog import WatchdogReport
 
-__all__ = ("Loop", "EventLoopPolicy", "new_event_loop", "install", "run", "__version__")
+__all__ = (
+    "Loop",
+    "EventLoopPolicy",
+    "LoopMetrics",
+    "WatchdogReport",
+    "new_event_loop",
+    "install",
+    "run",
+    "__version__",
+)
 
 
 def new_event_loop():
@@ -29,20 +40,37 @@ def install():
     _asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main, *, debug=None, loop_factory=None):
+def run(main, *, debug=None, loop_factory=None, watchdog=None):
     """Run the coroutine ``main`` on a new ferroloop loop and return its result.
 
     The same as ``asyncio.run(main, debug=debug)`` with a ferroloop loop: the loop is closed,
     remaining tasks cancelled, async generators and the default executor shut down.
+    ``watchdog=SECONDS`` reports callbacks that block the loop for longer than that (see
+    ``Loop.set_watchdog``).
     """
     if _asyncio_events._get_running_loop() is not None:
         # asyncio.run's check, before any loop is created.
         raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     if loop_factory is None:
         loop_factory = new_event_loop
+    if watchdog is not None:
+        loop_factory = _with_watchdog(loop_factory, watchdog)
     if _sys.version_info >= (3, 11):
         with _asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
             return runner.run(main)
     from ._runner310 import run as _run310
 
     return _run310(main, debug=debug, loop_factory=loop_factory)
+
+
+def _with_watchdog(loop_factory, threshold):
+    from ._watchdog import _parse_threshold
+
+    threshold = _parse_threshold(threshold, "watchdog")
+
+    def factory():
+        loop = loop_factory()
+        loop.set_watchdog(threshold)
+        return loop
+
+    return factory

@@ -1,9 +1,7 @@
-"""``python -m ferroloop [options] script.py [args...]`` / ``python -m ferroloop -m module``.
+"""``python -m ferroloop [--watchdog SECONDS] script.py [args...]``
 
-Runs an unchanged asyncio program on ferroloop: ferroloop's policy is installed first, so the
-program's ``asyncio.run``, ``asyncio.new_event_loop``, ``asyncio.get_event_loop`` and
-``asyncio.Runner`` create ferroloop loops. ``sys.argv``, ``__main__``, the exit code and
-tracebacks are as with ``python script.py``.
+Run a script (or ``-m module``) with ferroloop as asyncio's event loop (``ferroloop.install()``),
+optionally with the blocking watchdog on every loop it creates.
 """
 
 import argparse
@@ -12,44 +10,45 @@ import runpy
 import sys
 
 
-def _parse(argv):
+def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m ferroloop",
-        description="Run an asyncio program on the ferroloop event loop.",
+        description="Run a Python script with ferroloop as the asyncio event loop.",
     )
     parser.add_argument(
         "--watchdog",
         metavar="SECONDS",
         type=float,
         default=None,
-        help="report callbacks that block the loop longer than SECONDS",
+        help="report callbacks that block the event loop for longer than SECONDS",
     )
-    parser.add_argument("--debug", action="store_true", help="asyncio debug mode")
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("-m", dest="module", metavar="MODULE", help="run a library module")
-    target.add_argument("script", nargs="?", help="path of the script to run")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the program")
-    return parser.parse_args(argv)
-
-
-def main(argv=None):
-    options = _parse(sys.argv[1:] if argv is None else argv)
-    if options.debug:
-        os.environ["PYTHONASYNCIODEBUG"] = "1"
-    if options.watchdog is not None:
-        os.environ["FERROLOOP_WATCHDOG"] = str(options.watchdog)
+    parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module")
+    parser.add_argument("target", nargs="?", help="the script to run")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
+    options = parser.parse_args(argv)
+    if options.module is None and options.target is None:
+        parser.error("a script or -m MODULE is required")
 
     import ferroloop
+    from ferroloop import _watchdog
 
+    if options.watchdog is not None:
+        try:
+            _watchdog.default_threshold = _watchdog._parse_threshold(options.watchdog, "--watchdog")
+        except (TypeError, ValueError) as exc:
+            parser.error(str(exc))
     ferroloop.install()
+
     if options.module is not None:
-        sys.argv = [options.module, *options.args]
+        rest = [options.target] if options.target is not None else []
+        sys.argv = [options.module, *rest, *options.args]
         runpy.run_module(options.module, run_name="__main__", alter_sys=True)
     else:
-        sys.argv = [options.script, *options.args]
-        sys.path[0] = os.path.dirname(os.path.abspath(options.script))
-        runpy.run_path(options.script, run_name="__main__")
+        sys.argv = [options.target, *options.args]
+        sys.path[0] = os.path.dirname(os.path.abspath(options.target))
+        runpy.run_path(options.target, run_name="__main__")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -20,6 +20,8 @@ from asyncio import base_events, events, selector_events, unix_events
 from asyncio.log import logger
 
 from . import _core
+from ._metrics import MetricsMixin
+from ._watchdog import WatchdogMixin
 
 __all__ = ("Loop",)
 
@@ -58,7 +60,9 @@ _NOT_BORROWED = frozenset(
 _BORROWED_DUNDERS = frozenset({"__repr__", "__del__"})
 
 
-class Loop(_core.Loop, asyncio.AbstractEventLoop):
+# The mixins come after _core.Loop: the native type checks of every call_soon walk the MRO up
+# to _core.Loop (PyType_IsSubtype).
+class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop with a native core. Create it with ``ferroloop.new_event_loop()``."""
 
     def __init__(self):
@@ -81,6 +85,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
         """Run until ``stop()`` is called."""
         self._run_forever_setup()
         try:
+            self._watchdog_run_starting()
             self._run_until_stopped()
         finally:
             self._run_forever_cleanup()
@@ -119,6 +124,7 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
             self._close_self_pipe()
         if self._debug:
             logger.debug("Close %r", self)
+        self._watchdog_close()
         self._close_native()
         self._selector = None
         self._executor_shutdown_called = True

@@ -4,10 +4,12 @@
 //!   exactly as CPython's `heapq` orders `asyncio.TimerHandle`s.
 //! * [`reactor`]: readiness notification for file descriptors on top of mio, with the
 //!   level-triggered semantics `add_reader`/`add_writer` need, and a cross-thread waker.
+//! * [`metrics`]: loop counters and the blocking watchdog's stall detector.
 //! * [`sys`]: the only place with `unsafe` system calls.
 //!
 //! This crate never depends on pyo3 (CI checks it with `cargo tree`).
 
+pub mod metrics;
 pub mod reactor;
 pub mod sys;
 pub mod time;

@@ -92,7 +92,7 @@ struct LoopState {
 
 #[pyclass(module = "ferroloop._core", name = "Loop", subclass, frozen)]
 pub struct Loop {
-    shared: Arc<LoopShared>,
+    pub(crate) shared: Arc<LoopShared>,
     state: GilCell<LoopState>,
     /// Only the loop's thread polls; the lock is never contended and never held while Python
     /// code runs.
@@ -313,12 +313,15 @@ impl Loop {
             self.poll_locked(timeout, &mut events)
         } else {
             self.shared.parked.store(true, Ordering::SeqCst);
-            py.detach(|| {
+            let parked_at = self.shared.probe.park();
+            let result = py.detach(|| {
                 let result = self.poll_locked(timeout, &mut events);
                 // Stop other threads' wakeups now, not after the GIL is back.
                 self.shared.parked.store(false, Ordering::SeqCst);
                 result
-            })
+            });
+            self.shared.probe.unpark(parked_at);
+            result
         };
         if let Err(error) = result {
             self.state.borrow_mut(py).events = events;
@@ -395,6 +398,9 @@ impl Loop {
         let end = monotonic() + CLOCK_RESOLUTION;
         while state.timers.peek().is_some_and(|t| t.when < end) {
             if let Some(timer) = state.timers.pop() {
+                self.shared
+                    .probe
+                    .timer_due(end - CLOCK_RESOLUTION - timer.when);
                 timer.handle.get().state.borrow_mut(py).scheduled = false;
                 state.ready.push_back(Ready::Native(timer.handle));
             }
@@ -474,12 +480,17 @@ impl Loop {
         this.poll_io(py, timeout)?;
         this.queue_due_timers(py);
         let ntodo = this.state.borrow(py).ready.len();
+        let probe = &this.shared.probe;
+        probe.iteration(ntodo);
         for _ in 0..ntodo {
             let entry = this.state.borrow_mut(py).ready.pop_front();
             let Some(entry) = entry else {
                 break;
             };
-            Loop::run_entry(slf, entry)?;
+            probe.callback_begin();
+            let outcome = Loop::run_entry(slf, entry);
+            probe.callback_end();
+            outcome?;
         }
         Ok(())
     }
@@ -808,6 +819,7 @@ impl Loop {
     /// The body of `run_forever`: iterate until `stop()` was called.
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
+        let _running = slf.get().shared.probe.running();
         loop {
             Loop::run_once_impl(slf)?;
             if slf.get().state.borrow(py).stopping {

@@ -6,8 +6,10 @@ mod event_loop;
 mod ffi;
 mod gil_cell;
 mod handles;
+mod metrics;
 mod python_hooks;
 mod shared;
+mod watchdog;
 
 use pyo3::prelude::*;
 
@@ -16,6 +18,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Loop>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
+    metrics::register(m)?;
+    watchdog::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

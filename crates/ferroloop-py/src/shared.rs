@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use ferroloop_core::metrics::Probe;
 use ferroloop_core::reactor::Waker;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
@@ -24,6 +25,8 @@ pub struct LoopShared {
     pub waker: Arc<Waker>,
     /// A weak reference to the loop object (set once, right after construction).
     pub loop_weakref: PyOnceLock<Py<PyAny>>,
+    /// Metrics counters and the watchdog's view of the loop (see `metrics.rs`, `watchdog.rs`).
+    pub probe: Probe,
 }
 
 impl LoopShared {
@@ -34,6 +37,7 @@ impl LoopShared {
             parked: AtomicBool::new(false),
             waker,
             loop_weakref: PyOnceLock::new(),
+            probe: Probe::new(),
         }
     }
 

@@ -1,3 +1,4 @@
 //! Thin wrappers over system calls. Every `unsafe` block of the core lives here.
 
 pub mod clock;
+pub mod thread;
