@@ -6,7 +6,6 @@ so that its output is exactly asyncio's (same messages, same log records).
 
 import sys
 from asyncio import base_events, coroutines, format_helpers
-from asyncio.log import logger
 
 
 def report_callback_error(loop, handle, exc):
@@ -47,7 +46,8 @@ def extract_stack():
 def log_slow_callback(loop, handle, elapsed):
     """asyncio: the slow-callback warning of ``_run_once`` in debug mode."""
     if elapsed >= loop.slow_callback_duration:
-        logger.warning(
+        # Looked up at call time, as asyncio's own _run_once does (tests patch it).
+        base_events.logger.warning(
             "Executing %s took %.3f seconds", base_events._format_handle(handle), elapsed
         )
 

@@ -123,7 +123,7 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
         if self._ssock is not None:
             self._close_self_pipe()
         if self._debug:
-            logger.debug("Close %r", self)
+            base_events.logger.debug("Close %r", self)
         self._watchdog_close()
         self._close_native()
         self._selector = None
@@ -133,7 +133,8 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
             self._default_executor = None
             executor.shutdown(wait=False)
         # asyncio: _UnixSelectorEventLoop.close
-        if not sys.is_finalizing():
+        # asyncio.unix_events' own `sys`, as _UnixSelectorEventLoop.close uses (tests patch it).
+        if not unix_events.sys.is_finalizing():
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
         elif self._signal_handlers:
