@@ -1,6 +1,7 @@
 import asyncio
 import contextvars
 import threading
+from asyncio import format_helpers
 
 import pytest
 
@@ -56,16 +57,25 @@ def test_cancel_after_run(loop):
     assert out == [1]
 
 
+# CPython 3.13.0's asyncio formats callbacks without their arguments ("print()" for
+# print(1)). The tests follow whatever the running asyncio does.
+ASYNCIO_FORMATS_ARGS = format_helpers._format_callback_source(print, (1,)).startswith("print(1)")
+
+
 @pytest.mark.nodebug
 def test_handle_repr(loop):
     h = loop.call_soon(print)
     assert repr(h) == "<Handle print()>"
     h2 = loop.call_soon(print, 1, "a")
-    assert repr(h2) == "<Handle print(1, 'a')>"
+    assert repr(h2) == ("<Handle print(1, 'a')>" if ASYNCIO_FORMATS_ARGS else "<Handle print()>")
     h2.cancel()
     assert repr(h2) == "<Handle cancelled>"
     t = loop.call_at(123.5, print, 1)
-    assert repr(t) == "<TimerHandle when=123.5 print(1)>"
+    assert repr(t) == (
+        "<TimerHandle when=123.5 print(1)>"
+        if ASYNCIO_FORMATS_ARGS
+        else "<TimerHandle when=123.5 print()>"
+    )
     t.cancel()
     assert repr(t) == "<TimerHandle cancelled when=123.5>"
     h.cancel()
@@ -180,7 +190,7 @@ def test_exception_in_callback_goes_to_handler(loop):
     assert ctx["exception"] is err
     assert ctx["handle"] is h
     assert ctx["message"].startswith("Exception in callback ")
-    assert "bad(42)" in ctx["message"]
+    assert ("bad(42)" if ASYNCIO_FORMATS_ARGS else "bad()") in ctx["message"]
 
 
 def test_exception_in_timer_callback_goes_to_handler(loop):

@@ -20,7 +20,18 @@ def test_set_debug(loop):
     assert loop.get_debug() is False
 
 
-@pytest.mark.parametrize("runner", ["asyncio.run", "ferroloop.run"])
+@pytest.mark.parametrize(
+    "runner",
+    [
+        pytest.param(
+            "asyncio.run",
+            marks=pytest.mark.skipif(
+                not hasattr(asyncio, "Runner"), reason="asyncio.Runner is 3.11+"
+            ),
+        ),
+        "ferroloop.run",
+    ],
+)
 def test_run_debug_true(loop_name, runner):
     import ferroloop
 

@@ -2,6 +2,7 @@ import asyncio
 import concurrent.futures
 import os
 import socket
+import sys
 import threading
 
 import pytest
@@ -67,6 +68,14 @@ def test_set_default_executor(loop):
 
 
 def test_set_default_executor_errors(loop):
+    if sys.version_info < (3, 11):
+        # asyncio 3.10 only warns (DeprecationWarning) and accepts the object; 3.11 raises.
+        for bad in (concurrent.futures.ProcessPoolExecutor, object()):
+            with pytest.warns(DeprecationWarning, match="not an instance of ThreadPoolExecutor"):
+                loop.set_default_executor(bad)
+            assert loop._default_executor is bad
+            loop._default_executor = None  # close() would call bad.shutdown()
+        return
     with pytest.raises(TypeError, match="executor must be ThreadPoolExecutor"):
         loop.set_default_executor(concurrent.futures.ProcessPoolExecutor)
     with pytest.raises(TypeError):

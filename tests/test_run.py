@@ -5,7 +5,7 @@ import threading
 import pytest
 
 import ferroloop
-from conftest import FACTORIES
+from conftest import FACTORIES, asyncio_loop
 
 PY312 = sys.version_info >= (3, 12)
 
@@ -60,7 +60,35 @@ def test_run_until_complete_stopped_early(loop):
         loop.run_until_complete(fut)
 
 
-def test_run_forever_while_running(loop):
+def _nested_run_forever_breaks_outer_run():
+    """CPython 3.13.0: BaseEventLoop.run_forever calls _run_forever_setup inside its try, so
+    a refused nested run_forever() still runs _run_forever_cleanup and unsets the running
+    loop of the outer run (which then never stops)."""
+    from asyncio import events
+
+    lp = asyncio_loop()
+    still_running = []
+
+    def cb():
+        try:
+            lp.run_forever()
+        except RuntimeError:
+            pass
+        still_running.append(events._get_running_loop() is lp)
+        lp.stop()
+
+    try:
+        lp.call_soon(cb)
+        lp.run_forever()
+    finally:
+        lp.close()
+    return not still_running[0]
+
+
+def test_run_forever_while_running(loop, loop_name):
+    if loop_name == "asyncio" and _nested_run_forever_breaks_outer_run():
+        pytest.skip("this CPython's asyncio breaks the outer run on a nested run_forever()")
+
     async def main():
         with pytest.raises(RuntimeError, match="This event loop is already running"):
             loop.run_forever()
@@ -242,18 +270,43 @@ def test_shutdown_default_executor(loop):
 @pytest.mark.skipif(not PY312, reason="timeout parameter is 3.12+")
 def test_shutdown_default_executor_timeout(loop):
     import time
+    import warnings
 
-    ev = threading.Event()
+    from conftest import asyncio_loop
 
-    async def main():
-        loop.run_in_executor(None, ev.wait, 2)
-        await asyncio.sleep(0)
-        with pytest.warns(RuntimeWarning, match="The executor did not finishing joining"):
-            await loop.shutdown_default_executor(timeout=0.01)
-        ev.set()
+    def scenario(lp):
+        ev = threading.Event()
 
-    loop.run_until_complete(main())
-    time.sleep(0.05)
+        async def main():
+            lp.run_in_executor(None, ev.wait, 0.5)
+            await asyncio.sleep(0)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                await lp.shutdown_default_executor(timeout=0.01)
+            ev.set()
+            return [(w.category, str(w.message)) for w in caught]
+
+        try:
+            return lp.run_until_complete(main())
+        finally:
+            ev.set()
+            time.sleep(0.05)
+
+    ref = asyncio_loop()
+    try:
+        expected = scenario(ref)
+    finally:
+        ref.close()
+    got = scenario(loop)
+    assert got == expected
+    # Early 3.12 releases (e.g. 3.12.1) await the executor's full shutdown before applying
+    # the timeout (to the join of the shutdown thread): no warning there. 3.13 bounds the
+    # wait itself and warns. Whatever the running version does, ferroloop must do the same.
+    assert expected in (
+        [],
+        [(RuntimeWarning, "The executor did not finishing joining its threads within "
+                          "0.01 seconds.")],
+    )
 
 
 def test_ferroloop_run():
@@ -317,6 +370,7 @@ def test_ferroloop_run_in_running_loop(loop):
     loop.run_until_complete(main())
 
 
+@pytest.mark.skipif(not hasattr(asyncio, "Runner"), reason="asyncio.Runner is 3.11+")
 def test_runner_loop_factory():
     async def main():
         return type(asyncio.get_running_loop())

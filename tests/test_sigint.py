@@ -1,5 +1,6 @@
 """Ctrl-C: the same script on asyncio and on ferroloop ends the same way."""
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -87,6 +88,10 @@ sys.exit(3)
 }
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_and_interrupt(scenario, loop_name, park=True):
     code = textwrap.dedent(PRELUDE) + textwrap.dedent(SCENARIOS[scenario])
     env = dict(os.environ)
@@ -99,6 +104,10 @@ def run_and_interrupt(scenario, loop_name, park=True):
         text=True,
         env=env,
         cwd="/tmp",
+        # A pytest started in the background by a non-interactive shell has SIGINT ignored,
+        # and children inherit SIG_IGN (Python then installs no KeyboardInterrupt handler):
+        # give the child the default disposition, as from a terminal.
+        preexec_fn=_default_sigint,
     )
     try:
         first = p.stdout.readline()
@@ -115,13 +124,23 @@ def run_and_interrupt(scenario, loop_name, park=True):
     return p.returncode, first + out, err_lines[-1] if err_lines else ""
 
 
-@pytest.mark.parametrize("scenario", list(SCENARIOS))
+needs_runner = pytest.mark.skipif(
+    not hasattr(asyncio, "Runner"), reason="asyncio.Runner is 3.11+"
+)
+RUNNER_SCENARIOS = {"runner", "handled_in_runner"}
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [pytest.param(s, marks=needs_runner) if s in RUNNER_SCENARIOS else s for s in SCENARIOS],
+)
 def test_sigint_same_as_asyncio(scenario):
     expected = run_and_interrupt(scenario, "asyncio")
     got = run_and_interrupt(scenario, "ferroloop")
     assert got == expected
 
 
+@needs_runner
 def test_sigint_runner_cancels_main_first():
     rc, out, last = run_and_interrupt("runner", "asyncio")
     assert out == "ready\nmain cancelled\nmain finally\n"

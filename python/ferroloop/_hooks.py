@@ -4,13 +4,23 @@ Everything here runs only on errors, in debug mode or for ``repr``: it is writte
 so that its output is exactly asyncio's (same messages, same log records).
 """
 
+import inspect
 import sys
 from asyncio import base_events, coroutines, format_helpers
+
+# 3.13's _format_callback_source takes debug= (Handle._run passes the loop's debug flag;
+# 3.13.0 shows the callback's arguments only in debug mode).
+_SOURCE_TAKES_DEBUG = "debug" in inspect.signature(format_helpers._format_callback_source).parameters
 
 
 def report_callback_error(loop, handle, exc):
     """asyncio: ``Handle._run``'s ``except BaseException`` branch."""
-    cb = format_helpers._format_callback_source(handle._callback, handle._args)
+    if _SOURCE_TAKES_DEBUG:
+        cb = format_helpers._format_callback_source(
+            handle._callback, handle._args, debug=loop.get_debug()
+        )
+    else:
+        cb = format_helpers._format_callback_source(handle._callback, handle._args)
     context = {
         "message": f"Exception in callback {cb}",
         "exception": exc,
