@@ -1,6 +1,7 @@
 """Reads ``expected_failures.txt``.
 
 Format: ``[excluded]`` and ``[xfail]`` sections; one entry a line, ``<test id>  -- <reason>``;
+an excluded entry ``<suite>/<module>`` (no ``::``) excludes the whole module (not even imported);
 ``#`` starts a comment. A test id is ``<suite>/<module>::<Class>::<test>``. Excluded entries
 may be globs (fnmatch) and never match a generated ``LoopUnderTest_*`` class; xfail entries are
 exact ids. The reason of an xfail entry starts with its group, e.g. ``foundation: ...``.
@@ -33,7 +34,7 @@ class Expectations:
     def module_excluded(self, suite, mod):
         """The reason if the whole module is excluded (``suite/mod::*``)."""
         for pat, reason in self.excluded:
-            if pat == f"{suite}/{mod}::*":
+            if pat == f"{suite}/{mod}":
                 return reason
         return None
 
