@@ -363,6 +363,11 @@ def main(argv=None):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(report, f, indent=1, sort_keys=True)
+    if args.loop == "ferroloop":
+        ran = [e for e in tests.values() if e["status"] in ("passed", "failed", "xfail", "xpass")]
+        on = sum(1 for e in ran if e.get("ferroloop_loops"))
+        print(f"\n{on} of the {len(ran)} tests that ran created a ferroloop loop (the others test "
+              f"asyncio's pure-Python parts on mocks or on test_utils.TestLoop)")
     print(f"\n{total['excluded']} excluded tests, {len(excluded_modules)} excluded modules; "
           f"report: {os.path.relpath(path)}; wall time {wall:.0f} s")
     print(summary)
