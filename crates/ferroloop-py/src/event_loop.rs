@@ -102,28 +102,33 @@ pub struct Loop {
 /// asyncio: `selectors._fileobj_to_fd`. `Ok(None)`: a valid integer too large for a C int
 /// (asyncio's selector then fails with OverflowError on add, and finds nothing on remove).
 fn to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = fileobj.py();
     let number = if fileobj.is_instance_of::<PyInt>() {
         fileobj.clone()
     } else {
-        match fileobj.call_method0("fileno") {
-            Ok(fd) if fd.is_instance_of::<PyInt>() => fd,
-            _ => {
+        // `int(fileobj.fileno())`; AttributeError, TypeError, ValueError: not a file object.
+        let converted = fileobj
+            .call_method0("fileno")
+            .and_then(|fd| py.get_type::<PyInt>().call1((fd,)));
+        match converted {
+            Ok(fd) => fd,
+            Err(error)
+                if error.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
+                    || error.is_instance_of::<PyTypeError>(py)
+                    || error.is_instance_of::<PyValueError>(py) =>
+            {
                 return Err(PyValueError::new_err(format!(
                     "Invalid file object: {}",
                     fileobj.repr()?
                 )))
             }
+            Err(error) => return Err(error),
         }
     };
     if number.lt(0)? {
-        return Err(PyValueError::new_err(format!(
-            "Invalid file descriptor: {number}"
-        )));
+        return Err(PyValueError::new_err(format!("Invalid file descriptor: {number}")));
     }
-    Ok(number
-        .extract::<i64>()
-        .ok()
-        .and_then(|fd| RawFd::try_from(fd).ok()))
+    Ok(number.extract::<i64>().ok().and_then(|fd| RawFd::try_from(fd).ok()))
 }
 
 fn c_int_overflow() -> PyErr {
