@@ -29,7 +29,7 @@ use pyo3::types::{PyFloat, PyInt, PyTuple};
 use crate::errors::os_error;
 use crate::ffi::{call_with_keywords, KeywordNames};
 use crate::ffi::{
-    check_signals, context_key, copy_context, current_context_key, untrack, ContextKey,
+    check_signals, context_key, copy_context, current_context_key, sole_owner, untrack, ContextKey,
 };
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Handle, Kind, TimerHandle};
@@ -39,6 +39,9 @@ use crate::shared::LoopShared;
 static KW_LOOP: KeywordNames = KeywordNames::new(&["loop"]);
 static KW_LOOP_NAME: KeywordNames = KeywordNames::new(&["loop", "name"]);
 static KW_LOOP_NAME_CONTEXT: KeywordNames = KeywordNames::new(&["loop", "name", "context"]);
+
+/// How many ran `call_soon` handles a loop keeps for reuse.
+const HANDLE_POOL_SIZE: usize = 256;
 
 /// asyncio: `base_events._MIN_SCHEDULED_TIMER_HANDLES`.
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
@@ -83,6 +86,9 @@ struct LoopState {
     events: Vec<IoEvent>,
     stopping: bool,
     closed: bool,
+    /// `call_soon` handles that ran and that nobody else references, ready for reuse: a
+    /// handle costs a few hundred instructions to allocate and free through pyo3.
+    handle_pool: Vec<Py<Handle>>,
     /// asyncio's `_task_factory` (`set_task_factory`/`get_task_factory`).
     task_factory: Option<Py<PyAny>>,
     /// The last snapshot of a caller's context: handles scheduled while the caller's context
@@ -126,9 +132,14 @@ fn to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
         }
     };
     if number.lt(0)? {
-        return Err(PyValueError::new_err(format!("Invalid file descriptor: {number}")));
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {number}"
+        )));
     }
-    Ok(number.extract::<i64>().ok().and_then(|fd| RawFd::try_from(fd).ok()))
+    Ok(number
+        .extract::<i64>()
+        .ok()
+        .and_then(|fd| RawFd::try_from(fd).ok()))
 }
 
 fn c_int_overflow() -> PyErr {
@@ -158,12 +169,7 @@ impl Loop {
         args: &Bound<'_, PyTuple>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
-        let (context, shared_context) = match context {
-            Some(context) if !context.is_none() => (context.unbind(), false),
-            // Readers run many times in one context that keeps what they set: their own copy.
-            _ if kind == Kind::Io => (copy_context(py)?, false),
-            _ => (self.context_snapshot(py)?, true),
-        };
+        let (context, shared_context) = self.handle_context(py, kind, context)?;
         let args = if args.is_empty() {
             None
         } else {
@@ -184,6 +190,63 @@ impl Loop {
             shared_context,
             source_traceback,
         ))
+    }
+
+    /// The context a new handle runs in, and whether it is a shared snapshot.
+    fn handle_context(
+        &self,
+        py: Python<'_>,
+        kind: Kind,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<(Py<PyAny>, bool)> {
+        Ok(match context {
+            Some(context) if !context.is_none() => (context.unbind(), false),
+            // Readers run many times in one context that keeps what they set: their own copy.
+            _ if kind == Kind::Io => (copy_context(py)?, false),
+            _ => (self.context_snapshot(py)?, true),
+        })
+    }
+
+    /// A `call_soon` handle: a pooled one when there is one (never in debug mode, where
+    /// handles carry a source traceback), else a new one.
+    fn soon_handle(
+        &self,
+        py: Python<'_>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        if !self.is_debug() {
+            let pooled = self.state.borrow_mut(py).handle_pool.pop();
+            if let Some(handle) = pooled {
+                let (context, shared_context) = self.handle_context(py, Kind::Soon, context)?;
+                let args = if args.is_empty() {
+                    None
+                } else {
+                    Some(args.clone().unbind())
+                };
+                handle
+                    .get()
+                    .reset(py, callback.unbind(), args, context, shared_context);
+                return Ok(handle);
+            }
+        }
+        new_untracked(
+            py,
+            self.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?,
+        )
+    }
+
+    /// Keep a `call_soon` handle that ran for reuse, if nothing else can see it.
+    fn recycle(&self, py: Python<'_>, handle: Py<Handle>) {
+        if handle.get().kind != Kind::Soon || !sole_owner(handle.bind(py).as_any()) {
+            return;
+        }
+        handle.get().clear(py);
+        let mut state = self.state.borrow_mut(py);
+        if state.handle_pool.len() < HANDLE_POOL_SIZE {
+            state.handle_pool.push(handle);
+        }
     }
 
     /// A snapshot of the caller's current context, shared by every handle scheduled while
@@ -418,8 +481,8 @@ impl Loop {
         let this = slf.get();
         let event_loop = slf.as_any();
         match entry {
-            Ready::Native(handle) => {
-                let handle = handle.bind(py);
+            Ready::Native(entry_handle) => {
+                let handle = entry_handle.bind(py);
                 if handle.get().is_cancelled(py) {
                     return Ok(());
                 }
@@ -432,7 +495,9 @@ impl Loop {
                     }
                     Ok(())
                 } else {
-                    Handle::run(handle, event_loop, false)
+                    Handle::run(handle, event_loop, false)?;
+                    this.recycle(py, entry_handle);
+                    Ok(())
                 }
             }
             Ready::Foreign(handle) => {
@@ -618,6 +683,7 @@ impl Loop {
                 closed: false,
                 context_snapshot: None,
                 task_factory: None,
+                handle_pool: Vec::with_capacity(HANDLE_POOL_SIZE),
             }),
             poller: Mutex::new(poller),
         })
@@ -642,10 +708,7 @@ impl Loop {
         let this = slf.get();
         this.check_closed(py)?;
         Loop::check_callback(slf, &callback, "call_soon", true)?;
-        let handle = new_untracked(
-            py,
-            this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?,
-        )?;
+        let handle = this.soon_handle(py, callback, args, context)?;
         this.push_ready(py, Ready::Native(handle.clone_ref(py)));
         Ok(handle)
     }
@@ -661,10 +724,7 @@ impl Loop {
         let this = slf.get();
         this.check_closed(py)?;
         Loop::check_callback(slf, &callback, "call_soon_threadsafe", false)?;
-        let handle = new_untracked(
-            py,
-            this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?,
-        )?;
+        let handle = this.soon_handle(py, callback, args, context)?;
         this.push_ready(py, Ready::Native(handle.clone_ref(py)));
         this.shared.wake_if_parked();
         Ok(handle)
@@ -900,6 +960,8 @@ impl Loop {
             (ready, timers, io, snapshot)
         };
         self.shared.timer_cancelled.store(0, Ordering::Relaxed);
+        let pool = std::mem::take(&mut self.state.borrow_mut(py).handle_pool);
+        drop(pool);
         for entry in &ready {
             if let Ready::Native(handle) = entry {
                 handle.get().release(py);

@@ -310,3 +310,27 @@ pub fn call_with_keywords<'py>(
         )
     }
 }
+
+/// True when `obj` is referenced by the caller alone and by no weak reference: nothing else
+/// can observe it, so it may be reused for something else.
+#[inline]
+pub fn sole_owner(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: the GIL is held and `obj` is alive. The weak-reference list pointer lives at the
+    // type's `tp_weaklistoffset` (a positive offset into the object, or 0 when the type has
+    // no weak references); we only read it.
+    unsafe {
+        let raw = obj.as_ptr();
+        if ffi::Py_REFCNT(raw) != 1 {
+            return false;
+        }
+        let offset = (*ffi::Py_TYPE(raw)).tp_weaklistoffset;
+        if offset > 0 {
+            let list =
+                ptr::read((raw as *const u8).add(offset as usize) as *const *mut ffi::PyObject);
+            if !list.is_null() {
+                return false;
+            }
+        }
+        true
+    }
+}

@@ -104,6 +104,44 @@ impl Handle {
         }
     }
 
+    /// Give a recycled `call_soon` handle its new callback (see `Loop::soon_handle`).
+    pub fn reset(
+        &self,
+        py: Python<'_>,
+        callback: Py<PyAny>,
+        args: Option<Py<PyTuple>>,
+        context: Py<PyAny>,
+        shared_context: bool,
+    ) {
+        let fresh = HandleState {
+            callback: Some(callback),
+            args,
+            context: Some(context),
+            shared_context,
+            cancelled: false,
+            scheduled: false,
+            repr: None,
+            source_traceback: None,
+        };
+        let previous = std::mem::replace(&mut *self.state.borrow_mut(py), fresh);
+        drop(previous);
+    }
+
+    /// Drop everything a handle that ran still references, before it is pooled.
+    pub fn clear(&self, py: Python<'_>) {
+        let previous = {
+            let mut state = self.state.borrow_mut(py);
+            (
+                state.callback.take(),
+                state.args.take(),
+                state.context.take(),
+                state.repr.take(),
+                state.source_traceback.take(),
+            )
+        };
+        drop(previous);
+    }
+
     #[inline]
     pub fn is_cancelled(&self, py: Python<'_>) -> bool {
         self.state.borrow(py).cancelled
