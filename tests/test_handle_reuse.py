@@ -93,3 +93,34 @@ def test_a_callback_that_sets_a_variable_does_not_leak_it(loop):
     loop.run_forever()
     assert seen == ["unset"] * 200
     assert var.get() == "unset"
+
+
+def test_get_context_after_the_run_has_what_the_callback_set(loop):
+    if not hasattr(loop.call_soon(lambda: None), "get_context"):
+        return
+
+    def setter():
+        var.set("set by callback")
+
+    h = loop.call_soon(setter)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert h.get_context()[var] == "set by callback"
+    assert var.get() == "unset"
+
+
+def test_exception_handler_sees_the_callbacks_context_on_312(loop):
+    # asyncio 3.12+ (gh-96704) runs the handler in the handle's context.
+    import sys
+
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(var.get()))
+
+    def failing():
+        var.set("bar")
+        1 / 0
+
+    loop.call_soon(failing)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == (["bar"] if sys.version_info >= (3, 12) else ["unset"])

@@ -186,11 +186,23 @@ impl Handle {
         let Some(callback) = callback else {
             return Ok(());
         };
-        let context = match (context, shared_context) {
-            (Some(snapshot), true) => Some(copy_of(py, &snapshot)?),
-            (context, _) => context,
+        let (context, own_copy) = match (context, shared_context) {
+            (Some(snapshot), true) => (Some(copy_of(py, &snapshot)?), true),
+            (context, _) => (context, false),
         };
-        let Err(error) = call_in_context(py, &callback, args.as_ref(), context.as_ref()) else {
+        let result = call_in_context(py, &callback, args.as_ref(), context.as_ref());
+        if own_copy {
+            // From now on the handle's context is the one its callback ran in (with whatever
+            // the callback set), as in asyncio: `get_context()` and the exception handler,
+            // which 3.12+ runs in that context, see it.
+            let previous = {
+                let mut state = handle.state.borrow_mut(py);
+                state.shared_context = false;
+                std::mem::replace(&mut state.context, context)
+            };
+            drop(previous);
+        }
+        let Err(error) = result else {
             return Ok(());
         };
         if one_shot {
