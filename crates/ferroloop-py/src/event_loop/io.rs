@@ -1,0 +1,234 @@
+//! The reactor side of the loop: polling for readiness and queueing the reader/writer
+//! handles of ready fds in asyncio's `_process_events` order, and the bookkeeping behind
+//! `_add_reader`/`_remove_reader`/`_add_writer`/`_remove_writer`.
+
+use std::os::fd::RawFd;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ferroloop_core::reactor::{Interest, IoEvent};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyInt, PyTuple};
+
+use super::{new_untracked, Loop, Ready};
+use crate::errors::os_error;
+use crate::ffi::check_signals;
+use crate::handles::{Handle, Kind};
+
+/// `(events, reader, writer)` of one fd, as `loop._fd_key` returns it.
+pub(super) type FdKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
+
+#[derive(Default)]
+pub(super) struct IoHandles {
+    pub(super) reader: Option<Py<Handle>>,
+    pub(super) writer: Option<Py<Handle>>,
+}
+
+/// asyncio: `selectors._fileobj_to_fd`. `Ok(None)`: a valid integer too large for a C int
+/// (asyncio's selector then fails with OverflowError on add, and finds nothing on remove).
+fn to_fd(fileobj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+    let py = fileobj.py();
+    let number = if fileobj.is_instance_of::<PyInt>() {
+        fileobj.clone()
+    } else {
+        // `int(fileobj.fileno())`; AttributeError, TypeError, ValueError: not a file object.
+        let converted = fileobj
+            .call_method0("fileno")
+            .and_then(|fd| py.get_type::<PyInt>().call1((fd,)));
+        match converted {
+            Ok(fd) => fd,
+            Err(error)
+                if error.is_instance_of::<pyo3::exceptions::PyAttributeError>(py)
+                    || error.is_instance_of::<PyTypeError>(py)
+                    || error.is_instance_of::<PyValueError>(py) =>
+            {
+                return Err(PyValueError::new_err(format!(
+                    "Invalid file object: {}",
+                    fileobj.repr()?
+                )))
+            }
+            Err(error) => return Err(error),
+        }
+    };
+    if number.lt(0)? {
+        return Err(PyValueError::new_err(format!(
+            "Invalid file descriptor: {number}"
+        )));
+    }
+    Ok(number
+        .extract::<i64>()
+        .ok()
+        .and_then(|fd| RawFd::try_from(fd).ok()))
+}
+
+fn c_int_overflow() -> PyErr {
+    pyo3::exceptions::PyOverflowError::new_err("Python int too large to convert to C int")
+}
+
+impl Loop {
+    /// Poll the reactor and queue the reader/writer handles of ready fds, in the order
+    /// asyncio's `_process_events` does.
+    pub(super) fn poll_io(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<()> {
+        let mut events = {
+            let mut state = self.state.borrow_mut(py);
+            if timeout == Some(Duration::ZERO) && state.io.is_empty() {
+                return Ok(());
+            }
+            std::mem::take(&mut state.events)
+        };
+        events.clear();
+        let result = if timeout == Some(Duration::ZERO) {
+            self.poll_locked(timeout, &mut events)
+        } else {
+            self.shared.parked.store(true, Ordering::SeqCst);
+            let parked_at = self.shared.probe.park();
+            let result = py.detach(|| {
+                let result = self.poll_locked(timeout, &mut events);
+                // Stop other threads' wakeups now, not after the GIL is back.
+                self.shared.parked.store(false, Ordering::SeqCst);
+                result
+            });
+            self.shared.probe.unpark(parked_at);
+            result
+        };
+        if let Err(error) = result {
+            self.state.borrow_mut(py).events = events;
+            if error.kind() == std::io::ErrorKind::Interrupted {
+                // A signal arrived: run the Python-level handlers (KeyboardInterrupt, or
+                // asyncio.Runner's SIGINT handler), as select() does under PEP 475.
+                return check_signals(py);
+            }
+            return Err(os_error(error));
+        }
+        let mut garbage: Vec<Py<Handle>> = Vec::new();
+        {
+            let mut state = self.state.borrow_mut(py);
+            let state = &mut *state;
+            for event in &events {
+                let fd = event.fd;
+                state.registrar.rearm(fd);
+                let Some(entry) = state.io.get_mut(&fd) else {
+                    continue;
+                };
+                let mut drop_interest = Interest::NONE;
+                if event.readable {
+                    if let Some(reader) = &entry.reader {
+                        if reader.get().is_cancelled(py) {
+                            garbage.extend(entry.reader.take());
+                            drop_interest = drop_interest | Interest::READ;
+                        } else {
+                            state.ready.push_back(Ready::Native(reader.clone_ref(py)));
+                        }
+                    }
+                }
+                if event.writable {
+                    if let Some(writer) = &entry.writer {
+                        if writer.get().is_cancelled(py) {
+                            garbage.extend(entry.writer.take());
+                            drop_interest = drop_interest | Interest::WRITE;
+                        } else {
+                            state.ready.push_back(Ready::Native(writer.clone_ref(py)));
+                        }
+                    }
+                }
+                if !drop_interest.is_empty() {
+                    let interest = state.registrar.interest(fd).without(drop_interest);
+                    let _ = state.registrar.set_interest(fd, interest);
+                    if interest.is_empty() {
+                        state.io.remove(&fd);
+                    }
+                }
+            }
+            state.events = events;
+        }
+        drop(garbage);
+        Ok(())
+    }
+
+    pub(super) fn poll_locked(
+        &self,
+        timeout: Option<Duration>,
+        events: &mut Vec<IoEvent>,
+    ) -> std::io::Result<()> {
+        let mut poller = self
+            .poller
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        poller.poll(timeout, events)
+    }
+
+    pub(super) fn set_io_handle(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        callback: Bound<'_, PyAny>,
+        args: &Bound<'_, PyTuple>,
+        interest: Interest,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
+        let this = slf.get();
+        this.check_closed(py)?;
+        let fd = to_fd(fileobj)?.ok_or_else(c_int_overflow)?;
+        let handle = new_untracked(
+            py,
+            this.make_handle(py, Kind::Io, f64::NAN, callback, args, None)?,
+        )?;
+        let previous = {
+            let mut state = this.state.borrow_mut(py);
+            let state = &mut *state;
+            let wanted = state.registrar.interest(fd) | interest;
+            state.registrar.set_interest(fd, wanted).map_err(os_error)?;
+            let entry = state.io.entry(fd).or_default();
+            let slot = if interest == Interest::READ {
+                &mut entry.reader
+            } else {
+                &mut entry.writer
+            };
+            slot.replace(handle.clone_ref(py))
+        };
+        if let Some(previous) = previous {
+            Handle::cancel_impl(previous.bind(py))?;
+        }
+        Ok(handle)
+    }
+
+    pub(super) fn clear_io_handle(
+        slf: &Bound<'_, Self>,
+        fileobj: &Bound<'_, PyAny>,
+        interest: Interest,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.borrow(py).closed {
+            return Ok(false);
+        }
+        let Some(fd) = to_fd(fileobj)? else {
+            return Ok(false);
+        };
+        let previous = {
+            let mut state = this.state.borrow_mut(py);
+            let state = &mut *state;
+            let Some(entry) = state.io.get_mut(&fd) else {
+                return Ok(false);
+            };
+            let slot = if interest == Interest::READ {
+                &mut entry.reader
+            } else {
+                &mut entry.writer
+            };
+            let Some(previous) = slot.take() else {
+                return Ok(false);
+            };
+            let empty = entry.reader.is_none() && entry.writer.is_none();
+            let remaining = state.registrar.interest(fd).without(interest);
+            // As asyncio's selector: a failure to unregister (fd already closed) is ignored.
+            let _ = state.registrar.set_interest(fd, remaining);
+            if empty {
+                state.io.remove(&fd);
+            }
+            previous
+        };
+        Handle::cancel_impl(previous.bind(py))?;
+        Ok(true)
+    }
+}
