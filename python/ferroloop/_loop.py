@@ -186,10 +186,13 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
         return _BORROWED_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
 
 
-class _SelectorView(selectors.BaseSelector):
-    """A read-only view of the native fd table with the selector API asyncio's transports
-    use in their ``repr`` (``get_key``/``get_map``). Registration goes through
-    ``add_reader``/``add_writer``; polling is the loop's own."""
+class _SelectorView:
+    """``loop._selector``: a read-only view of the native fd table, with the two lookups
+    asyncio's borrowed code makes on it (``get_key`` in transport reprs and
+    ``_ensure_fd_no_transport``'s message, ``get_map``). asyncio only registers, modifies or
+    polls through the selector in ``BaseSelectorEventLoop``'s ``_add_reader`` & co. and
+    ``BaseEventLoop._run_once``, which ferroloop implements natively; so the view has no
+    such methods."""
 
     def __init__(self, loop):
         self._loop = weakref.ref(loop)
@@ -213,15 +216,6 @@ class _SelectorView(selectors.BaseSelector):
         loop = self._loop()
         fds = [] if loop is None else loop._registered_fds()
         return {fd: key for fd in fds if (key := self._key(fd)) is not None}
-
-    def register(self, fileobj, events, data=None):
-        raise NotImplementedError("use loop.add_reader()/add_writer() with ferroloop")
-
-    def unregister(self, fileobj):
-        raise NotImplementedError("use loop.remove_reader()/remove_writer() with ferroloop")
-
-    def select(self, timeout=None):
-        raise NotImplementedError("ferroloop polls natively")
 
 
 def _defining_source(name):
