@@ -9,6 +9,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
+use crate::handles::Args;
+
 /// `contextvars.copy_context()`.
 ///
 /// The copy stays tracked by the cyclic GC: CPython 3.11's `context_tp_dealloc` untracks
@@ -46,7 +48,7 @@ pub fn untrack(obj: &Bound<'_, PyAny>) {
 pub fn call_in_context(
     py: Python<'_>,
     callback: &Py<PyAny>,
-    args: Option<&Py<PyTuple>>,
+    args: Option<&Args>,
     context: Option<&Py<PyAny>>,
 ) -> PyResult<()> {
     if let Some(context) = context {
@@ -56,7 +58,7 @@ pub fn call_in_context(
             // the same behaviour (and the same error).
             let mut call_args: Vec<Bound<'_, PyAny>> = vec![callback.bind(py).clone()];
             if let Some(args) = args {
-                call_args.extend(args.bind(py).iter());
+                call_args.extend(args.to_tuple(py)?.bind(py).iter());
             }
             context
                 .bind(py)
@@ -75,13 +77,7 @@ pub fn call_in_context(
             }
         }
         let (items, nargs) = match args {
-            Some(tuple) => {
-                let raw = tuple.as_ptr() as *mut ffi::PyTupleObject;
-                (
-                    (*raw).ob_item.as_ptr(),
-                    ffi::PyTuple_GET_SIZE(tuple.as_ptr()) as usize,
-                )
-            }
+            Some(args) => args.as_array(),
             None => (ptr::null(), 0),
         };
         let result = ffi::PyObject_Vectorcall(callback.as_ptr(), items, nargs, ptr::null_mut());

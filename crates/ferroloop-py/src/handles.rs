@@ -39,9 +39,62 @@ pub enum Kind {
     Io,
 }
 
+/// A handle's positional arguments. A single argument (the common case: asyncio's futures
+/// schedule `callback(fut)`, user code `fut.set_result(x)`) is kept without a tuple.
+pub enum Args {
+    One(Py<PyAny>),
+    Tuple(Py<PyTuple>),
+}
+
+impl Args {
+    /// The arguments of a `*args` tuple; `None` when it is empty.
+    pub fn from_tuple(args: &Bound<'_, PyTuple>) -> Option<Args> {
+        match args.len() {
+            0 => None,
+            1 => args.get_item(0).ok().map(|arg| Args::One(arg.unbind())),
+            _ => Some(Args::Tuple(args.clone().unbind())),
+        }
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> Args {
+        match self {
+            Args::One(arg) => Args::One(arg.clone_ref(py)),
+            Args::Tuple(args) => Args::Tuple(args.clone_ref(py)),
+        }
+    }
+
+    /// asyncio's `_args`.
+    pub fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        match self {
+            Args::One(arg) => Ok(PyTuple::new(py, [arg])?.unbind()),
+            Args::Tuple(args) => Ok(args.clone_ref(py)),
+        }
+    }
+
+    /// The arguments as a vectorcall array: a pointer to the first one and their number,
+    /// valid while `self` is alive.
+    #[inline]
+    pub fn as_array(&self) -> (*const *mut pyo3::ffi::PyObject, usize) {
+        match self {
+            // `Py<T>` is a transparent wrapper of the object pointer.
+            Args::One(arg) => (std::ptr::from_ref(arg).cast(), 1),
+            Args::Tuple(args) => {
+                let raw = args.as_ptr() as *mut pyo3::ffi::PyTupleObject;
+                // SAFETY: a live tuple: its item array holds ob_size items.
+                unsafe {
+                    (
+                        (*raw).ob_item.as_ptr() as *const *mut pyo3::ffi::PyObject,
+                        pyo3::ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize,
+                    )
+                }
+            }
+        }
+    }
+}
+
 pub struct HandleState {
     pub callback: Option<Py<PyAny>>,
-    pub args: Option<Py<PyTuple>>,
+    pub args: Option<Args>,
     pub context: Option<Py<PyAny>>,
     /// `context` is a snapshot shared with other handles (see `Loop::context_snapshot`): the
     /// callback runs in a fresh copy of it, so nothing it sets leaks into the others.
@@ -82,7 +135,7 @@ impl Handle {
         kind: Kind,
         when: f64,
         callback: Py<PyAny>,
-        args: Option<Py<PyTuple>>,
+        args: Option<Args>,
         context: Py<PyAny>,
         shared_context: bool,
         source_traceback: Option<Py<PyAny>>,
@@ -109,7 +162,7 @@ impl Handle {
         &self,
         py: Python<'_>,
         callback: Py<PyAny>,
-        args: Option<Py<PyTuple>>,
+        args: Option<Args>,
         context: Py<PyAny>,
         shared_context: bool,
     ) {
@@ -375,7 +428,7 @@ impl Handle {
     fn _args(&self, py: Python<'_>) -> Option<Py<PyAny>> {
         let state = self.state.borrow(py);
         match (&state.args, &state.callback) {
-            (Some(args), _) => Some(args.clone_ref(py).into_any()),
+            (Some(args), _) => args.to_tuple(py).ok().map(Py::into_any),
             // A live handle without arguments has the empty tuple, as in asyncio.
             (None, Some(_)) => Some(PyTuple::empty(py).into_any().unbind()),
             (None, None) => None,

@@ -14,7 +14,7 @@ use pyo3::types::{PyInt, PyTuple};
 use super::{new_untracked, Loop, Ready};
 use crate::errors::os_error;
 use crate::ffi::check_signals;
-use crate::handles::{Handle, Kind};
+use crate::handles::{Args, Handle, Kind};
 
 /// `(events, reader, writer)` of one fd, as `loop._fd_key` returns it.
 pub(super) type FdKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
@@ -171,7 +171,7 @@ impl Loop {
         let fd = to_fd(fileobj)?.ok_or_else(c_int_overflow)?;
         let handle = new_untracked(
             py,
-            this.make_handle(py, Kind::Io, f64::NAN, callback, args, None)?,
+            this.make_handle(py, Kind::Io, f64::NAN, callback, Args::from_tuple(args), None)?,
         )?;
         let previous = {
             let mut state = this.state.borrow_mut(py);

@@ -15,7 +15,10 @@
 //!
 //! The reactor side (polling, `add_reader`/`add_writer` bookkeeping) is in [`io`].
 
+mod fast;
 mod io;
+
+pub(crate) use fast::install_fast_methods;
 
 use io::{FdKey, IoHandles};
 
@@ -28,7 +31,7 @@ use std::time::Duration;
 use ferroloop_core::reactor::{self, Interest, IoEvent, Poller, Registrar};
 use ferroloop_core::time::clock::CLOCK_RESOLUTION;
 use ferroloop_core::time::{monotonic, TimerEntry, TimerHeap};
-use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyFloat, PyInt, PyTuple};
 
@@ -38,8 +41,8 @@ use crate::ffi::{
     check_signals, context_key, copy_context, current_context_key, sole_owner, untrack, ContextKey,
 };
 use crate::gil_cell::GilCell;
-use crate::handles::{check_callable, report_error, Handle, Kind, TimerHandle};
-use crate::python_hooks::{asyncio_future, asyncio_task, call_hook};
+use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
+use crate::python_hooks::{asyncio_future, asyncio_task, call_hook, get_running_loop};
 use crate::shared::LoopShared;
 
 static KW_LOOP: KeywordNames = KeywordNames::new(&["loop"]);
@@ -48,6 +51,9 @@ static KW_LOOP_NAME_CONTEXT: KeywordNames = KeywordNames::new(&["loop", "name", 
 
 /// How many ran `call_soon` handles a loop keeps for reuse.
 const HANDLE_POOL_SIZE: usize = 256;
+
+/// Iterations that do not block check for pending signals this often (see `run_once_impl`).
+const SIGNAL_CHECK_INTERVAL: u32 = 16;
 
 /// asyncio: `base_events._MIN_SCHEDULED_TIMER_HANDLES`.
 const MIN_SCHEDULED_TIMER_HANDLES: usize = 100;
@@ -83,6 +89,8 @@ struct LoopState {
     events: Vec<IoEvent>,
     stopping: bool,
     closed: bool,
+    /// Iterations run, modulo 2^32 (paces the signal check).
+    tick: u32,
     /// `call_soon` handles that ran and that nobody else references, ready for reuse: a
     /// handle costs a few hundred instructions to allocate and free through pyo3.
     handle_pool: Vec<Py<Handle>>,
@@ -110,7 +118,7 @@ impl Loop {
         Ok(())
     }
 
-    fn is_debug(&self) -> bool {
+    pub(crate) fn is_debug(&self) -> bool {
         self.shared.debug.load(Ordering::Relaxed)
     }
 
@@ -122,15 +130,10 @@ impl Loop {
         kind: Kind,
         when: f64,
         callback: Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Option<Args>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
         let (context, shared_context) = self.handle_context(py, kind, context)?;
-        let args = if args.is_empty() {
-            None
-        } else {
-            Some(args.clone().unbind())
-        };
         let source_traceback = if self.is_debug() {
             Some(call_hook(py, "extract_stack", ())?.unbind())
         } else {
@@ -169,18 +172,13 @@ impl Loop {
         &self,
         py: Python<'_>,
         callback: Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Option<Args>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<Handle>> {
         if !self.is_debug() {
             let pooled = self.state.borrow_mut(py).handle_pool.pop();
             if let Some(handle) = pooled {
                 let (context, shared_context) = self.handle_context(py, Kind::Soon, context)?;
-                let args = if args.is_empty() {
-                    None
-                } else {
-                    Some(args.clone().unbind())
-                };
                 handle
                     .get()
                     .reset(py, callback.unbind(), args, context, shared_context);
@@ -195,10 +193,10 @@ impl Loop {
 
     /// `call_soon`/`call_soon_threadsafe`: the checks asyncio makes (the thread check only
     /// for `call_soon`), then a handle at the end of the ready queue.
-    fn schedule_soon(
+    pub(crate) fn schedule_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Option<Args>,
         context: Option<Bound<'_, PyAny>>,
         method: &str,
     ) -> PyResult<Py<Handle>> {
@@ -266,11 +264,11 @@ impl Loop {
         }
     }
 
-    fn schedule_timer(
+    pub(crate) fn schedule_timer(
         slf: &Bound<'_, Self>,
         when: f64,
         callback: Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
+        args: Option<Args>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Py<TimerHandle>> {
         let py = slf.py();
@@ -425,11 +423,25 @@ impl Loop {
         let this = slf.get();
         // A closed loop has no reactor left to wait on (asyncio fails on its closed selector).
         this.check_closed(py)?;
+        let mut timeout = this.prepare_poll(py);
         // A signal that arrived while callbacks ran (not during the poll, which EINTR would
         // end) has only tripped CPython's flag: asyncio's Python loop acts on it at its next
-        // bytecode, so run the handlers now, before a poll that could block indefinitely.
-        check_signals(py)?;
-        let timeout = this.prepare_poll(py);
+        // bytecode, so run the handlers before a poll that may block. Python callbacks run
+        // pending handlers themselves (the interpreter checks between bytecodes); every
+        // SIGNAL_CHECK_INTERVAL iterations also covers a loop kept busy by C callbacks only.
+        let tick = {
+            let mut state = this.state.borrow_mut(py);
+            state.tick = state.tick.wrapping_add(1);
+            state.tick
+        };
+        if timeout != Some(Duration::ZERO) || tick % SIGNAL_CHECK_INTERVAL == 0 {
+            check_signals(py)?;
+            let state = this.state.borrow(py);
+            if !state.ready.is_empty() || state.stopping {
+                // A handler scheduled a callback or stopped the loop: do not block.
+                timeout = Some(Duration::ZERO);
+            }
+        }
         this.poll_io(py, timeout)?;
         this.queue_due_timers(py);
         let ntodo = this.state.borrow(py).ready.len();
@@ -457,7 +469,7 @@ fn new_untracked(py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
     Ok(handle)
 }
 
-fn delay_to_when(py: Python<'_>, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
+pub(crate) fn delay_to_when(py: Python<'_>, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
     let now = monotonic();
     let when = if delay.is_exact_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() {
         now + delay.extract::<f64>()?
@@ -490,6 +502,7 @@ impl Loop {
                 events: Vec::new(),
                 stopping: false,
                 closed: false,
+                tick: 0,
                 context_snapshot: None,
                 task_factory: None,
                 handle_pool: Vec::with_capacity(HANDLE_POOL_SIZE),
@@ -506,69 +519,12 @@ impl Loop {
             .map_err(|_| PyRuntimeError::new_err("loop already bound"))
     }
 
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        Loop::schedule_soon(slf, callback, args, context, "call_soon")
-    }
-
-    #[pyo3(signature = (callback, *args, context=None))]
-    fn call_soon_threadsafe(
-        slf: &Bound<'_, Self>,
-        callback: Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        let handle = Loop::schedule_soon(slf, callback, args, context, "call_soon_threadsafe")?;
-        slf.get().shared.wake_if_parked();
-        Ok(handle)
-    }
-
-    #[pyo3(signature = (delay, callback, *args, context=None))]
-    fn call_later(
-        slf: &Bound<'_, Self>,
-        delay: &Bound<'_, PyAny>,
-        callback: Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        // asyncio 3.11+ checks; 3.10 fails in `self.time() + delay` (delay_to_when does that).
-        if delay.is_none() && slf.py().version_info() >= (3, 11) {
-            return Err(PyTypeError::new_err("delay must not be None"));
-        }
-        let when = delay_to_when(slf.py(), delay)?;
-        Loop::schedule_timer(slf, when, callback, args, context)
-    }
-
-    #[pyo3(signature = (when, callback, *args, context=None))]
-    fn call_at(
-        slf: &Bound<'_, Self>,
-        when: &Bound<'_, PyAny>,
-        callback: Bound<'_, PyAny>,
-        args: &Bound<'_, PyTuple>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<TimerHandle>> {
-        if when.is_none() {
-            return Err(PyTypeError::new_err("when cannot be None"));
-        }
-        let when: f64 = when.extract()?;
-        Loop::schedule_timer(slf, when, callback, args, context)
-    }
-
     fn time(&self) -> f64 {
         monotonic()
     }
 
     fn stop(&self, py: Python<'_>) {
         self.state.borrow_mut(py).stopping = true;
-    }
-
-    fn get_debug(&self) -> bool {
-        self.is_debug()
     }
 
     #[getter(_debug)]
@@ -626,6 +582,11 @@ impl Loop {
     /// asyncio: `BaseEventLoop.create_future`.
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
+        // `Future()` takes the running loop: when that is this loop, leave out `loop=`, which
+        // would cost the C `Future.__init__` a keyword dictionary.
+        if get_running_loop(py)?.call0()?.is(slf) {
+            return asyncio_future(py)?.call0();
+        }
         call_with_keywords(
             py,
             asyncio_future(py)?.as_any(),
