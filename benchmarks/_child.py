@@ -29,6 +29,12 @@ def loop_factory(name):
         import rloop
 
         return rloop.new_event_loop, getattr(rloop, "__version__", "?")
+    if name == "rsloop":
+        # rsloop publishes no wheels and builds only with a nightly toolchain; see
+        # benchmarks/README.md for how to build it to compare.
+        import rsloop
+
+        return rsloop.new_event_loop, getattr(rsloop, "__version__", "?")
     if name == "ferroloop":
         import ferroloop
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Compare asyncio, uvloop, rloop and ferroloop on the workloads of ``workloads.py``.
+"""Compare asyncio, uvloop, rloop, rsloop (when installed) and ferroloop on the workloads of ``workloads.py``.
 
 Each (workload, loop) measurement runs in a fresh subprocess; in every round the loops are
 interleaved and their order rotated, and the table reports medians over the rounds.
@@ -24,7 +24,7 @@ sys.path.insert(0, HERE)
 
 import workloads  # noqa: E402
 
-LOOPS = ("asyncio", "uvloop", "rloop", "ferroloop")
+LOOPS = ("asyncio", "uvloop", "rloop", "rsloop", "ferroloop")
 BASELINE = "uvloop"
 CHILD = os.path.join(HERE, "_child.py")
 

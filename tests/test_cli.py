@@ -136,3 +136,28 @@ def test_cli_policy_is_ferroloop(script_dir):
     assert p.stdout.strip() == "EventLoopPolicy"
     assert "ferroloop" in run(["-c", "import asyncio, ferroloop, runpy, sys; "
                                "print(ferroloop.EventLoopPolicy.__module__)"], cwd="/tmp").stdout
+
+
+@pytest.mark.parametrize("factory", ["asyncio.new_event_loop", "ferroloop.new_event_loop"])
+def test_unclosed_loop_at_exit_is_quiet(tmp_path, factory):
+    """A loop left open and set as the current loop is collected late in interpreter
+    shutdown, when module globals are gone: like asyncio's, it closes without a traceback."""
+    script = tmp_path / "unclosed.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, ferroloop
+            loop = {factory}()
+            asyncio.set_event_loop(loop)
+            async def main():
+                await asyncio.sleep(0)
+            loop.run_until_complete(main())
+            """
+        )
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    assert "Traceback" not in proc.stderr
+    assert "Exception ignored" not in proc.stderr

@@ -134,7 +134,9 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
             executor.shutdown(wait=False)
         # asyncio: _UnixSelectorEventLoop.close
         # asyncio.unix_events' own `sys`, as _UnixSelectorEventLoop.close uses (tests patch it).
-        if not unix_events.sys.is_finalizing():
+        # Late in interpreter shutdown the module's globals are already cleared (None).
+        unix_sys = unix_events.sys
+        if unix_sys is not None and not unix_sys.is_finalizing():
             for sig in list(self._signal_handlers):
                 self.remove_signal_handler(sig)
         elif self._signal_handlers:

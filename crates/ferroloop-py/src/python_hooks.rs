@@ -12,7 +12,6 @@ static ASYNCIO_TIMER_HANDLE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ASYNCIO_FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ASYNCIO_TASK: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static HOOKS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static GET_RUNNING_LOOP: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 pub fn asyncio_handle(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     ASYNCIO_HANDLE.import(py, "asyncio.events", "Handle")
@@ -30,11 +29,6 @@ pub fn asyncio_future(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 /// `asyncio.Task`, looked up in `asyncio.tasks` as `BaseEventLoop.create_task` does.
 pub fn asyncio_task(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     ASYNCIO_TASK.import(py, "asyncio.tasks", "Task")
-}
-
-/// `asyncio.events._get_running_loop` (the C function asyncio's C `Future` uses).
-pub fn get_running_loop(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    GET_RUNNING_LOOP.import(py, "asyncio.events", "_get_running_loop")
 }
 
 /// The `ferroloop._hooks` module.

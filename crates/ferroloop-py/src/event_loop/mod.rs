@@ -42,7 +42,7 @@ use crate::ffi::{
 };
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
-use crate::python_hooks::{asyncio_future, asyncio_task, call_hook, get_running_loop};
+use crate::python_hooks::{asyncio_future, asyncio_task, call_hook};
 use crate::shared::LoopShared;
 
 static KW_LOOP: KeywordNames = KeywordNames::new(&["loop"]);
@@ -582,11 +582,6 @@ impl Loop {
     /// asyncio: `BaseEventLoop.create_future`.
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        // `Future()` takes the running loop: when that is this loop, leave out `loop=`, which
-        // would cost the C `Future.__init__` a keyword dictionary.
-        if get_running_loop(py)?.call0()?.is(slf) {
-            return asyncio_future(py)?.call0();
-        }
         call_with_keywords(
             py,
             asyncio_future(py)?.as_any(),
