@@ -235,6 +235,94 @@ fn discover_context_vars(py: Python<'_>) -> Option<usize> {
     }
 }
 
+/// The `ctx_vars` field of a Context object, if its offset is known.
+///
+/// # Safety
+/// `context` is a live `contextvars.Context`.
+#[inline]
+unsafe fn vars_field(
+    py: Python<'_>,
+    context: &Bound<'_, PyAny>,
+) -> Option<*mut *mut ffi::PyObject> {
+    let (_, vars_offset) = (*CONTEXT_FIELDS.get_or_init(py, || discover(py)))?;
+    // SAFETY: see above; `vars_offset` was verified to be the `ctx_vars` field.
+    Some(unsafe { (context.as_ptr() as *mut u8).add(vars_offset) as *mut *mut ffi::PyObject })
+}
+
+/// How [`call_in_snapshot`] went.
+pub enum SnapshotRun<'py> {
+    /// The callback ran in the snapshot and left its variables as they were.
+    Unchanged(PyResult<()>),
+    /// The callback ran in the snapshot and set or reset variables: the snapshot now holds
+    /// them; `before` is the mapping it had before the run.
+    Changed(PyResult<()>, Bound<'py, PyAny>),
+    /// The snapshot could not be entered (a callback running in it is running this one):
+    /// nothing ran.
+    NotRun,
+}
+
+/// The variables mapping of a context snapshot (a new reference), if its layout is known.
+pub fn snapshot_vars<'py>(snapshot: &Bound<'py, PyAny>) -> Option<Bound<'py, PyAny>> {
+    let py = snapshot.py();
+    // SAFETY: snapshots are live Contexts (made by PyContext_CopyCurrent); the field holds a
+    // strong reference to a live mapping.
+    unsafe { vars_field(py, snapshot).map(|field| Bound::from_borrowed_ptr(py, *field)) }
+}
+
+/// Run `callback(*args)` inside the shared context snapshot itself, rather than inside a copy
+/// of it, and tell whether the callback changed its variables (see `docs/decisions/0003`).
+/// `before` is the snapshot's mapping ([`snapshot_vars`]).
+pub fn call_in_snapshot<'py>(
+    py: Python<'py>,
+    callback: &Py<PyAny>,
+    args: Option<&Args>,
+    snapshot: &Bound<'py, PyAny>,
+    before: Bound<'py, PyAny>,
+) -> SnapshotRun<'py> {
+    // SAFETY: a live Context; Enter fails (with an exception set) if it is entered already.
+    if unsafe { ffi::PyContext_Enter(snapshot.as_ptr()) } < 0 {
+        drop(PyErr::fetch(py));
+        return SnapshotRun::NotRun;
+    }
+    // SAFETY: the context is entered; call_in_context enters nothing when given None.
+    let result = call_in_context(py, callback, args, None);
+    // SAFETY: entered above, by this thread, and the snapshot is alive (the caller holds it).
+    let exited = if unsafe { ffi::PyContext_Exit(snapshot.as_ptr()) } < 0 {
+        Err(PyErr::fetch(py))
+    } else {
+        Ok(())
+    };
+    let result = result.and(exited);
+    // SAFETY: the snapshot is a live Context whose layout `before` was read with.
+    let now = unsafe { vars_field(py, snapshot).map(|field| *field) };
+    if now == Some(before.as_ptr()) {
+        SnapshotRun::Unchanged(result)
+    } else {
+        SnapshotRun::Changed(result, before)
+    }
+}
+
+/// A new Context holding `vars` (a mapping taken from [`SnapshotRun::Changed`]): the
+/// replacement of a snapshot whose callback changed it.
+pub fn context_with_vars(
+    py: Python<'_>,
+    model: &Bound<'_, PyAny>,
+    vars: Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    // SAFETY: the GIL is held; `model` is a live Context, so its copy is a new Context of the
+    // same layout. The copy's mapping reference is released and replaced by the one `vars`
+    // owns (moved into the field).
+    unsafe {
+        let copy = Bound::from_owned_ptr_or_err(py, ffi::PyContext_Copy(model.as_ptr()))?;
+        let field = vars_field(py, &copy).ok_or_else(|| {
+            pyo3::exceptions::PySystemError::new_err("contextvars.Context layout unknown")
+        })?;
+        let previous = std::mem::replace(&mut *field, vars.into_ptr());
+        ffi::Py_DECREF(previous);
+        Ok(copy.unbind())
+    }
+}
+
 /// `contextvars.copy_context()`-like copy of a context snapshot (`PyContext_Copy`).
 #[inline]
 pub fn copy_of(py: Python<'_>, context: &Py<PyAny>) -> PyResult<Py<PyAny>> {
@@ -305,6 +393,13 @@ pub fn call_with_keywords<'py>(
             ),
         )
     }
+}
+
+/// The reference count of `obj`.
+#[inline]
+pub fn ref_count(obj: &Py<PyAny>) -> isize {
+    // SAFETY: `obj` is a live object; reading its reference count is always valid.
+    unsafe { ffi::Py_REFCNT(obj.as_ptr()) }
 }
 
 /// True when `obj` is referenced by the caller alone and by no weak reference: nothing else

@@ -24,7 +24,9 @@ use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyTuple, PyType};
 
-use crate::ffi::{call_in_context, copy_of};
+use crate::ffi::{
+    call_in_context, call_in_snapshot, context_with_vars, copy_of, snapshot_vars, SnapshotRun,
+};
 use crate::gil_cell::GilCell;
 use crate::python_hooks::{asyncio_handle, asyncio_timer_handle, call_hook};
 use crate::shared::LoopShared;
@@ -220,18 +222,19 @@ impl Handle {
         let (callback, args, context, shared_context) = {
             let mut state = handle.state.borrow_mut(py);
             let shared_context = state.shared_context;
+            let context = state.context.as_ref().map(|c| c.bind(py).clone());
             if one_shot {
                 (
                     state.callback.take(),
                     state.args.take(),
-                    state.context.as_ref().map(|c| c.clone_ref(py)),
+                    context,
                     shared_context,
                 )
             } else {
                 (
                     state.callback.as_ref().map(|c| c.clone_ref(py)),
                     state.args.as_ref().map(|a| a.clone_ref(py)),
-                    state.context.as_ref().map(|c| c.clone_ref(py)),
+                    context,
                     shared_context,
                 )
             }
@@ -239,22 +242,17 @@ impl Handle {
         let Some(callback) = callback else {
             return Ok(());
         };
-        let (context, own_copy) = match (context, shared_context) {
-            (Some(snapshot), true) => (Some(copy_of(py, &snapshot)?), true),
-            (context, _) => (context, false),
+        let result = match (context, shared_context) {
+            (Some(snapshot), true) => {
+                handle.run_in_snapshot(py, &callback, args.as_ref(), snapshot)
+            }
+            (context, _) => call_in_context(
+                py,
+                &callback,
+                args.as_ref(),
+                context.as_ref().map(Bound::as_unbound),
+            ),
         };
-        let result = call_in_context(py, &callback, args.as_ref(), context.as_ref());
-        if own_copy {
-            // From now on the handle's context is the one its callback ran in (with whatever
-            // the callback set), as in asyncio: `get_context()` and the exception handler,
-            // which 3.12+ runs in that context, see it.
-            let previous = {
-                let mut state = handle.state.borrow_mut(py);
-                state.shared_context = false;
-                std::mem::replace(&mut state.context, context)
-            };
-            drop(previous);
-        }
         let Err(error) = result else {
             return Ok(());
         };
@@ -269,6 +267,91 @@ impl Handle {
             handle.release(py);
         }
         outcome
+    }
+
+    /// Run the callback of a handle that shares a context snapshot, in the snapshot itself
+    /// (see `docs/decisions/0003`). Afterwards the handle's context is the one its callback
+    /// ran in, as in asyncio: `get_context()` and the exception handler (which 3.12+ runs in
+    /// it) see what the callback set.
+    fn run_in_snapshot(
+        &self,
+        py: Python<'_>,
+        callback: &Py<PyAny>,
+        args: Option<&Args>,
+        snapshot: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let snapshot = self.shared.resolve_snapshot(snapshot);
+        let Some(before) = snapshot_vars(&snapshot) else {
+            // The layout of contexts is unknown: run in a copy.
+            return self.run_in_copy(py, callback, args, copy_of(py, snapshot.as_unbound())?);
+        };
+        let outer = self.shared.snapshot_run_begin(py, &snapshot, &before);
+        let outcome = call_in_snapshot(py, callback, args, &snapshot, before);
+        self.shared.snapshot_run_end(py, outer);
+        let (result, own) = match outcome {
+            SnapshotRun::Unchanged(Ok(())) => {
+                self.keep_snapshot(py, snapshot);
+                return Ok(());
+            }
+            // The exception handler may run in the handle's context: give it its own.
+            SnapshotRun::Unchanged(Err(error)) => (Err(error), copy_of(py, snapshot.as_unbound())?),
+            SnapshotRun::Changed(result, before) => {
+                // The snapshot now holds what the callback set, and the tokens its
+                // `ContextVar.set` calls returned refer to it: it becomes this handle's
+                // context. The other handles that share it run in a replacement.
+                let replacement = context_with_vars(py, &snapshot, before)?;
+                self.shared.retire_snapshot(py, &snapshot, replacement);
+                (result, snapshot.unbind())
+            }
+            SnapshotRun::NotRun => {
+                // A callback running in the snapshot runs this handle (`handle._run()`): run
+                // it in a context with the contents the snapshot had before that callback.
+                let original = self.shared.snapshot_run_vars(py, &snapshot);
+                let own = match original {
+                    Some(vars) => context_with_vars(py, &snapshot, vars)?,
+                    None => copy_of(py, snapshot.as_unbound())?,
+                };
+                return self.run_in_copy(py, callback, args, own);
+            }
+        };
+        let previous = {
+            let mut state = self.state.borrow_mut(py);
+            state.shared_context = false;
+            state.context.replace(own)
+        };
+        drop(previous);
+        result
+    }
+
+    /// Run the callback in `own`, a context of its own that the handle keeps.
+    fn run_in_copy(
+        &self,
+        py: Python<'_>,
+        callback: &Py<PyAny>,
+        args: Option<&Args>,
+        own: Py<PyAny>,
+    ) -> PyResult<()> {
+        let result = call_in_context(py, callback, args, Some(&own));
+        let previous = {
+            let mut state = self.state.borrow_mut(py);
+            state.shared_context = false;
+            state.context.replace(own)
+        };
+        drop(previous);
+        result
+    }
+
+    /// After a run that changed nothing: keep sharing `snapshot` (a replacement, if the one
+    /// the handle had was retired meanwhile).
+    #[inline]
+    fn keep_snapshot(&self, py: Python<'_>, snapshot: Bound<'_, PyAny>) {
+        let mut state = self.state.borrow_mut(py);
+        if state.context.as_ref().is_some_and(|c| c.is(&snapshot)) {
+            return;
+        }
+        let previous = state.context.replace(snapshot.unbind());
+        drop(state);
+        drop(previous);
     }
 
     pub fn cancel_impl(slf: &Bound<'_, Handle>) -> PyResult<()> {
@@ -353,7 +436,8 @@ impl Handle {
             (Some(snapshot), true) => {
                 // The caller may enter or keep this context: give the handle its own copy,
                 // the one its callback will run in.
-                let own = copy_of(py, &snapshot)?;
+                let snapshot = self.shared.resolve_snapshot(snapshot.into_bound(py));
+                let own = copy_of(py, snapshot.as_unbound())?;
                 let mut state = self.state.borrow_mut(py);
                 let previous = state.context.replace(own.clone_ref(py));
                 state.shared_context = false;

@@ -12,6 +12,9 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
+use crate::ffi::{context_key, copy_context, current_context_key, ref_count, ContextKey};
+use crate::gil_cell::GilCell;
+
 pub struct LoopShared {
     /// `loop.get_debug()`; read by handles when they are cancelled.
     pub debug: AtomicBool,
@@ -27,6 +30,29 @@ pub struct LoopShared {
     pub loop_weakref: PyOnceLock<Py<PyAny>>,
     /// Metrics counters and the watchdog's view of the loop (see `metrics.rs`, `watchdog.rs`).
     pub probe: Probe,
+    /// The context snapshots shared by pending handles (see `docs/decisions/0003`).
+    pub snapshots: GilCell<Snapshots>,
+}
+
+/// Context snapshots: handles scheduled while the caller's context keeps the same contents
+/// share one snapshot, and their callbacks run in it.
+#[derive(Default)]
+pub struct Snapshots {
+    /// The last snapshot taken, with the key of its contents.
+    pub current: Option<(ContextKey, Py<PyAny>)>,
+    /// Snapshots whose contents a callback changed (they now belong to that callback's
+    /// handle), each with its replacement: a context with the original contents, in which
+    /// the other handles that shared it run.
+    pub retired: Vec<(Py<PyAny>, Py<PyAny>)>,
+    /// The snapshot a callback is running in, and the mapping it had when the callback started
+    /// (addresses only: both are kept alive by that run).
+    pub running: RunningSnapshot,
+}
+
+#[derive(Default, Clone, Copy)]
+pub struct RunningSnapshot {
+    snapshot: usize,
+    vars: usize,
 }
 
 impl LoopShared {
@@ -38,7 +64,126 @@ impl LoopShared {
             waker,
             loop_weakref: PyOnceLock::new(),
             probe: Probe::new(),
+            snapshots: GilCell::new(Snapshots::default()),
         }
+    }
+
+    /// A snapshot of the caller's current context, shared by every handle scheduled while
+    /// the context's contents stay the same.
+    pub fn context_snapshot(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if let Some(key) = current_context_key(py) {
+            let snapshots = self.snapshots.borrow(py);
+            if let Some((cached, snapshot)) = &snapshots.current {
+                if *cached == key {
+                    return Ok(snapshot.clone_ref(py));
+                }
+            }
+        }
+        let snapshot = copy_context(py)?;
+        if let Some(key) = context_key(py, &snapshot) {
+            let previous = self
+                .snapshots
+                .borrow_mut(py)
+                .current
+                .replace((key, snapshot.clone_ref(py)));
+            drop(previous);
+        }
+        Ok(snapshot)
+    }
+
+    /// The context a handle sharing `snapshot` runs in: the snapshot, or its replacement if
+    /// a callback changed it.
+    #[inline]
+    pub fn resolve_snapshot<'py>(&self, snapshot: Bound<'py, PyAny>) -> Bound<'py, PyAny> {
+        let py = snapshot.py();
+        let snapshots = self.snapshots.borrow(py);
+        if snapshots.retired.is_empty() {
+            return snapshot;
+        }
+        match snapshots.retired.iter().find(|(old, _)| old.is(&snapshot)) {
+            Some((_, replacement)) => replacement.bind(py).clone(),
+            None => snapshot,
+        }
+    }
+
+    /// `snapshot` was changed by a callback and now belongs to that callback's handle; the
+    /// handles that share it will run in `replacement` (same original contents).
+    pub fn retire_snapshot(
+        &self,
+        py: Python<'_>,
+        snapshot: &Bound<'_, PyAny>,
+        replacement: Py<PyAny>,
+    ) {
+        let (dropped, current, stale) = {
+            let mut snapshots = self.snapshots.borrow_mut(py);
+            // Forget the retired snapshots nobody else references any more.
+            let (keep, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshots.retired)
+                .into_iter()
+                .partition(|(old, _)| ref_count(old) > 1);
+            snapshots.retired = keep;
+            // A replacement can be retired in turn: the handles it stood in for now run in
+            // the new one.
+            let mut stale = Vec::new();
+            for (_, standing_in) in snapshots.retired.iter_mut() {
+                if standing_in.is(snapshot) {
+                    stale.push(std::mem::replace(standing_in, replacement.clone_ref(py)));
+                }
+            }
+            snapshots
+                .retired
+                .push((snapshot.clone().unbind(), replacement.clone_ref(py)));
+            // Handles scheduled from now on with the original contents share the replacement.
+            let current = match &mut snapshots.current {
+                Some((_, cached)) if cached.is(snapshot) => {
+                    Some(std::mem::replace(cached, replacement))
+                }
+                _ => None,
+            };
+            (dropped, current, stale)
+        };
+        drop((dropped, current, stale));
+    }
+
+    /// A callback starts running in `snapshot`, whose mapping is `vars`; returns what to give
+    /// back to [`snapshot_run_end`](Self::snapshot_run_end).
+    #[inline]
+    pub fn snapshot_run_begin(
+        &self,
+        py: Python<'_>,
+        snapshot: &Bound<'_, PyAny>,
+        vars: &Bound<'_, PyAny>,
+    ) -> RunningSnapshot {
+        let running = RunningSnapshot {
+            snapshot: snapshot.as_ptr() as usize,
+            vars: vars.as_ptr() as usize,
+        };
+        std::mem::replace(&mut self.snapshots.borrow_mut(py).running, running)
+    }
+
+    #[inline]
+    pub fn snapshot_run_end(&self, py: Python<'_>, outer: RunningSnapshot) {
+        self.snapshots.borrow_mut(py).running = outer;
+    }
+
+    /// The mapping `snapshot` had when the callback now running in it started.
+    pub fn snapshot_run_vars<'py>(
+        &self,
+        py: Python<'py>,
+        snapshot: &Bound<'py, PyAny>,
+    ) -> Option<Bound<'py, PyAny>> {
+        let running = self.snapshots.borrow(py).running;
+        if running.snapshot != snapshot.as_ptr() as usize || running.vars == 0 {
+            return None;
+        }
+        // SAFETY: the run that recorded `vars` is still on the stack (we were called from
+        // inside it, since the snapshot is entered) and holds a reference to the mapping.
+        Some(unsafe { Bound::from_borrowed_ptr(py, running.vars as *mut pyo3::ffi::PyObject) })
+    }
+
+    /// Drop every snapshot (the loop is closing).
+    pub fn clear_snapshots(&self, py: Python<'_>) {
+        let taken = std::mem::take(&mut *self.snapshots.borrow_mut(py));
+        drop(taken);
     }
 
     /// Wake the loop if it is blocked in its poll and no one woke it yet.

@@ -106,7 +106,8 @@ unsafe fn parse<'py>(
     } else if !kwnames.is_null() {
         let context_name = pyo3::intern!(py, "context");
         // SAFETY: kwnames is a live tuple (vectorcall protocol).
-        let names = unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() };
+        let names =
+            unsafe { Bound::from_borrowed_ptr(py, kwnames).cast_into_unchecked::<PyTuple>() };
         for (index, name) in names.iter().enumerate() {
             let value = arg(nargs + index);
             let slot = if keyword_is(&name, context_name) {
@@ -243,7 +244,12 @@ unsafe fn call_later(
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
     // SAFETY: as in `call_soon`.
-    let (slf, call) = unsafe { (this(py, &slf), parse(py, &CALL_LATER, args, nargs, kwnames)?) };
+    let (slf, call) = unsafe {
+        (
+            this(py, &slf),
+            parse(py, &CALL_LATER, args, nargs, kwnames)?,
+        )
+    };
     let delay = call.first.unwrap_or_else(|| py.None().into_bound(py));
     // asyncio 3.11+ checks; 3.10 fails in `self.time() + delay` (delay_to_when does that).
     if delay.is_none() && py.version_info() >= (3, 11) {
@@ -357,8 +363,9 @@ pub(crate) fn install_fast_methods(class: &Bound<'_, PyType>) -> PyResult<()> {
             )?
         };
         // SAFETY: ml_name is a static NUL-terminated string.
-        let name = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyUnicode_FromString(def.0.ml_name))? }
-            .cast_into::<PyString>()?;
+        let name =
+            unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyUnicode_FromString(def.0.ml_name))? }
+                .cast_into::<PyString>()?;
         class.setattr(name, descriptor)?;
     }
     Ok(())

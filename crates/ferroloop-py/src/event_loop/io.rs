@@ -171,7 +171,14 @@ impl Loop {
         let fd = to_fd(fileobj)?.ok_or_else(c_int_overflow)?;
         let handle = new_untracked(
             py,
-            this.make_handle(py, Kind::Io, f64::NAN, callback, Args::from_tuple(args), None)?,
+            this.make_handle(
+                py,
+                Kind::Io,
+                f64::NAN,
+                callback,
+                Args::from_tuple(args),
+                None,
+            )?,
         )?;
         let previous = {
             let mut state = this.state.borrow_mut(py);

@@ -37,9 +37,7 @@ use pyo3::types::{PyFloat, PyInt, PyTuple};
 
 use crate::errors::os_error;
 use crate::ffi::{call_with_keywords, KeywordNames};
-use crate::ffi::{
-    check_signals, context_key, copy_context, current_context_key, sole_owner, untrack, ContextKey,
-};
+use crate::ffi::{check_signals, copy_context, sole_owner, untrack};
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
 use crate::python_hooks::{asyncio_future, asyncio_task, call_hook};
@@ -96,9 +94,6 @@ struct LoopState {
     handle_pool: Vec<Py<Handle>>,
     /// asyncio's `_task_factory` (`set_task_factory`/`get_task_factory`).
     task_factory: Option<Py<PyAny>>,
-    /// The last snapshot of a caller's context: handles scheduled while the caller's context
-    /// has the same contents share it instead of each copying the context.
-    context_snapshot: Option<(ContextKey, Py<PyAny>)>,
 }
 
 #[pyclass(module = "ferroloop._core", name = "Loop", subclass, frozen)]
@@ -162,7 +157,7 @@ impl Loop {
             Some(context) if !context.is_none() => (context.unbind(), false),
             // Readers run many times in one context that keeps what they set: their own copy.
             _ if kind == Kind::Io => (copy_context(py)?, false),
-            _ => (self.context_snapshot(py)?, true),
+            _ => (self.shared.context_snapshot(py)?, true),
         })
     }
 
@@ -219,31 +214,6 @@ impl Loop {
         if state.handle_pool.len() < HANDLE_POOL_SIZE {
             state.handle_pool.push(handle);
         }
-    }
-
-    /// A snapshot of the caller's current context, shared by every handle scheduled while
-    /// the context (object and contents) stays the same. Each callback then runs in a fresh
-    /// copy of the snapshot, made when it runs: the same semantics as asyncio's copy at
-    /// scheduling time, without a long-lived GC-tracked context per pending callback.
-    fn context_snapshot(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if let Some(key) = current_context_key(py) {
-            let state = self.state.borrow(py);
-            if let Some((cached, snapshot)) = &state.context_snapshot {
-                if *cached == key {
-                    return Ok(snapshot.clone_ref(py));
-                }
-            }
-        }
-        let snapshot = copy_context(py)?;
-        if let Some(key) = context_key(py, &snapshot) {
-            let previous = self
-                .state
-                .borrow_mut(py)
-                .context_snapshot
-                .replace((key, snapshot.clone_ref(py)));
-            drop(previous);
-        }
-        Ok(snapshot)
     }
 
     fn check_callback(
@@ -503,7 +473,6 @@ impl Loop {
                 stopping: false,
                 closed: false,
                 tick: 0,
-                context_snapshot: None,
                 task_factory: None,
                 handle_pool: Vec::with_capacity(HANDLE_POOL_SIZE),
             }),
@@ -701,18 +670,18 @@ impl Loop {
     /// Close the native part: drop queued callbacks, timers and fd registrations.
     /// Callbacks of handles still pending are released so that no cycle through them lives on.
     fn _close_native(&self, py: Python<'_>) {
-        let (ready, timers, io, snapshot) = {
+        let (ready, timers, io) = {
             let mut state = self.state.borrow_mut(py);
             state.closed = true;
             let ready: Vec<Ready> = state.ready.drain(..).collect();
             let timers: Vec<Timer> = state.timers.drain().collect();
             let io: Vec<(RawFd, IoHandles)> = state.io.drain().collect();
-            let snapshot = state.context_snapshot.take();
             for (fd, _) in &io {
                 let _ = state.registrar.set_interest(*fd, Interest::NONE);
             }
-            (ready, timers, io, snapshot)
+            (ready, timers, io)
         };
+        self.shared.clear_snapshots(py);
         self.shared.timer_cancelled.store(0, Ordering::Relaxed);
         let pool = std::mem::take(&mut self.state.borrow_mut(py).handle_pool);
         drop(pool);
@@ -725,7 +694,7 @@ impl Loop {
             timer.handle.get().state.borrow_mut(py).scheduled = false;
             timer.handle.get().release(py);
         }
-        drop((ready, timers, io, snapshot));
+        drop((ready, timers, io));
     }
 
     /// What is registered for `fd`: `(events, reader, writer)` with asyncio's selector event
