@@ -402,6 +402,41 @@ pub fn ref_count(obj: &Py<PyAny>) -> isize {
     unsafe { ffi::Py_REFCNT(obj.as_ptr()) }
 }
 
+/// `cls(*args, **kwargs)` with a ready-made keyword dictionary.
+///
+/// For a class whose metaclass is `type` this does what `type.__call__` does (`tp_new`, then
+/// `tp_init` if the result is an instance), without the call machinery building a new
+/// dictionary; other classes are simply called.
+pub fn construct<'py>(
+    cls: &Bound<'py, pyo3::types::PyType>,
+    args: &Bound<'py, PyTuple>,
+    kwargs: &Bound<'py, pyo3::types::PyDict>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    // SAFETY: the GIL is held; `cls` is a live type. tp_new returns a new reference or NULL
+    // with an exception set; tp_init returns -1 with an exception set on failure. This is
+    // type_call's sequence for a plain `type` metaclass.
+    unsafe {
+        let raw = cls.as_type_ptr();
+        if ffi::Py_TYPE(raw.cast()) != ptr::addr_of_mut!(ffi::PyType_Type) {
+            return cls.call(args, Some(kwargs));
+        }
+        let Some(new) = (*raw).tp_new else {
+            return cls.call(args, Some(kwargs));
+        };
+        let obj = Bound::from_owned_ptr_or_err(py, new(raw, args.as_ptr(), kwargs.as_ptr()))?;
+        if ffi::PyObject_TypeCheck(obj.as_ptr(), raw) == 0 {
+            return Ok(obj);
+        }
+        if let Some(init) = (*ffi::Py_TYPE(obj.as_ptr())).tp_init {
+            if init(obj.as_ptr(), args.as_ptr(), kwargs.as_ptr()) < 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(obj)
+    }
+}
+
 /// True when `obj` is referenced by the caller alone and by no weak reference: nothing else
 /// can observe it, so it may be reused for something else.
 #[inline]

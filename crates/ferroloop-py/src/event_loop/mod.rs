@@ -33,10 +33,10 @@ use ferroloop_core::time::clock::CLOCK_RESOLUTION;
 use ferroloop_core::time::{monotonic, TimerEntry, TimerHeap};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyFloat, PyInt, PyTuple};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
 use crate::errors::os_error;
-use crate::ffi::{call_with_keywords, KeywordNames};
+use crate::ffi::{call_with_keywords, construct, KeywordNames};
 use crate::ffi::{check_signals, copy_context, sole_owner, untrack};
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
@@ -89,6 +89,9 @@ struct LoopState {
     closed: bool,
     /// Iterations run, modulo 2^32 (paces the signal check).
     tick: u32,
+    /// `{"loop": self}` while the loop runs: the keyword arguments of the futures and tasks
+    /// it creates, built once rather than once per object.
+    loop_kwargs: Option<Py<PyDict>>,
     /// `call_soon` handles that ran and that nobody else references, ready for reuse: a
     /// handle costs a few hundred instructions to allocate and free through pyo3.
     handle_pool: Vec<Py<Handle>>,
@@ -111,6 +114,16 @@ impl Loop {
             return Err(PyRuntimeError::new_err("Event loop is closed"));
         }
         Ok(())
+    }
+
+    /// `{"loop": self}` while the loop runs.
+    #[inline]
+    fn loop_kwargs<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyDict>> {
+        self.state
+            .borrow(py)
+            .loop_kwargs
+            .as_ref()
+            .map(|k| k.bind(py).clone())
     }
 
     pub(crate) fn is_debug(&self) -> bool {
@@ -473,6 +486,7 @@ impl Loop {
                 stopping: false,
                 closed: false,
                 tick: 0,
+                loop_kwargs: None,
                 task_factory: None,
                 handle_pool: Vec::with_capacity(HANDLE_POOL_SIZE),
             }),
@@ -551,6 +565,9 @@ impl Loop {
     /// asyncio: `BaseEventLoop.create_future`.
     fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
+        if let Some(kwargs) = slf.get().loop_kwargs(py) {
+            return construct(asyncio_future(py)?, &PyTuple::empty(py), &kwargs);
+        }
         call_with_keywords(
             py,
             asyncio_future(py)?.as_any(),
@@ -588,6 +605,10 @@ impl Loop {
         let name = name.unwrap_or(&none);
         let task = asyncio_task(py)?.as_any();
         match context.filter(|c| !c.is_none()) {
+            None if name.is_none() => match this.loop_kwargs(py) {
+                Some(kwargs) => construct(asyncio_task(py)?, &PyTuple::new(py, [coro])?, &kwargs),
+                None => call_with_keywords(py, task, &[coro], &KW_LOOP, &[slf.as_any()]),
+            },
             None => call_with_keywords(py, task, &[coro], &KW_LOOP_NAME, &[slf.as_any(), name]),
             Some(context) => call_with_keywords(
                 py,
@@ -608,12 +629,25 @@ impl Loop {
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let _running = slf.get().shared.probe.running();
-        loop {
+        // `{"loop": self}` for the futures and tasks created while the loop runs (see
+        // `create_future`); dropped when it stops, so it makes no lasting cycle.
+        let kwargs = PyDict::new(py);
+        kwargs.set_item(pyo3::intern!(py, "loop"), slf)?;
+        let previous = slf
+            .get()
+            .state
+            .borrow_mut(py)
+            .loop_kwargs
+            .replace(kwargs.unbind());
+        let outcome = (|| loop {
             Loop::run_once_impl(slf)?;
             if slf.get().state.borrow(py).stopping {
                 return Ok(());
             }
-        }
+        })();
+        let ours = std::mem::replace(&mut slf.get().state.borrow_mut(py).loop_kwargs, previous);
+        drop(ours);
+        outcome
     }
 
     /// asyncio: `BaseEventLoop._add_callback`.
