@@ -58,6 +58,15 @@ impl Args {
         }
     }
 
+    /// Release the references (without pyo3's check for an attached thread).
+    #[inline]
+    pub fn drop_ref(self, py: Python<'_>) {
+        match self {
+            Args::One(arg) => arg.drop_ref(py),
+            Args::Tuple(args) => args.drop_ref(py),
+        }
+    }
+
     pub fn clone_ref(&self, py: Python<'_>) -> Args {
         match self {
             Args::One(arg) => Args::One(arg.clone_ref(py)),
@@ -159,7 +168,9 @@ impl Handle {
         }
     }
 
-    /// Give a recycled `call_soon` handle its new callback (see `Loop::soon_handle`).
+    /// Give a recycled `call_soon` handle its new callback (see `Loop::schedule_soon`). A
+    /// pooled handle was [`clear`](Self::clear)ed: it holds nothing and is not cancelled.
+    #[inline]
     pub fn reset(
         &self,
         py: Python<'_>,
@@ -168,23 +179,18 @@ impl Handle {
         context: Py<PyAny>,
         shared_context: bool,
     ) {
-        let fresh = HandleState {
-            callback: Some(callback),
-            args,
-            context: Some(context),
-            shared_context,
-            cancelled: false,
-            scheduled: false,
-            repr: None,
-            source_traceback: None,
-        };
-        let previous = std::mem::replace(&mut *self.state.borrow_mut(py), fresh);
-        drop(previous);
+        let mut state = self.state.borrow_mut(py);
+        // The slots are empty: these assignments drop nothing.
+        state.callback = Some(callback);
+        state.args = args;
+        state.context = Some(context);
+        state.shared_context = shared_context;
+        state.cancelled = false;
     }
 
     /// Drop everything a handle that ran still references, before it is pooled.
     pub fn clear(&self, py: Python<'_>) {
-        let previous = {
+        let (callback, args, context, repr, source_traceback) = {
             let mut state = self.state.borrow_mut(py);
             (
                 state.callback.take(),
@@ -194,7 +200,16 @@ impl Handle {
                 state.source_traceback.take(),
             )
         };
-        drop(previous);
+        // Released without pyo3's check for an attached thread.
+        for obj in [callback, context, repr, source_traceback]
+            .into_iter()
+            .flatten()
+        {
+            obj.drop_ref(py);
+        }
+        if let Some(args) = args {
+            args.drop_ref(py);
+        }
     }
 
     #[inline]
@@ -254,6 +269,11 @@ impl Handle {
             ),
         };
         let Err(error) = result else {
+            // Released here, without pyo3's check for an attached thread.
+            callback.drop_ref(py);
+            if let Some(args) = args {
+                args.drop_ref(py);
+            }
             return Ok(());
         };
         if one_shot {
@@ -280,12 +300,11 @@ impl Handle {
         args: Option<&Args>,
         snapshot: Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let snapshot = self.shared.resolve_snapshot(snapshot);
         let Some(before) = snapshot_vars(&snapshot) else {
             // The layout of contexts is unknown: run in a copy.
             return self.run_in_copy(py, callback, args, copy_of(py, snapshot.as_unbound())?);
         };
-        let outer = self.shared.snapshot_run_begin(py, &snapshot, &before);
+        let (snapshot, before, outer) = self.shared.snapshot_run_begin(snapshot, before);
         let outcome = call_in_snapshot(py, callback, args, &snapshot, before);
         self.shared.snapshot_run_end(py, outer);
         let (result, own) = match outcome {
@@ -351,7 +370,9 @@ impl Handle {
         }
         let previous = state.context.replace(snapshot.unbind());
         drop(state);
-        drop(previous);
+        if let Some(previous) = previous {
+            previous.drop_ref(py);
+        }
     }
 
     pub fn cancel_impl(slf: &Bound<'_, Handle>) -> PyResult<()> {

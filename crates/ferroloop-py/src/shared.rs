@@ -12,7 +12,9 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 
-use crate::ffi::{context_key, copy_context, current_context_key, ref_count, ContextKey};
+use crate::ffi::{
+    context_key, copy_context, current_context_key, ref_count, snapshot_vars, ContextKey,
+};
 use crate::gil_cell::GilCell;
 
 pub struct LoopShared {
@@ -47,6 +49,18 @@ pub struct Snapshots {
     /// The snapshot a callback is running in, and the mapping it had when the callback started
     /// (addresses only: both are kept alive by that run).
     pub running: RunningSnapshot,
+}
+
+impl Snapshots {
+    fn resolve<'py>(&self, snapshot: Bound<'py, PyAny>) -> Bound<'py, PyAny> {
+        if self.retired.is_empty() {
+            return snapshot;
+        }
+        match self.retired.iter().find(|(old, _)| old.is(&snapshot)) {
+            Some((_, replacement)) => replacement.bind(snapshot.py()).clone(),
+            None => snapshot,
+        }
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -97,13 +111,7 @@ impl LoopShared {
     pub fn resolve_snapshot<'py>(&self, snapshot: Bound<'py, PyAny>) -> Bound<'py, PyAny> {
         let py = snapshot.py();
         let snapshots = self.snapshots.borrow(py);
-        if snapshots.retired.is_empty() {
-            return snapshot;
-        }
-        match snapshots.retired.iter().find(|(old, _)| old.is(&snapshot)) {
-            Some((_, replacement)) => replacement.bind(py).clone(),
-            None => snapshot,
-        }
+        snapshots.resolve(snapshot)
     }
 
     /// `snapshot` was changed by a callback and now belongs to that callback's handle; the
@@ -144,20 +152,32 @@ impl LoopShared {
         drop((dropped, current, stale));
     }
 
-    /// A callback starts running in `snapshot`, whose mapping is `vars`; returns what to give
-    /// back to [`snapshot_run_end`](Self::snapshot_run_end).
+    /// A callback of a handle sharing `snapshot` (whose mapping is `vars`) is about to run:
+    /// the context it runs in (the snapshot or its replacement), that context's mapping, and
+    /// what to give back to [`snapshot_run_end`](Self::snapshot_run_end).
     #[inline]
-    pub fn snapshot_run_begin(
+    pub fn snapshot_run_begin<'py>(
         &self,
-        py: Python<'_>,
-        snapshot: &Bound<'_, PyAny>,
-        vars: &Bound<'_, PyAny>,
-    ) -> RunningSnapshot {
+        snapshot: Bound<'py, PyAny>,
+        vars: Bound<'py, PyAny>,
+    ) -> (Bound<'py, PyAny>, Bound<'py, PyAny>, RunningSnapshot) {
+        let py = snapshot.py();
+        let mut snapshots = self.snapshots.borrow_mut(py);
+        let (snapshot, vars) = if snapshots.retired.is_empty() {
+            (snapshot, vars)
+        } else {
+            let resolved = snapshots.resolve(snapshot);
+            match snapshot_vars(&resolved) {
+                Some(vars) => (resolved, vars),
+                None => (resolved, vars),
+            }
+        };
         let running = RunningSnapshot {
             snapshot: snapshot.as_ptr() as usize,
             vars: vars.as_ptr() as usize,
         };
-        std::mem::replace(&mut self.snapshots.borrow_mut(py).running, running)
+        let outer = std::mem::replace(&mut snapshots.running, running);
+        (snapshot, vars, outer)
     }
 
     #[inline]

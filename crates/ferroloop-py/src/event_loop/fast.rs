@@ -98,6 +98,15 @@ unsafe fn parse<'py>(
     // SAFETY: the caller guarantees `args[..nargs + len(kwnames)]` are live borrowed objects.
     let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) };
     let leading = usize::from(sig.first.is_some());
+    if kwnames.is_null() && nargs == leading + 1 {
+        // The common call: `call_soon(callback)`, `call_later(delay, callback)`.
+        return Ok(CallArgs {
+            first: (leading == 1).then(|| arg(0)),
+            callback: arg(leading),
+            args: None,
+            context: None,
+        });
+    }
     let mut first = (leading == 1 && nargs >= 1).then(|| arg(0));
     let mut callback = (nargs > leading).then(|| arg(leading));
     let mut context = None;

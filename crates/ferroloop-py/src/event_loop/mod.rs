@@ -48,7 +48,7 @@ static KW_LOOP_NAME: KeywordNames = KeywordNames::new(&["loop", "name"]);
 static KW_LOOP_NAME_CONTEXT: KeywordNames = KeywordNames::new(&["loop", "name", "context"]);
 
 /// How many ran `call_soon` handles a loop keeps for reuse.
-const HANDLE_POOL_SIZE: usize = 256;
+const HANDLE_POOL_SIZE: usize = 1024;
 
 /// Iterations that do not block check for pending signals this often (see `run_once_impl`).
 const SIGNAL_CHECK_INTERVAL: u32 = 16;
@@ -174,33 +174,9 @@ impl Loop {
         })
     }
 
-    /// A `call_soon` handle: a pooled one when there is one (never in debug mode, where
-    /// handles carry a source traceback), else a new one.
-    fn soon_handle(
-        &self,
-        py: Python<'_>,
-        callback: Bound<'_, PyAny>,
-        args: Option<Args>,
-        context: Option<Bound<'_, PyAny>>,
-    ) -> PyResult<Py<Handle>> {
-        if !self.is_debug() {
-            let pooled = self.state.borrow_mut(py).handle_pool.pop();
-            if let Some(handle) = pooled {
-                let (context, shared_context) = self.handle_context(py, Kind::Soon, context)?;
-                handle
-                    .get()
-                    .reset(py, callback.unbind(), args, context, shared_context);
-                return Ok(handle);
-            }
-        }
-        new_untracked(
-            py,
-            self.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?,
-        )
-    }
-
     /// `call_soon`/`call_soon_threadsafe`: the checks asyncio makes (the thread check only
-    /// for `call_soon`), then a handle at the end of the ready queue.
+    /// for `call_soon`), then a handle at the end of the ready queue. Outside debug mode the
+    /// handle is a pooled one when there is one (debug-mode handles carry a source traceback).
     pub(crate) fn schedule_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
@@ -210,10 +186,36 @@ impl Loop {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
-        this.check_closed(py)?;
-        Loop::check_callback(slf, &callback, method, method == "call_soon")?;
-        let handle = this.soon_handle(py, callback, args, context)?;
-        this.push_ready(py, Ready::Native(handle.clone_ref(py)));
+        let debug = this.is_debug();
+        if debug {
+            this.check_closed(py)?;
+            Loop::check_callback(slf, &callback, method, method == "call_soon")?;
+        } else {
+            this.check_closed(py)?;
+            check_callable(py, &callback, method)?;
+        }
+        let pooled = if debug {
+            None
+        } else {
+            this.state.borrow_mut(py).handle_pool.pop()
+        };
+        let handle = match pooled {
+            Some(handle) => {
+                let (context, shared_context) = this.handle_context(py, Kind::Soon, context)?;
+                handle
+                    .get()
+                    .reset(py, callback.unbind(), args, context, shared_context);
+                handle
+            }
+            None => new_untracked(
+                py,
+                this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?,
+            )?,
+        };
+        this.state
+            .borrow_mut(py)
+            .ready
+            .push_back(Ready::Native(handle.clone_ref(py)));
         Ok(handle)
     }
 
