@@ -124,8 +124,7 @@ pub struct HandleState {
     name = "Handle",
     subclass,
     frozen,
-    weakref,
-    freelist = 1024
+    weakref
 )]
 pub struct Handle {
     pub(crate) shared: Arc<LoopShared>,
@@ -136,7 +135,7 @@ pub struct Handle {
 }
 
 /// A `TimerHandle` is a `Handle` whose `when` is meaningful.
-#[pyclass(module = "ferroloop._core", name = "TimerHandle", extends = Handle, frozen, freelist = 1024)]
+#[pyclass(module = "ferroloop._core", name = "TimerHandle", extends = Handle, frozen)]
 pub struct TimerHandle;
 
 impl Handle {
