@@ -94,7 +94,7 @@ impl Args {
                 // SAFETY: a live tuple: its item array holds ob_size items.
                 unsafe {
                     (
-                        (*raw).ob_item.as_ptr() as *const *mut pyo3::ffi::PyObject,
+                        (*raw).ob_item.as_ptr(),
                         pyo3::ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize,
                     )
                 }
@@ -119,13 +119,7 @@ pub struct HandleState {
     pub source_traceback: Option<Py<PyAny>>,
 }
 
-#[pyclass(
-    module = "ferroloop._core",
-    name = "Handle",
-    subclass,
-    frozen,
-    weakref
-)]
+#[pyclass(module = "ferroloop._core", name = "Handle", subclass, frozen, weakref)]
 pub struct Handle {
     pub(crate) shared: Arc<LoopShared>,
     pub(crate) kind: Kind,
