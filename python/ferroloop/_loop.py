@@ -120,6 +120,12 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
             raise RuntimeError("Cannot close a running event loop")
         if self._closed:
             return
+        if sys is None or base_events is None or sys.is_finalizing():
+            # An unclosed loop collected during interpreter shutdown, when module globals
+            # (this module's, asyncio's) may already be cleared: release the native resources,
+            # quietly, as asyncio's loop ends up doing.
+            self._close_native()
+            return
         if self._ssock is not None:
             self._close_self_pipe()
         if self._debug:

@@ -47,8 +47,13 @@ static KW_LOOP: KeywordNames = KeywordNames::new(&["loop"]);
 static KW_LOOP_NAME: KeywordNames = KeywordNames::new(&["loop", "name"]);
 static KW_LOOP_NAME_CONTEXT: KeywordNames = KeywordNames::new(&["loop", "name", "context"]);
 
-/// How many ran `call_soon` handles a loop keeps for reuse.
-const HANDLE_POOL_SIZE: usize = 1024;
+/// How many ran `call_soon` handles a busy loop keeps for reuse: a loop that never waits
+/// reuses the handles of its largest bursts (the memory those bursts needed anyway).
+const HANDLE_POOL_MAX: usize = 1 << 18;
+/// How many it keeps when it goes idle (about to block in its poll) or stops.
+const HANDLE_POOL_IDLE: usize = 1024;
+/// Seconds a surplus of pooled handles is kept before an idle loop gives it back.
+const HANDLE_POOL_GRACE: f64 = 1.0;
 
 /// Iterations that do not block check for pending signals this often (see `run_once_impl`).
 const SIGNAL_CHECK_INTERVAL: u32 = 16;
@@ -89,6 +94,8 @@ struct LoopState {
     closed: bool,
     /// Iterations run, modulo 2^32 (paces the signal check).
     tick: u32,
+    /// When the surplus of the handle pool goes back (see `trim_handle_pool`).
+    pool_trim_at: Option<f64>,
     /// `{"loop": self}` while the loop runs: the keyword arguments of the futures and tasks
     /// it creates, built once rather than once per object.
     loop_kwargs: Option<Py<PyDict>>,
@@ -226,7 +233,7 @@ impl Loop {
         }
         handle.get().clear(py);
         let mut state = self.state.borrow_mut(py);
-        if state.handle_pool.len() < HANDLE_POOL_SIZE {
+        if state.handle_pool.len() < HANDLE_POOL_MAX {
             state.handle_pool.push(handle);
         }
     }
@@ -320,6 +327,37 @@ impl Loop {
                 let timeout = (timer.when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
                 Duration::from_secs_f64(timeout)
             })
+        }
+    }
+
+    /// Give back the handles a burst left in the pool, beyond what an idle loop keeps, once
+    /// the loop has had them for `HANDLE_POOL_GRACE` seconds (a loop that keeps bursting
+    /// keeps reusing them). `force`: now (the loop stops).
+    fn trim_handle_pool(&self, py: Python<'_>, force: bool) {
+        let surplus = {
+            let mut state = self.state.borrow_mut(py);
+            if state.handle_pool.len() <= HANDLE_POOL_IDLE {
+                state.pool_trim_at = None;
+                return;
+            }
+            if !force {
+                let now = monotonic();
+                match state.pool_trim_at {
+                    None => {
+                        state.pool_trim_at = Some(now + HANDLE_POOL_GRACE);
+                        return;
+                    }
+                    Some(deadline) if now < deadline => return,
+                    Some(_) => {}
+                }
+            }
+            state.pool_trim_at = None;
+            let surplus = state.handle_pool.split_off(HANDLE_POOL_IDLE);
+            state.handle_pool.shrink_to(HANDLE_POOL_IDLE * 2);
+            surplus
+        };
+        for handle in surplus {
+            handle.drop_ref(py);
         }
     }
 
@@ -427,6 +465,9 @@ impl Loop {
                 timeout = Some(Duration::ZERO);
             }
         }
+        if timeout != Some(Duration::ZERO) {
+            this.trim_handle_pool(py, false);
+        }
         this.poll_io(py, timeout)?;
         this.queue_due_timers(py);
         let ntodo = this.state.borrow(py).ready.len();
@@ -489,8 +530,9 @@ impl Loop {
                 closed: false,
                 tick: 0,
                 loop_kwargs: None,
+                pool_trim_at: None,
                 task_factory: None,
-                handle_pool: Vec::with_capacity(HANDLE_POOL_SIZE),
+                handle_pool: Vec::with_capacity(HANDLE_POOL_IDLE),
             }),
             poller: Mutex::new(poller),
         })
@@ -649,6 +691,7 @@ impl Loop {
         })();
         let ours = std::mem::replace(&mut slf.get().state.borrow_mut(py).loop_kwargs, previous);
         drop(ours);
+        slf.get().trim_handle_pool(py, true);
         outcome
     }
 
