@@ -221,3 +221,23 @@ def test_running_another_pending_handle_from_a_callback(loop):
     # (asyncio then runs `later` a second time, from the loop; ferroloop released its
     # callback after the first run, see docs/deviations.md.)
     assert seen[:2] == [("later", "unset"), ("outer", "outer")]
+
+
+def test_the_handle_pool_of_a_burst_is_given_back_when_the_loop_stops(loop):
+    pool_len = getattr(loop, "_handle_pool_len", None)
+    if pool_len is None:  # asyncio's loop keeps no pool
+        return
+    ran = []
+    for i in range(5000):
+        loop.call_soon(ran.append, i)
+    loop.call_soon(lambda: ran.append(("pool", pool_len())))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert ran[:5000] == list(range(5000))
+    # While the loop ran, the burst's handles went to the pool; stopping gave back all but
+    # what an idle loop keeps.
+    assert ran[5000][0] == "pool" and ran[5000][1] >= 4000
+    assert pool_len() <= 1024
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert pool_len() <= 1024

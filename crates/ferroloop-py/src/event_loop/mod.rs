@@ -805,4 +805,9 @@ impl Loop {
         let state = self.state.borrow(py);
         (state.ready.len(), state.timers.len(), state.io.len())
     }
+
+    /// Number of ran `call_soon` handles kept for reuse (for tests).
+    fn _handle_pool_len(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).handle_pool.len()
+    }
 }
