@@ -104,6 +104,8 @@ impl Args {
 }
 
 pub struct HandleState {
+    /// The deadline of a timer; NaN for other handles.
+    pub when: f64,
     pub callback: Option<Py<PyAny>>,
     pub args: Option<Args>,
     pub context: Option<Py<PyAny>>,
@@ -123,8 +125,6 @@ pub struct HandleState {
 pub struct Handle {
     pub(crate) shared: Arc<LoopShared>,
     pub(crate) kind: Kind,
-    /// The deadline of a timer; NaN for other handles.
-    pub(crate) when: f64,
     pub(crate) state: GilCell<HandleState>,
 }
 
@@ -147,8 +147,8 @@ impl Handle {
         Handle {
             shared,
             kind,
-            when,
             state: GilCell::new(HandleState {
+                when,
                 callback: Some(callback),
                 args,
                 context: Some(context),
@@ -179,6 +179,30 @@ impl Handle {
         state.context = Some(context);
         state.shared_context = shared_context;
         state.cancelled = false;
+    }
+
+    /// The deadline of a timer (NaN for other handles).
+    #[inline]
+    pub fn when(&self, py: Python<'_>) -> f64 {
+        self.state.borrow(py).when
+    }
+
+    /// Give a recycled timer handle its new deadline and callback (see
+    /// `Loop::schedule_timer`). Like [`reset`](Self::reset), for a cleared handle.
+    #[inline]
+    pub fn reset_timer(
+        &self,
+        py: Python<'_>,
+        when: f64,
+        callback: Py<PyAny>,
+        args: Option<Args>,
+        context: Py<PyAny>,
+        shared_context: bool,
+    ) {
+        self.reset(py, callback, args, context, shared_context);
+        let mut state = self.state.borrow_mut(py);
+        state.when = when;
+        state.scheduled = true;
     }
 
     /// Drop everything a handle that ran still references, before it is pooled.
@@ -471,8 +495,8 @@ impl Handle {
         let copy = Handle {
             shared: Arc::clone(&handle.shared),
             kind: handle.kind,
-            when: handle.when,
             state: GilCell::new(HandleState {
+                when: state.when,
                 callback: state.callback.as_ref().map(|c| c.clone_ref(py)),
                 args: state.args.as_ref().map(|a| a.clone_ref(py)),
                 context: state.context.as_ref().map(|c| c.clone_ref(py)),
@@ -566,12 +590,12 @@ impl Handle {
 #[pymethods]
 impl TimerHandle {
     fn when(slf: PyRef<'_, Self>) -> f64 {
-        slf.as_super().when
+        slf.as_super().when(slf.py())
     }
 
     #[getter]
     fn _when(slf: PyRef<'_, Self>) -> f64 {
-        slf.as_super().when
+        slf.as_super().when(slf.py())
     }
 
     #[getter]
@@ -582,7 +606,7 @@ impl TimerHandle {
 
     fn __hash__(slf: PyRef<'_, Self>) -> PyResult<isize> {
         let py = slf.py();
-        pyo3::types::PyFloat::new(py, slf.as_super().when).hash()
+        pyo3::types::PyFloat::new(py, slf.as_super().when(py)).hash()
     }
 
     /// asyncio: TimerHandle.__lt__/__le__/__gt__/__ge__ compare `_when`; `__eq__` also
@@ -596,7 +620,7 @@ impl TimerHandle {
         if !other.is_instance(asyncio_timer_handle(py)?)? {
             return Ok(py.NotImplemented());
         }
-        let when = slf.as_super().get().when;
+        let when = slf.as_super().get().when(py);
         let other_when: f64 = other.getattr("_when")?.extract()?;
         let result = match op {
             CompareOp::Lt => when < other_when,

@@ -52,6 +52,8 @@ static KW_LOOP_NAME_CONTEXT: KeywordNames = KeywordNames::new(&["loop", "name", 
 const HANDLE_POOL_MAX: usize = 1 << 18;
 /// How many it keeps when it goes idle (about to block in its poll) or stops.
 const HANDLE_POOL_IDLE: usize = 1024;
+/// How many fired or cancelled timer handles a loop keeps for reuse.
+const TIMER_POOL_SIZE: usize = 1024;
 /// Seconds a surplus of pooled handles is kept before an idle loop gives it back.
 const HANDLE_POOL_GRACE: f64 = 1.0;
 
@@ -102,6 +104,8 @@ struct LoopState {
     /// `call_soon` handles that ran and that nobody else references, ready for reuse: a
     /// handle costs a few hundred instructions to allocate and free through pyo3.
     handle_pool: Vec<Py<Handle>>,
+    /// The same for `TimerHandle`s (stored as their `Handle` base).
+    timer_pool: Vec<Py<Handle>>,
     /// asyncio's `_task_factory` (`set_task_factory`/`get_task_factory`).
     task_factory: Option<Py<PyAny>>,
 }
@@ -228,14 +232,24 @@ impl Loop {
 
     /// Keep a `call_soon` handle that ran for reuse, if nothing else can see it.
     fn recycle(&self, py: Python<'_>, handle: Py<Handle>) {
-        if handle.get().kind != Kind::Soon || !sole_owner(handle.bind(py).as_any()) {
+        let kind = handle.get().kind;
+        if kind == Kind::Io || !sole_owner(handle.bind(py).as_any()) {
+            handle.drop_ref(py);
             return;
         }
         handle.get().clear(py);
         let mut state = self.state.borrow_mut(py);
-        if state.handle_pool.len() < HANDLE_POOL_MAX {
-            state.handle_pool.push(handle);
+        let (pool, max) = if kind == Kind::Soon {
+            (&mut state.handle_pool, HANDLE_POOL_MAX)
+        } else {
+            (&mut state.timer_pool, TIMER_POOL_SIZE)
+        };
+        if pool.len() < max {
+            pool.push(handle);
+            return;
         }
+        drop(state);
+        handle.drop_ref(py);
     }
 
     fn check_callback(
@@ -270,13 +284,31 @@ impl Loop {
             return Err(PyValueError::new_err("when must not be NaN"));
         }
         Loop::check_callback(slf, &callback, "call_at", true)?;
-        let handle = this.make_handle(py, Kind::Timer, when, callback, args, context)?;
-        let timer: Py<TimerHandle> = Py::new(
-            py,
-            PyClassInitializer::from(handle).add_subclass(TimerHandle),
-        )?;
-        untrack(timer.bind(py).as_any());
-        let base: Py<Handle> = timer.bind(py).as_super().clone().unbind();
+        let pooled = if this.is_debug() {
+            None
+        } else {
+            this.state.borrow_mut(py).timer_pool.pop()
+        };
+        let (timer, base) = match pooled {
+            Some(base) => {
+                let (context, shared_context) = this.handle_context(py, Kind::Timer, context)?;
+                base.get()
+                    .reset_timer(py, when, callback.unbind(), args, context, shared_context);
+                // SAFETY: the timer pool only holds `TimerHandle` objects (see `recycle`).
+                let timer = unsafe { base.bind(py).clone().cast_into_unchecked::<TimerHandle>() };
+                (timer.unbind(), base)
+            }
+            None => {
+                let handle = this.make_handle(py, Kind::Timer, when, callback, args, context)?;
+                let timer: Py<TimerHandle> = Py::new(
+                    py,
+                    PyClassInitializer::from(handle).add_subclass(TimerHandle),
+                )?;
+                untrack(timer.bind(py).as_any());
+                let base: Py<Handle> = timer.bind(py).as_super().clone().unbind();
+                (timer, base)
+            }
+        };
         this.state
             .borrow_mut(py)
             .timers
@@ -318,7 +350,10 @@ impl Loop {
         for timer in &garbage {
             timer.handle.get().state.borrow_mut(py).scheduled = false;
         }
-        drop(garbage);
+        // Cancelled timers nobody holds any more are reused.
+        for timer in garbage {
+            self.recycle(py, timer.handle);
+        }
         let state = self.state.borrow(py);
         if !state.ready.is_empty() || state.stopping {
             Some(Duration::ZERO)
@@ -533,6 +568,7 @@ impl Loop {
                 pool_trim_at: None,
                 task_factory: None,
                 handle_pool: Vec::with_capacity(HANDLE_POOL_IDLE),
+                timer_pool: Vec::new(),
             }),
             poller: Mutex::new(poller),
         })
@@ -762,8 +798,14 @@ impl Loop {
         };
         self.shared.clear_snapshots(py);
         self.shared.timer_cancelled.store(0, Ordering::Relaxed);
-        let pool = std::mem::take(&mut self.state.borrow_mut(py).handle_pool);
-        drop(pool);
+        let pools = {
+            let mut state = self.state.borrow_mut(py);
+            (
+                std::mem::take(&mut state.handle_pool),
+                std::mem::take(&mut state.timer_pool),
+            )
+        };
+        drop(pools);
         for entry in &ready {
             if let Ready::Native(handle) = entry {
                 handle.get().release(py);
