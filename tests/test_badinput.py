@@ -1,6 +1,7 @@
 """Bad input: same exceptions as asyncio (exact type and message), never a Rust panic."""
 
 import asyncio
+import contextvars
 import math
 import sys
 
@@ -227,6 +228,33 @@ def test_context_wrong_type_runs_like_asyncio(loop):
 def test_unknown_kwarg(loop):
     expected, got = compare(loop, lambda lp: lp.call_soon(print, foo=1), debug=False)
     assert got[0] is expected[0] is TypeError
+
+
+KEYWORD_CALLS = {
+    "callback=": lambda lp: lp.call_soon(callback=print),
+    "callback= context=": lambda lp: lp.call_soon(callback=print, context=contextvars.copy_context()),
+    "duplicate callback": lambda lp: lp.call_soon(print, callback=print),
+    "args and context=None": lambda lp: lp.call_soon(print, 1, 2, context=None),
+    "delay= callback=": lambda lp: lp.call_later(delay=0, callback=print),
+    "delay given twice": lambda lp: lp.call_later(print, delay=1),
+    "when= callback=": lambda lp: lp.call_at(when=0, callback=print),
+    "threadsafe callback= context=None": lambda lp: lp.call_soon_threadsafe(callback=print, context=None),
+    "threadsafe unknown": lambda lp: lp.call_soon_threadsafe(print, bogus=1),
+    "later missing callback": lambda lp: lp.call_later(1),
+    "at missing callback": lambda lp: lp.call_at(when=1),
+}
+
+
+@pytest.mark.parametrize("name", list(KEYWORD_CALLS))
+def test_keyword_arguments_same_as_asyncio(loop, name):
+    # ferroloop parses these signatures itself (event_loop/fast.rs): the same outcomes and
+    # messages as asyncio's Python signatures.
+    expected, got = compare(loop, KEYWORD_CALLS[name], debug=False)
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None and got[0] is expected[0] is TypeError
+        assert got[1].replace("BaseEventLoop.", "") == expected[1].replace("BaseEventLoop.", "")
 
 
 def test_missing_args(loop):
