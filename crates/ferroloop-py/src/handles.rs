@@ -29,7 +29,7 @@ use crate::ffi::{
 };
 use crate::gil_cell::GilCell;
 use crate::python_hooks::{asyncio_handle, asyncio_timer_handle, call_hook};
-use crate::shared::LoopShared;
+use crate::shared::{LoopShared, RunningSnapshot};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -322,8 +322,15 @@ impl Handle {
             return self.run_in_copy(py, callback, args, copy_of(py, snapshot.as_unbound())?);
         };
         let (snapshot, before, outer) = self.shared.snapshot_run_begin(snapshot, before);
-        let outcome = call_in_snapshot(py, callback, args, &snapshot, before);
-        self.shared.snapshot_run_end(py, outer);
+        let outcome = {
+            // Restores the outer run's record even if the call unwinds.
+            let _restore = SnapshotRunGuard {
+                shared: &self.shared,
+                py,
+                outer,
+            };
+            call_in_snapshot(py, callback, args, &snapshot, before)
+        };
         let (result, own) = match outcome {
             SnapshotRun::Unchanged(Ok(())) => {
                 self.keep_snapshot(py, snapshot);
@@ -350,12 +357,7 @@ impl Handle {
                 return self.run_in_copy(py, callback, args, own);
             }
         };
-        let previous = {
-            let mut state = self.state.borrow_mut(py);
-            state.shared_context = false;
-            state.context.replace(own)
-        };
-        drop(previous);
+        self.adopt_context(py, own);
         result
     }
 
@@ -368,13 +370,18 @@ impl Handle {
         own: Py<PyAny>,
     ) -> PyResult<()> {
         let result = call_in_context(py, callback, args, Some(&own));
+        self.adopt_context(py, own);
+        result
+    }
+
+    /// From now on the handle has a context of its own: `own`.
+    fn adopt_context(&self, py: Python<'_>, own: Py<PyAny>) {
         let previous = {
             let mut state = self.state.borrow_mut(py);
             state.shared_context = false;
             state.context.replace(own)
         };
         drop(previous);
-        result
     }
 
     /// After a run that changed nothing: keep sharing `snapshot` (a replacement, if the one
@@ -428,6 +435,19 @@ impl Handle {
 
     fn loop_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         self.shared.loop_object(py)
+    }
+}
+
+/// Puts back the record of the snapshot run that was going on before this one.
+struct SnapshotRunGuard<'a, 'py> {
+    shared: &'a LoopShared,
+    py: Python<'py>,
+    outer: RunningSnapshot,
+}
+
+impl Drop for SnapshotRunGuard<'_, '_> {
+    fn drop(&mut self) {
+        self.shared.snapshot_run_end(self.py, self.outer);
     }
 }
 
