@@ -515,6 +515,26 @@ def test_thread_ends_with_the_loop():
     loop.close()
 
 
+def test_no_report_after_close():
+    """A block that ends right before the loop stops and closes: whatever the watchdog says,
+    it says it before ``close()`` returns."""
+    for _ in range(10):
+        recorder = Recorder()
+        loop = ferroloop.new_event_loop()
+        loop.set_watchdog(0.02, handler=recorder)
+
+        def block_then_stop():
+            time.sleep(0.05)
+            loop.stop()
+
+        loop.call_soon(block_then_stop)
+        loop.run_forever()
+        loop.close()
+        closed = time.monotonic()
+        time.sleep(0.06)
+        assert all(arrived <= closed for arrived, _ in recorder.reports), recorder.reports
+
+
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_collected_loop_stops_its_thread():
     """An unclosed loop that is collected (asyncio's ``__del__`` closes it) ends its thread."""
