@@ -145,15 +145,10 @@ pub fn current_context_key(py: Python<'_>) -> Option<ContextKey> {
 /// The key of a Context object's contents.
 #[inline]
 pub fn context_key(py: Python<'_>, context: &Py<PyAny>) -> Option<ContextKey> {
-    let (_, vars_offset) = (*CONTEXT_FIELDS.get_or_init(py, || discover(py)))?;
-    // SAFETY: `context` is a live Context object (we only pass contexts we copied) and
-    // `vars_offset` was verified to be its `ctx_vars` field.
-    unsafe {
-        let base = context.as_ptr() as *const u8;
-        Some(ContextKey(ptr::read_unaligned(
-            base.add(vars_offset) as *const usize
-        )))
-    }
+    // SAFETY: `context` is a live Context object (we only pass contexts we copied).
+    let field = unsafe { vars_field(py, context.bind(py))? };
+    // SAFETY: `field` points into the live context.
+    Some(ContextKey(unsafe { *field } as usize))
 }
 
 fn discover(py: Python<'_>) -> Option<(usize, usize)> {

@@ -167,10 +167,8 @@ impl LoopShared {
             (snapshot, vars)
         } else {
             let resolved = snapshots.resolve(snapshot);
-            match snapshot_vars(&resolved) {
-                Some(vars) => (resolved, vars),
-                None => (resolved, vars),
-            }
+            let vars = snapshot_vars(&resolved).unwrap_or(vars);
+            (resolved, vars)
         };
         let running = RunningSnapshot {
             snapshot: snapshot.as_ptr() as usize,
