@@ -68,32 +68,47 @@ pub fn call_in_context(
         }
     }
     // SAFETY: the GIL is held. `callback`, `args` and `context` are owned references kept
-    // alive by the caller for the whole call. The tuple's item array is valid for its length
-    // while the tuple is alive, and vectorcall does not mutate it. Enter/Exit are paired.
+    // alive by the caller for the whole call. Enter/Exit are paired; Exit runs with the
+    // callback's exception still set, as in `Context.run`.
     unsafe {
         if let Some(context) = context {
             if ffi::PyContext_Enter(context.as_ptr()) < 0 {
                 return Err(PyErr::fetch(py));
             }
         }
-        let (items, nargs) = match args {
-            Some(args) => args.as_array(),
-            None => (ptr::null(), 0),
-        };
-        let result = ffi::PyObject_Vectorcall(callback.as_ptr(), items, nargs, ptr::null_mut());
-        let outcome = if result.is_null() {
-            Err(PyErr::fetch(py))
-        } else {
-            ffi::Py_DECREF(result);
-            Ok(())
-        };
+        let mut ok = call_discarding(callback, args);
         if let Some(context) = context {
             if ffi::PyContext_Exit(context.as_ptr()) < 0 {
-                let exit_error = PyErr::fetch(py);
-                return outcome.and(Err(exit_error));
+                ok = false;
             }
         }
-        outcome
+        if ok {
+            Ok(())
+        } else {
+            Err(PyErr::fetch(py))
+        }
+    }
+}
+
+/// `callback(*args)` by vectorcall, the result discarded: `false` when it raised, with the
+/// exception left set for the caller to fetch.
+///
+/// # Safety
+/// The GIL is held; `callback` and `args` stay alive for the call.
+#[inline(always)]
+pub unsafe fn call_discarding(callback: &Py<PyAny>, args: Option<&Args>) -> bool {
+    let (items, nargs) = match args {
+        Some(args) => args.as_array(),
+        None => (ptr::null(), 0),
+    };
+    // SAFETY: see above; the item array is valid while `args` lives and is not mutated.
+    unsafe {
+        let result = ffi::PyObject_Vectorcall(callback.as_ptr(), items, nargs, ptr::null_mut());
+        if result.is_null() {
+            return false;
+        }
+        ffi::Py_DECREF(result);
+        true
     }
 }
 
@@ -244,13 +259,17 @@ unsafe fn vars_field(
     Some(unsafe { (context.as_ptr() as *mut u8).add(vars_offset) as *mut *mut ffi::PyObject })
 }
 
-/// How [`call_in_snapshot`] went.
+/// How [`call_in_snapshot`] went. `raised`: the callback (or leaving the snapshot) raised,
+/// and the exception is still set: the caller fetches it before it calls any other API.
 pub enum SnapshotRun<'py> {
     /// The callback ran in the snapshot and left its variables as they were.
-    Unchanged(PyResult<()>),
+    Unchanged { raised: bool },
     /// The callback ran in the snapshot and set or reset variables: the snapshot now holds
     /// them; `before` is the mapping it had before the run.
-    Changed(PyResult<()>, Bound<'py, PyAny>),
+    Changed {
+        raised: bool,
+        before: Bound<'py, PyAny>,
+    },
     /// The snapshot could not be entered (a callback running in it is running this one):
     /// nothing ran.
     NotRun,
@@ -267,6 +286,7 @@ pub fn snapshot_vars<'py>(snapshot: &Bound<'py, PyAny>) -> Option<Bound<'py, PyA
 /// Run `callback(*args)` inside the shared context snapshot itself, rather than inside a copy
 /// of it, and tell whether the callback changed its variables (see `docs/decisions/0003`).
 /// `before` is the snapshot's mapping ([`snapshot_vars`]).
+#[inline(always)]
 pub fn call_in_snapshot<'py>(
     py: Python<'py>,
     callback: &Py<PyAny>,
@@ -279,21 +299,17 @@ pub fn call_in_snapshot<'py>(
         drop(PyErr::fetch(py));
         return SnapshotRun::NotRun;
     }
-    // SAFETY: the context is entered; call_in_context enters nothing when given None.
-    let result = call_in_context(py, callback, args, None);
-    // SAFETY: entered above, by this thread, and the snapshot is alive (the caller holds it).
-    let exited = if unsafe { ffi::PyContext_Exit(snapshot.as_ptr()) } < 0 {
-        Err(PyErr::fetch(py))
-    } else {
-        Ok(())
-    };
-    let result = result.and(exited);
+    // SAFETY: the GIL is held; the caller keeps `callback` and `args` alive. Exit is paired
+    // with the Enter above, by this thread, on a snapshot the caller holds; it runs with the
+    // callback's exception still set, as in `Context.run`.
+    let raised =
+        unsafe { !call_discarding(callback, args) | (ffi::PyContext_Exit(snapshot.as_ptr()) < 0) };
     // SAFETY: the snapshot is a live Context whose layout `before` was read with.
     let now = unsafe { vars_field(py, snapshot).map(|field| *field) };
     if now == Some(before.as_ptr()) {
-        SnapshotRun::Unchanged(result)
+        SnapshotRun::Unchanged { raised }
     } else {
-        SnapshotRun::Changed(result, before)
+        SnapshotRun::Changed { raised, before }
     }
 }
 

@@ -163,7 +163,7 @@ impl Handle {
 
     /// Give a recycled `call_soon` handle its new callback (see `Loop::schedule_soon`). A
     /// pooled handle was [`clear`](Self::clear)ed: it holds nothing and is not cancelled.
-    #[inline]
+    #[inline(always)]
     pub fn reset(
         &self,
         py: Python<'_>,
@@ -206,6 +206,7 @@ impl Handle {
     }
 
     /// Drop everything a handle that ran still references, before it is pooled.
+    #[inline(always)]
     pub fn clear(&self, py: Python<'_>) {
         let (callback, args, context, repr, source_traceback) = {
             let mut state = self.state.borrow_mut(py);
@@ -218,12 +219,15 @@ impl Handle {
             )
         };
         // Released without pyo3's check for an attached thread.
-        for obj in [callback, context, repr, source_traceback]
-            .into_iter()
-            .flatten()
-        {
-            obj.drop_ref(py);
-        }
+        let release = |obj: Option<Py<PyAny>>| {
+            if let Some(obj) = obj {
+                obj.drop_ref(py);
+            }
+        };
+        release(callback);
+        release(context);
+        release(repr);
+        release(source_traceback);
         if let Some(args) = args {
             args.drop_ref(py);
         }
@@ -332,13 +336,21 @@ impl Handle {
             call_in_snapshot(py, callback, args, &snapshot, before)
         };
         let (result, own) = match outcome {
-            SnapshotRun::Unchanged(Ok(())) => {
+            SnapshotRun::Unchanged { raised: false } => {
                 self.keep_snapshot(py, snapshot);
                 return Ok(());
             }
             // The exception handler may run in the handle's context: give it its own.
-            SnapshotRun::Unchanged(Err(error)) => (Err(error), copy_of(py, snapshot.as_unbound())?),
-            SnapshotRun::Changed(result, before) => {
+            SnapshotRun::Unchanged { raised: true } => {
+                let error = PyErr::fetch(py);
+                (Err(error), copy_of(py, snapshot.as_unbound())?)
+            }
+            SnapshotRun::Changed { raised, before } => {
+                let result = if raised {
+                    Err(PyErr::fetch(py))
+                } else {
+                    Ok(())
+                };
                 // The snapshot now holds what the callback set, and the tokens its
                 // `ContextVar.set` calls returned refer to it: it becomes this handle's
                 // context. The other handles that share it run in a replacement.
@@ -670,10 +682,18 @@ impl TimerHandle {
 }
 
 /// `TypeError` for a callback asyncio would refuse (checked in every mode: it is cheap).
+#[inline(always)]
 pub fn check_callable(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
-    if callback.is_callable() {
+    // SAFETY: a live object; this is what `PyCallable_Check` does (a function call saved).
+    if unsafe { (*pyo3::ffi::Py_TYPE(callback.as_ptr())).tp_call.is_some() } {
         return Ok(());
     }
+    not_callable(py, callback, method)
+}
+
+#[cold]
+#[inline(never)]
+fn not_callable(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
     let message: String = call_hook(py, "noncallable_message", (callback, method))?.extract()?;
     Err(PyTypeError::new_err(message))
 }

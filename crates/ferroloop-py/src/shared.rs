@@ -84,6 +84,7 @@ impl LoopShared {
 
     /// A snapshot of the caller's current context, shared by every handle scheduled while
     /// the context's contents stay the same.
+    #[inline(always)]
     pub fn context_snapshot(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         if let Some(key) = current_context_key(py) {
             let snapshots = self.snapshots.borrow(py);
@@ -93,6 +94,12 @@ impl LoopShared {
                 }
             }
         }
+        self.new_snapshot(py)
+    }
+
+    /// [`context_snapshot`](Self::context_snapshot) when the context changed: a new snapshot.
+    #[inline(never)]
+    fn new_snapshot(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let snapshot = copy_context(py)?;
         if let Some(key) = context_key(py, &snapshot) {
             let previous = self

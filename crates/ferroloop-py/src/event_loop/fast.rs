@@ -87,7 +87,36 @@ fn remember_context_kwnames(names: &Bound<'_, PyTuple>) {
 /// # Safety
 /// `args` points to `nargs` positional arguments followed by one value per name in
 /// `kwnames` (a tuple of str, or NULL), all borrowed for the duration of the call.
+#[inline(always)]
 unsafe fn parse<'py>(
+    py: Python<'py>,
+    sig: &Signature,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<CallArgs<'py>> {
+    let leading = usize::from(sig.first.is_some());
+    if kwnames.is_null() && nargs == leading as ffi::Py_ssize_t + 1 {
+        // The common call: `call_soon(callback)`, `call_later(delay, callback)`.
+        // SAFETY: the caller guarantees `args[..nargs]` are live borrowed objects.
+        let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) };
+        return Ok(CallArgs {
+            first: (leading == 1).then(|| arg(0)),
+            callback: arg(leading),
+            args: None,
+            context: None,
+        });
+    }
+    // SAFETY: as above.
+    unsafe { parse_general(py, sig, args, nargs, kwnames) }
+}
+
+/// [`parse`] for every other call: keywords, extra positional arguments, errors.
+///
+/// # Safety
+/// As for [`parse`].
+#[inline(never)]
+unsafe fn parse_general<'py>(
     py: Python<'py>,
     sig: &Signature,
     args: *const *mut ffi::PyObject,
@@ -98,15 +127,6 @@ unsafe fn parse<'py>(
     // SAFETY: the caller guarantees `args[..nargs + len(kwnames)]` are live borrowed objects.
     let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) };
     let leading = usize::from(sig.first.is_some());
-    if kwnames.is_null() && nargs == leading + 1 {
-        // The common call: `call_soon(callback)`, `call_later(delay, callback)`.
-        return Ok(CallArgs {
-            first: (leading == 1).then(|| arg(0)),
-            callback: arg(leading),
-            args: None,
-            context: None,
-        });
-    }
     let mut first = (leading == 1 && nargs >= 1).then(|| arg(0));
     let mut callback = (nargs > leading).then(|| arg(leading));
     let mut context = None;

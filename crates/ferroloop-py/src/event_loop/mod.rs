@@ -171,6 +171,7 @@ impl Loop {
     }
 
     /// The context a new handle runs in, and whether it is a shared snapshot.
+    #[inline(always)]
     fn handle_context(
         &self,
         py: Python<'_>,
@@ -188,6 +189,7 @@ impl Loop {
     /// `call_soon`/`call_soon_threadsafe`: the checks asyncio makes (the thread check only
     /// for `call_soon`), then a handle at the end of the ready queue. Outside debug mode the
     /// handle is a pooled one when there is one (debug-mode handles carry a source traceback).
+    #[inline(always)]
     pub(crate) fn schedule_soon(
         slf: &Bound<'_, Self>,
         callback: Bound<'_, PyAny>,
@@ -231,6 +233,7 @@ impl Loop {
     }
 
     /// Keep a `call_soon` handle that ran for reuse, if nothing else can see it.
+    #[inline(always)]
     fn recycle(&self, py: Python<'_>, handle: Py<Handle>) {
         let kind = handle.get().kind;
         if kind == Kind::Io || !sole_owner(handle.bind(py).as_any()) {
