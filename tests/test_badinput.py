@@ -4,6 +4,7 @@ import asyncio
 import contextvars
 import math
 import sys
+import weakref
 
 import pytest
 
@@ -23,17 +24,33 @@ def outcome(func):
     return None
 
 
-def compare(loop, call, debug):
-    """(asyncio's outcome, this loop's outcome) for call(loop)."""
+def compare(loop, call, debug, inside=False):
+    """(asyncio's outcome, this loop's outcome) for call(loop); with `inside`, the call is
+    made from a callback of the running loop (ferroloop's fast methods take a shorter path
+    there, see event_loop/fast.rs)."""
     ref = asyncio_loop()
     ref.set_debug(debug)
     loop.set_debug(debug)
     try:
-        expected = outcome(lambda: call(ref))
+        expected = outcome_of(ref, call, inside)
     finally:
         ref.close()
-    got = outcome(lambda: call(loop))
+    got = outcome_of(loop, call, inside)
     return expected, got
+
+
+def outcome_of(lp, call, inside):
+    if not inside:
+        return outcome(lambda: call(lp))
+    result = []
+
+    def callback():
+        result.append(outcome(lambda: call(lp)))
+        lp.stop()
+
+    lp.call_soon(callback)
+    lp.run_forever()
+    return result[0]
 
 
 SCHEDULERS = {
@@ -51,11 +68,12 @@ NONCALLABLES = {
 }
 
 
+@pytest.mark.parametrize("inside", [False, True], ids=["outside", "inside"])
 @pytest.mark.parametrize("kind", list(NONCALLABLES))
 @pytest.mark.parametrize("method", list(SCHEDULERS))
-def test_noncallable_debug_same_as_asyncio(loop, method, kind):
+def test_noncallable_debug_same_as_asyncio(loop, method, kind, inside):
     cb = NONCALLABLES[kind]()
-    expected, got = compare(loop, lambda lp: SCHEDULERS[method](lp, cb), debug=True)
+    expected, got = compare(loop, lambda lp: SCHEDULERS[method](lp, cb), debug=True, inside=inside)
     assert expected is not None and expected[0] is TypeError
     assert got == expected
 
@@ -245,11 +263,12 @@ KEYWORD_CALLS = {
 }
 
 
+@pytest.mark.parametrize("inside", [False, True], ids=["outside", "inside"])
 @pytest.mark.parametrize("name", list(KEYWORD_CALLS))
-def test_keyword_arguments_same_as_asyncio(loop, name):
+def test_keyword_arguments_same_as_asyncio(loop, name, inside):
     # ferroloop parses these signatures itself (event_loop/fast.rs): the same outcomes and
-    # messages as asyncio's Python signatures.
-    expected, got = compare(loop, KEYWORD_CALLS[name], debug=False)
+    # messages as asyncio's Python signatures, outside the loop and inside a callback.
+    expected, got = compare(loop, KEYWORD_CALLS[name], debug=False, inside=inside)
     if expected is None:
         assert got is None
     else:
@@ -555,3 +574,42 @@ def test_exception_handler_raising_baseexception(loop):
 def test_set_exception_handler_bad(loop):
     expected, got = compare(loop, lambda lp: lp.set_exception_handler(1), debug=False)
     assert got == expected
+
+
+class _Probe:
+    pass
+
+
+@pytest.mark.parametrize("inside", [False, True], ids=["outside", "inside"])
+@pytest.mark.parametrize("method", list(SCHEDULERS))
+def test_a_refused_call_releases_its_arguments_at_once(loop, method, inside):
+    # The arguments of a call that fails are released before it returns, inside the loop
+    # (ferroloop's direct path) as outside (through pyo3's bookkeeping), as on asyncio.
+    calls = {
+        "call_soon": lambda lp, arg: lp.call_soon(1, arg, arg),
+        "call_soon_threadsafe": lambda lp, arg: lp.call_soon_threadsafe(1, arg, arg),
+        "call_later": lambda lp, arg: lp.call_later(1, 1, arg, arg),
+        "call_at": lambda lp, arg: lp.call_at(1, 1, arg, arg),
+    }
+    loop.set_debug(True)  # asyncio checks the callback in debug mode only
+
+    def attempt():
+        arg = _Probe()
+        ref = weakref.ref(arg)
+        with pytest.raises(TypeError):
+            calls[method](loop, arg)
+        del arg
+        return ref() is None
+
+    if not inside:
+        assert attempt()
+        return
+    results = []
+
+    def callback():
+        results.append(attempt())
+        loop.stop()
+
+    loop.call_soon(callback)
+    loop.run_forever()
+    assert results == [True]

@@ -4,8 +4,10 @@
 //! callback, often from C (asyncio's `Future` schedules its done callbacks through
 //! `loop.call_soon(cb, fut, context=ctx)`). pyo3's generic argument parsing costs more than the
 //! rest of `call_soon` together; these entries parse their `(first, callback, *args,
-//! context=None)` signature by hand and still go through pyo3's trampoline, so a panic becomes
-//! a Python exception and the thread counts as attached.
+//! context=None)` signature by hand. A panic becomes a Python exception as in any pyo3 method.
+//! Called from a callback of the running loop (the common case) they skip pyo3's per-call
+//! bookkeeping, which the loop's own `_run_until_stopped` already did for the thread;
+//! anywhere else they go through pyo3's trampoline (see [`enter`]).
 //!
 //! The descriptors are added to `_core.Loop` when the module is initialised
 //! ([`install_fast_methods`]); the methods behave exactly as the Python signatures of asyncio's
@@ -227,6 +229,7 @@ unsafe fn this<'a, 'py>(py: Python<'py>, slf: &'a *mut ffi::PyObject) -> Borrowe
     unsafe { Borrowed::from_ptr(py, *slf).cast_unchecked::<Loop>() }
 }
 
+#[inline(always)]
 unsafe fn call_soon(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
@@ -240,6 +243,7 @@ unsafe fn call_soon(
     Ok(handle.into_ptr())
 }
 
+#[inline(always)]
 unsafe fn call_soon_threadsafe(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
@@ -265,6 +269,7 @@ unsafe fn call_soon_threadsafe(
     Ok(handle.into_ptr())
 }
 
+#[inline(always)]
 unsafe fn call_later(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
@@ -289,6 +294,7 @@ unsafe fn call_later(
     Ok(handle.into_ptr())
 }
 
+#[inline(always)]
 unsafe fn call_at(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
@@ -327,6 +333,98 @@ unsafe extern "C" fn get_debug(
     }
 }
 
+/// The signature of the bodies of the fast methods.
+type Body = unsafe fn(
+    Python<'_>,
+    *mut ffi::PyObject,
+    *const *mut ffi::PyObject,
+    ffi::Py_ssize_t,
+    *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject>;
+
+/// The C entry of a fast method. On the thread that runs the loop, below its
+/// `_run_until_stopped` (where callbacks call these methods), pyo3's trampoline has already
+/// counted the thread as attached and flushed its pool of deferred reference releases: the
+/// body runs directly, with only the panic guard. Anywhere else (before the loop runs, in
+/// another thread) it goes through pyo3's trampoline, which does that bookkeeping.
+///
+/// # Safety
+/// Called by CPython as a `METH_FASTCALL | METH_KEYWORDS` method of `_core.Loop`.
+#[inline(always)]
+unsafe fn enter(
+    body: Body,
+    trampoline: ffi::PyCFunctionFastWithKeywords,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls methods with the thread attached and `slf` a `_core.Loop`.
+    unsafe {
+        let py = Python::assume_attached();
+        let running = this(py, &slf).get().running_tstate.load(Ordering::Relaxed);
+        if running.is_null() || running != ffi::PyThreadState_Get() {
+            return trampoline(slf, args, nargs, kwnames);
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            body(py, slf, args, nargs, kwnames)
+        }));
+        match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(error)) => {
+                error.restore(py);
+                ptr::null_mut()
+            }
+            Err(payload) => {
+                panic_exception(payload).restore(py);
+                ptr::null_mut()
+            }
+        }
+    }
+}
+
+/// A Rust panic as the `pyo3_runtime.PanicException` pyo3 raises for it.
+#[cold]
+fn panic_exception(payload: Box<dyn std::any::Any + Send + 'static>) -> PyErr {
+    let message = if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else {
+        "panic from Rust code".to_owned()
+    };
+    pyo3::panic::PanicException::new_err((message,))
+}
+
+/// Define the C entry `$entry` of the fast method whose body is `$body` (see [`enter`]).
+macro_rules! fast_entry {
+    ($entry:ident, $body:ident) => {
+        unsafe extern "C" fn $entry(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            // SAFETY: CPython calls it as a fast method of `_core.Loop` (see `METHODS`).
+            unsafe {
+                enter(
+                    $body,
+                    get_trampoline_function!(fastcall_cfunction_with_keywords, $body),
+                    slf,
+                    args,
+                    nargs,
+                    kwnames,
+                )
+            }
+        }
+    };
+}
+
+fast_entry!(call_soon_entry, call_soon);
+fast_entry!(call_soon_threadsafe_entry, call_soon_threadsafe);
+fast_entry!(call_later_entry, call_later);
+fast_entry!(call_at_entry, call_at);
+
 /// A `PyMethodDef` that lives for the whole process (CPython keeps pointers to it).
 struct MethodDef(ffi::PyMethodDef);
 
@@ -360,22 +458,22 @@ static METHODS: [MethodDef; 5] = [
     fastcall_def(
         c"call_soon",
         c"call_soon(callback, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible.",
-        get_trampoline_function!(fastcall_cfunction_with_keywords, call_soon),
+        call_soon_entry,
     ),
     fastcall_def(
         c"call_soon_threadsafe",
         c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), but thread-safe.",
-        get_trampoline_function!(fastcall_cfunction_with_keywords, call_soon_threadsafe),
+        call_soon_threadsafe_entry,
     ),
     fastcall_def(
         c"call_later",
         c"call_later(delay, callback, *args, context=None)\n--\n\nArrange for a callback to be called at a given time.",
-        get_trampoline_function!(fastcall_cfunction_with_keywords, call_later),
+        call_later_entry,
     ),
     fastcall_def(
         c"call_at",
         c"call_at(when, callback, *args, context=None)\n--\n\nLike call_later(), but uses an absolute time.",
-        get_trampoline_function!(fastcall_cfunction_with_keywords, call_at),
+        call_at_entry,
     ),
 ];
 

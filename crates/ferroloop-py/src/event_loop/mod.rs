@@ -24,7 +24,7 @@ use io::{FdKey, IoHandles};
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::RawFd;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -114,6 +114,11 @@ struct LoopState {
 pub struct Loop {
     pub(crate) shared: Arc<LoopShared>,
     state: GilCell<LoopState>,
+    /// The thread state of the thread inside `_run_until_stopped`, or null. A thread that
+    /// finds its own thread state here runs below that pyo3 method, so the fast methods can
+    /// skip pyo3's per-call bookkeeping (see `fast.rs`). Only that thread writes its own
+    /// address (and clears it before it leaves), so the comparison needs no ordering.
+    pub(crate) running_tstate: AtomicPtr<pyo3::ffi::PyThreadState>,
     /// Only the loop's thread polls; the lock is never contended and never held while Python
     /// code runs.
     poller: Mutex<Poller>,
@@ -525,6 +530,31 @@ impl Loop {
     }
 }
 
+/// Records the running thread in `Loop::running_tstate` for the duration of
+/// `_run_until_stopped`, and restores what was there (null, or an outer run's own thread
+/// state if a callback ran the loop again) when it ends, whether by return or by unwinding.
+struct RunningThread<'a> {
+    event_loop: &'a Loop,
+    outer: *mut pyo3::ffi::PyThreadState,
+}
+
+impl<'a> RunningThread<'a> {
+    fn enter(event_loop: &'a Loop) -> Self {
+        // SAFETY: called with the GIL held, from a pyo3 method: the thread state is live.
+        let own = unsafe { pyo3::ffi::PyThreadState_Get() };
+        let outer = event_loop.running_tstate.swap(own, Ordering::Relaxed);
+        RunningThread { event_loop, outer }
+    }
+}
+
+impl Drop for RunningThread<'_> {
+    fn drop(&mut self) {
+        self.event_loop
+            .running_tstate
+            .store(self.outer, Ordering::Relaxed);
+    }
+}
+
 /// Allocate a handle and take it off the GC's lists (see `ffi::untrack`).
 #[inline]
 fn new_untracked(py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
@@ -574,6 +604,7 @@ impl Loop {
                 timer_pool: Vec::new(),
             }),
             poller: Mutex::new(poller),
+            running_tstate: AtomicPtr::new(std::ptr::null_mut()),
         })
     }
 
@@ -712,6 +743,7 @@ impl Loop {
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let _running = slf.get().shared.probe.running();
+        let _inside = RunningThread::enter(slf.get());
         // `{"loop": self}` for the futures and tasks created while the loop runs (see
         // `create_future`); dropped when it stops, so it makes no lasting cycle.
         let kwargs = PyDict::new(py);
