@@ -94,40 +94,105 @@ impl<T: TimerEntry> TimerHeap<T> {
         }
     }
 
-    #[inline]
-    fn less(&self, a: usize, b: usize) -> bool {
-        self.items[a].when() < self.items[b].when()
+    /// heapq's `_siftdown(heap, startpos, pos)`: move the item at `pos` towards the root.
+    fn sift_down(&mut self, start: usize, pos: usize) {
+        let mut hole = Hole::new(&mut self.items, pos);
+        hole.rise(start);
     }
 
-    /// heapq's `_siftdown(heap, startpos, pos)`: move the item at `pos` towards the root.
-    fn sift_down(&mut self, start: usize, mut pos: usize) {
-        while pos > start {
-            let parent = (pos - 1) >> 1;
-            if self.less(pos, parent) {
-                self.items.swap(pos, parent);
-                pos = parent;
+    /// heapq's `_siftup(heap, pos)`: move the smaller child up until a leaf is reached, put the
+    /// item there, then sift it down again.
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // heapq's `not a < b`, verbatim
+    fn sift_up(&mut self, pos: usize) {
+        let end = self.items.len();
+        let start = pos;
+        let mut hole = Hole::new(&mut self.items, pos);
+        let mut child = 2 * pos + 1;
+        while child < end {
+            let right = child + 1;
+            if right < end && !(hole.when_at(child) < hole.when_at(right)) {
+                child = right;
+            }
+            hole.move_to(child);
+            child = 2 * hole.pos + 1;
+        }
+        hole.rise(start);
+    }
+}
+
+/// The item being sifted, taken out of the heap's vector, and the slot it left empty (the
+/// hole): entries move into the hole rather than being swapped with the item, and the item is
+/// written back once, where the hole ends (also if a `when` panics). Every index a `Hole`
+/// method takes is checked against the length by its caller's loop condition.
+struct Hole<'a, T> {
+    base: *mut T,
+    len: usize,
+    item: std::mem::ManuallyDrop<T>,
+    when: f64,
+    pos: usize,
+    _items: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: TimerEntry> Hole<'a, T> {
+    #[inline]
+    fn new(items: &'a mut [T], pos: usize) -> Self {
+        assert!(pos < items.len());
+        // SAFETY: `pos` is in bounds; the slot counts as empty until `drop` writes an item
+        // back into the hole, and nothing reads the hole meanwhile.
+        let item = unsafe { std::ptr::read(&items[pos]) };
+        let when = item.when();
+        Hole {
+            base: items.as_mut_ptr(),
+            len: items.len(),
+            item: std::mem::ManuallyDrop::new(item),
+            when,
+            pos,
+            _items: std::marker::PhantomData,
+        }
+    }
+
+    /// The deadline of the entry at `index` (in bounds, not the hole).
+    #[inline]
+    fn when_at(&self, index: usize) -> f64 {
+        debug_assert!(index < self.len && index != self.pos);
+        // SAFETY: in bounds (see the type's rule), and a live entry (not the hole).
+        unsafe { (*self.base.add(index)).when() }
+    }
+
+    /// Move the entry at `index` (in bounds, not the hole) into the hole; the hole is now at
+    /// `index`.
+    #[inline]
+    fn move_to(&mut self, index: usize) {
+        debug_assert!(index < self.len && index != self.pos);
+        // SAFETY: two distinct in-bounds slots; the hole's slot holds no live value, and the
+        // source becomes the hole.
+        unsafe { std::ptr::copy_nonoverlapping(self.base.add(index), self.base.add(self.pos), 1) };
+        self.pos = index;
+    }
+
+    /// heapq's `_siftdown` for the held item: move the hole towards the root (not above
+    /// `start`) while the item's deadline is earlier than the parent's.
+    #[inline]
+    fn rise(&mut self, start: usize) {
+        while self.pos > start {
+            let parent = (self.pos - 1) >> 1;
+            if self.when < self.when_at(parent) {
+                self.move_to(parent);
                 continue;
             }
             break;
         }
     }
+}
 
-    /// heapq's `_siftup(heap, pos)`: move the smaller child up until a leaf is reached, put the
-    /// item there, then sift it down again.
-    fn sift_up(&mut self, mut pos: usize) {
-        let end = self.items.len();
-        let start = pos;
-        let mut child = 2 * pos + 1;
-        while child < end {
-            let right = child + 1;
-            if right < end && !self.less(child, right) {
-                child = right;
-            }
-            self.items.swap(pos, child);
-            pos = child;
-            child = 2 * pos + 1;
+impl<T> Drop for Hole<'_, T> {
+    fn drop(&mut self) {
+        // SAFETY: the hole's slot is in bounds and holds no live value; the item is written
+        // back exactly once.
+        unsafe {
+            let item = std::mem::ManuallyDrop::take(&mut self.item);
+            std::ptr::write(self.base.add(self.pos), item);
         }
-        self.sift_down(start, pos);
     }
 }
 
