@@ -98,16 +98,28 @@ unsafe fn parse<'py>(
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<CallArgs<'py>> {
     let leading = usize::from(sig.first.is_some());
-    if kwnames.is_null() && nargs == leading as ffi::Py_ssize_t + 1 {
-        // The common call: `call_soon(callback)`, `call_later(delay, callback)`.
-        // SAFETY: the caller guarantees `args[..nargs]` are live borrowed objects.
+    if nargs == leading as ffi::Py_ssize_t + 1 {
+        // SAFETY: the caller guarantees `args[..nargs + len(kwnames)]` are live borrowed
+        // objects.
         let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) };
-        return Ok(CallArgs {
-            first: (leading == 1).then(|| arg(0)),
-            callback: arg(leading),
-            args: None,
-            context: None,
-        });
+        if kwnames.is_null() {
+            // The common call: `call_soon(callback)`, `call_later(delay, callback)`.
+            return Ok(CallArgs {
+                first: (leading == 1).then(|| arg(0)),
+                callback: arg(leading),
+                args: None,
+                context: None,
+            });
+        }
+        if kwnames == CONTEXT_KWNAMES.load(Ordering::Relaxed) {
+            // asyncio's C `Future` and `Task`: `call_soon(callback, context=ctx)`.
+            return Ok(CallArgs {
+                first: (leading == 1).then(|| arg(0)),
+                callback: arg(leading),
+                args: None,
+                context: Some(arg(leading + 1)),
+            });
+        }
     }
     // SAFETY: as above.
     unsafe { parse_general(py, sig, args, nargs, kwnames) }
