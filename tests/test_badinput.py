@@ -373,6 +373,41 @@ def test_native_methods_weird_args_no_panic(loop, method):
     loop._stopping = False
 
 
+@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at"])
+def test_fast_methods_weird_args_inside_the_loop_no_panic(loop, method):
+    # Inside a callback these methods skip pyo3's trampoline (event_loop/fast.rs): the same
+    # outcomes as outside, never a panic.
+    m = getattr(loop, method)
+    handles, outcomes = [], []
+
+    def attempt_all():
+        for v in WEIRD_VALUES:
+            for args in ((v,), (v, v), (v, print), (print, v), (v, v, v)):
+                def call(args=args):
+                    r = m(*args)
+                    if isinstance(r, asyncio.Handle):
+                        handles.append(r)
+
+                e = _no_panic(call)
+                outcomes.append(None if e is None else type(e))
+        loop.stop()
+
+    loop.call_soon(attempt_all)
+    loop.run_forever()
+    for h in handles:
+        h.cancel()
+    inside = outcomes
+    outcomes = []
+    attempt_all()
+    for h in handles:
+        h.cancel()
+    loop._stopping = False
+    if method != "call_at":
+        # asyncio's call_at fails on a non-number deadline only when the heap holds another
+        # timer to compare it with, so its outcome depends on what is pending.
+        assert inside == outcomes
+
+
 def test_handle_methods_weird_args_no_panic(loop):
     h = loop.call_soon(print)
     t = loop.call_later(10, print)
