@@ -272,6 +272,241 @@ def burst_300k(loop, n):
     return state[1] * size
 
 
+# -- network (loopback only) -----------------------------------------------------------------
+#
+# Request/response over loopback: each client sends a message and waits for its echo before it
+# sends the next, so an operation is one round trip through the loop on both ends. Several
+# clients run at once, so one loop iteration serves several ready sockets.
+
+_CLIENTS = 4
+_MESSAGE = b"x" * 1024
+
+
+class _EchoServer(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+class _EchoClient(asyncio.Protocol):
+    """Sends _MESSAGE, waits until all of it came back, `rounds` times."""
+
+    def __init__(self, rounds, done):
+        self.rounds = rounds
+        self.done = done
+        self.pending = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self._send()
+
+    def _send(self):
+        self.pending = len(_MESSAGE)
+        self.transport.write(_MESSAGE)
+
+    def data_received(self, data):
+        self.pending -= len(data)
+        if self.pending:
+            return
+        self.rounds -= 1
+        if self.rounds:
+            self._send()
+        else:
+            self.transport.close()
+
+    def connection_lost(self, exc):
+        if not self.done.done():
+            self.done.set_result(self.rounds)
+
+
+async def _protocol_echo(loop, n, make_server, connect):
+    rounds = max(n // _CLIENTS, 1)
+    server = await make_server(_EchoServer)
+    done = []
+    for _ in range(_CLIENTS):
+        finished = loop.create_future()
+        await connect(lambda finished=finished: _EchoClient(rounds, finished))
+        done.append(finished)
+    left = await asyncio.gather(*done)
+    server.close()
+    await server.wait_closed()
+    assert not any(left), left
+    return rounds * _CLIENTS
+
+
+@throughput("tcp_echo", warmup=2000, step=_CLIENTS)
+def tcp_echo(loop, n):
+    """Protocols over TCP: 4 clients, each sending 1 KiB and awaiting its echo; ops = round
+    trips."""
+
+    address = []
+
+    async def main():
+        async def make_server(factory):
+            server = await loop.create_server(factory, "127.0.0.1", 0)
+            address.append(server.sockets[0].getsockname())
+            return server
+
+        async def connect(factory):
+            await loop.create_connection(factory, *address[0])
+
+        return await _protocol_echo(loop, n, make_server, connect)
+
+    return loop.run_until_complete(main())
+
+
+@throughput("unix_echo", warmup=2000, step=_CLIENTS)
+def unix_echo(loop, n):
+    """tcp_echo over a Unix socket."""
+    import tempfile
+
+    async def main(path):
+        async def make_server(factory):
+            return await loop.create_unix_server(factory, path)
+
+        async def connect(factory):
+            await loop.create_unix_connection(factory, path)
+
+        return await _protocol_echo(loop, n, make_server, connect)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return loop.run_until_complete(main(os.path.join(tmp, "echo.sock")))
+
+
+@throughput("streams_echo", warmup=2000, step=_CLIENTS)
+def streams_echo(loop, n):
+    """asyncio streams over TCP: 4 clients, write + drain + readexactly of 1 KiB echoed by a
+    start_server handler; ops = round trips."""
+    rounds = max(n // _CLIENTS, 1)
+
+    async def handle(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def client(port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(rounds):
+            writer.write(_MESSAGE)
+            await writer.drain()
+            await reader.readexactly(len(_MESSAGE))
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        await asyncio.gather(*[client(port) for _ in range(_CLIENTS)])
+        server.close()
+        await server.wait_closed()
+        return rounds * _CLIENTS
+
+    return loop.run_until_complete(main())
+
+
+@throughput("sock_echo", warmup=2000, step=_CLIENTS)
+def sock_echo(loop, n):
+    """loop.sock_sendall/sock_recv on non-blocking TCP sockets: 4 client/server pairs, the
+    server side a task echoing what it receives; ops = round trips."""
+    import socket
+
+    rounds = max(n // _CLIENTS, 1)
+    size = len(_MESSAGE)
+
+    async def serve(sock):
+        while data := await loop.sock_recv(sock, 65536):
+            await loop.sock_sendall(sock, data)
+        sock.close()
+
+    async def client(sock):
+        for _ in range(rounds):
+            await loop.sock_sendall(sock, _MESSAGE)
+            got = 0
+            while got < size:
+                got += len(await loop.sock_recv(sock, size - got))
+        sock.close()
+
+    async def main():
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(_CLIENTS)
+        listener.setblocking(False)
+        pairs = []
+        for _ in range(_CLIENTS):
+            sock = socket.socket()
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, listener.getsockname())
+            server_side, _ = await loop.sock_accept(listener)
+            server_side.setblocking(False)
+            server_side.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pairs.append((sock, server_side))
+        listener.close()
+        servers = [loop.create_task(serve(s)) for _, s in pairs]
+        await asyncio.gather(*[client(c) for c, _ in pairs])
+        await asyncio.gather(*servers)
+        return rounds * _CLIENTS
+
+    return loop.run_until_complete(main())
+
+
+class _UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
+
+
+class _UdpClient(asyncio.DatagramProtocol):
+    def __init__(self, rounds, done):
+        self.rounds = rounds
+        self.done = done
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.sendto(_MESSAGE)
+
+    def datagram_received(self, data, addr):
+        self.rounds -= 1
+        if self.rounds:
+            self.transport.sendto(_MESSAGE)
+        elif not self.done.done():
+            self.done.set_result(None)
+
+    def error_received(self, exc):
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+@throughput("udp_echo", warmup=2000, step=_CLIENTS)
+def udp_echo(loop, n):
+    """Datagram endpoints: 4 clients, each sending a 1 KiB datagram and awaiting its echo;
+    ops = round trips. (Loopback does not drop datagrams that are answered one at a time.)"""
+    rounds = max(n // _CLIENTS, 1)
+
+    async def main():
+        server, _ = await loop.create_datagram_endpoint(_UdpEcho, local_addr=("127.0.0.1", 0))
+        address = server.get_extra_info("sockname")
+        clients, done = [], []
+        for _ in range(_CLIENTS):
+            finished = loop.create_future()
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda finished=finished: _UdpClient(rounds, finished), remote_addr=address)
+            clients.append(transport)
+            done.append(finished)
+        await asyncio.wait_for(asyncio.gather(*done), 60)
+        for transport in clients:
+            transport.close()
+        server.close()
+        return rounds * _CLIENTS
+
+    return loop.run_until_complete(main())
+
+
 # -- memory ------------------------------------------------------------------------------------
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
