@@ -27,6 +27,7 @@ impl Interest {
         Interest(self.0 & !other.0)
     }
 
+    #[cfg(not(target_os = "linux"))]
     pub(crate) fn to_mio(self) -> Option<mio::Interest> {
         match (self.is_readable(), self.is_writable()) {
             (true, true) => Some(mio::Interest::READABLE | mio::Interest::WRITABLE),

@@ -5,9 +5,12 @@
 //!
 //! 1. **Level-triggered readiness.** `loop.add_reader(fd, cb)` calls `cb` on every iteration
 //!    while the fd stays readable, even if `cb` reads nothing. mio registers edge-triggered.
-//!    After each poll, every fd that reported an event is re-armed ([`Reactor::rearm`], an
-//!    `EPOLL_CTL_MOD`), which makes the kernel re-check it at the next poll and report it again
-//!    only if it is still ready: exactly level-triggered behaviour.
+//!    On Linux the fds are registered on mio's epoll instance with `epoll_ctl` directly,
+//!    level-triggered and with the bits asyncio's `EpollSelector` asks for (`EPOLLIN`,
+//!    `EPOLLOUT`); mio's `poll` reports them like its own. Elsewhere (kqueue) every fd that
+//!    reported an event is re-armed after the poll ([`Registrar::rearm`], a re-registration),
+//!    which makes the kernel report it again at the next poll only if it is still ready. The
+//!    re-arm was also how Linux worked before: one extra `epoll_ctl` per event.
 //! 2. **Interest bookkeeping.** [`Reactor::set_interest`] registers, modifies or deregisters an
 //!    fd according to the union of its reader and writer interests, and recovers when the fd
 //!    was closed and its number reused behind our back (the kernel drops closed fds from epoll).
@@ -28,6 +31,7 @@ use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(not(target_os = "linux"))]
 use mio::unix::SourceFd;
 use mio::{Events, Poll, Registry, Token};
 
@@ -96,40 +100,81 @@ impl Registrar {
         if current == interest {
             return Ok(());
         }
-        let registry = &self.registry;
-        let token = Token(fd as usize);
-        match (current.to_mio(), interest.to_mio()) {
-            (_, None) => {
+        match (current.is_empty(), interest.is_empty()) {
+            (_, true) => {
                 self.interests.remove(&fd);
-                match registry.deregister(&mut SourceFd(&fd)) {
+                match self.ctl(Op::Delete, fd, interest) {
                     // The fd was closed (and dropped from epoll by the kernel) before we were
                     // told to stop watching it: nothing is left to undo.
                     Err(e) if is_gone(&e) => Ok(()),
                     other => other,
                 }
             }
-            (None, Some(new)) => {
-                match registry.register(&mut SourceFd(&fd), token, new) {
+            (true, false) => {
+                match self.ctl(Op::Add, fd, interest) {
                     // Still registered under an fd number we had forgotten (closed and reused).
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        registry.reregister(&mut SourceFd(&fd), token, new)?
+                        self.ctl(Op::Modify, fd, interest)?
                     }
                     other => other?,
                 }
                 self.interests.insert(fd, interest);
                 Ok(())
             }
-            (Some(_), Some(new)) => {
-                match registry.reregister(&mut SourceFd(&fd), token, new) {
+            (false, false) => {
+                match self.ctl(Op::Modify, fd, interest) {
                     // The fd was closed and its number reused: register it afresh.
                     Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                        registry.register(&mut SourceFd(&fd), token, new)?
+                        self.ctl(Op::Add, fd, interest)?
                     }
                     other => other?,
                 }
                 self.interests.insert(fd, interest);
                 Ok(())
             }
+        }
+    }
+
+    /// Register, re-register or deregister `fd` (level-triggered, see the module docs).
+    #[cfg(target_os = "linux")]
+    fn ctl(&self, op: Op, fd: RawFd, interest: Interest) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+
+        let op = match op {
+            Op::Add => libc::EPOLL_CTL_ADD,
+            Op::Modify => libc::EPOLL_CTL_MOD,
+            Op::Delete => libc::EPOLL_CTL_DEL,
+        };
+        let mut bits = 0;
+        if interest.is_readable() {
+            bits |= libc::EPOLLIN;
+        }
+        if interest.is_writable() {
+            bits |= libc::EPOLLOUT;
+        }
+        let mut event = libc::epoll_event {
+            events: bits as u32,
+            // mio's `poll` reads this back as the event's token.
+            u64: fd as u64,
+        };
+        // SAFETY: a plain system call on mio's epoll fd (alive as long as `registry`) with a
+        // valid event structure; the kernel copies it.
+        let result = unsafe { libc::epoll_ctl(self.registry.as_raw_fd(), op, fd, &mut event) };
+        if result < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Register, re-register or deregister `fd` through mio (edge-triggered; see `rearm`).
+    #[cfg(not(target_os = "linux"))]
+    fn ctl(&self, op: Op, fd: RawFd, interest: Interest) -> io::Result<()> {
+        let token = Token(fd as usize);
+        match (op, interest.to_mio()) {
+            (Op::Delete, _) => self.registry.deregister(&mut SourceFd(&fd)),
+            (Op::Add, Some(new)) => self.registry.register(&mut SourceFd(&fd), token, new),
+            (Op::Modify, Some(new)) => self.registry.reregister(&mut SourceFd(&fd), token, new),
+            (_, None) => Ok(()),
         }
     }
 
@@ -138,16 +183,29 @@ impl Registrar {
         self.interests.remove(&fd);
     }
 
-    /// Re-arm `fd` so that the next poll reports it again if it is still ready (see the module
-    /// documentation). Errors mean the fd went away; the caller's next `set_interest` sorts
-    /// that out, so they are ignored here.
+    /// After a poll reported `fd`: make the next poll report it again if it is still ready.
+    /// Nothing to do where registrations are level-triggered (Linux); a re-registration where
+    /// they are edge-triggered. Errors mean the fd went away; the caller's next
+    /// `set_interest` sorts that out, so they are ignored here.
+    #[inline]
     pub fn rearm(&mut self, fd: RawFd) {
+        #[cfg(not(target_os = "linux"))]
         if let Some(interest) = self.interests.get(&fd).and_then(|i| i.to_mio()) {
             let _ = self
                 .registry
                 .reregister(&mut SourceFd(&fd), Token(fd as usize), interest);
         }
+        #[cfg(target_os = "linux")]
+        let _ = fd;
     }
+}
+
+/// What [`Registrar::ctl`] does.
+#[derive(Clone, Copy)]
+enum Op {
+    Add,
+    Modify,
+    Delete,
 }
 
 impl Poller {

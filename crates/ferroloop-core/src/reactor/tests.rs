@@ -32,6 +32,31 @@ fn readable_is_level_triggered_after_rearm() {
     assert!(poll_now(&mut p).is_empty());
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn linux_registrations_are_level_triggered_without_rearm() {
+    let (mut p, mut r, _waker) = new().unwrap();
+    let (mut a, b) = UnixStream::pair().unwrap();
+    r.set_interest(b.as_raw_fd(), Interest::READ | Interest::WRITE)
+        .unwrap();
+    a.write_all(b"x").unwrap();
+    for _ in 0..3 {
+        let ev = poll_now(&mut p);
+        assert_eq!(ev.len(), 1);
+        assert!(ev[0].readable && ev[0].writable);
+    }
+    r.set_interest(b.as_raw_fd(), Interest::WRITE).unwrap();
+    let ev = poll_now(&mut p);
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].writable && !ev[0].readable);
+    // The peer closing makes it readable (end of file).
+    r.set_interest(b.as_raw_fd(), Interest::READ).unwrap();
+    drop(a);
+    let ev = poll_now(&mut p);
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].readable);
+}
+
 #[test]
 fn interest_transitions() {
     let (mut p, mut r, waker) = new().unwrap();
