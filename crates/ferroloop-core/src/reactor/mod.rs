@@ -63,7 +63,8 @@ pub fn new() -> io::Result<(Poller, Registrar, Arc<Waker>)> {
         },
         Registrar {
             registry,
-            interests: HashMap::new(),
+            fds: HashMap::new(),
+            pending: Vec::new(),
         },
         waker,
     ))
@@ -77,61 +78,135 @@ pub struct Poller {
 }
 
 /// The bookkeeping half: which fds are registered, with which interest.
+///
+/// Growing an fd's interest (`add_reader`, `add_writer`) reaches the kernel at once, so an
+/// invalid fd fails the call as it does on asyncio's selector. Shrinking it
+/// ([`shrink_interest`](Registrar::shrink_interest): `remove_reader`, `remove_writer`) waits
+/// for [`flush`](Registrar::flush), which the loop calls before every poll: a reader removed
+/// and added back within one iteration (asyncio's `sock_recv` does that on every wait) then
+/// costs one `epoll_ctl` instead of two.
 pub struct Registrar {
     registry: Registry,
-    /// Interest currently registered with the kernel, per fd.
-    interests: HashMap<RawFd, Interest>,
+    /// Per fd: the interest callers asked for and the one the kernel has.
+    fds: HashMap<RawFd, Slot>,
+    /// Fds whose shrink is not applied yet (an fd may be listed after its slot stopped
+    /// waiting; `Slot::pending` is what counts).
+    pending: Vec<RawFd>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    wanted: Interest,
+    kernel: Interest,
+    pending: bool,
 }
 
 impl Registrar {
     /// Number of fds with a non-empty interest.
     pub fn registered(&self) -> usize {
-        self.interests.len()
+        self.fds.values().filter(|s| !s.wanted.is_empty()).count()
     }
 
-    /// The interest currently registered for `fd`.
+    /// The interest asked for `fd`.
     pub fn interest(&self, fd: RawFd) -> Interest {
-        self.interests.get(&fd).copied().unwrap_or(Interest::NONE)
+        self.fds.get(&fd).map_or(Interest::NONE, |s| s.wanted)
     }
 
-    /// Make `fd`'s registered interest exactly `interest` (empty means deregister).
+    /// Make `fd`'s registered interest exactly `interest` (empty means deregister), now.
     pub fn set_interest(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
-        let current = self.interest(fd);
-        if current == interest {
+        let slot = self.fds.get(&fd).copied().unwrap_or_default();
+        // A slot waiting for its shrink may name an fd that was closed and whose number was
+        // reused since: the kernel must be told again even if the interest looks the same.
+        if slot.kernel == interest && !slot.pending {
             return Ok(());
         }
+        let result = self.apply(fd, slot.kernel, interest);
+        match &result {
+            Ok(()) if interest.is_empty() => {
+                self.fds.remove(&fd);
+            }
+            Ok(()) => {
+                self.fds.insert(
+                    fd,
+                    Slot {
+                        wanted: interest,
+                        kernel: interest,
+                        pending: false,
+                    },
+                );
+            }
+            // Nothing changed in the kernel; the caller sees the error.
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// Shrink `fd`'s interest to `interest` at the next [`flush`](Self::flush). Errors then
+    /// (the fd was closed meanwhile) are ignored, as asyncio's selector ignores them when it
+    /// unregisters.
+    pub fn shrink_interest(&mut self, fd: RawFd, interest: Interest) {
+        let Some(slot) = self.fds.get_mut(&fd) else {
+            return;
+        };
+        slot.wanted = interest;
+        if !slot.pending {
+            slot.pending = true;
+            self.pending.push(fd);
+        }
+    }
+
+    /// Apply the shrinks asked since the last flush. Call before every poll.
+    pub fn flush(&mut self) {
+        let mut pending = std::mem::take(&mut self.pending);
+        for fd in pending.drain(..) {
+            let Some(slot) = self.fds.get_mut(&fd) else {
+                continue;
+            };
+            if !slot.pending {
+                continue;
+            }
+            slot.pending = false;
+            let (kernel, wanted) = (slot.kernel, slot.wanted);
+            if kernel == wanted {
+                continue;
+            }
+            match self.apply(fd, kernel, wanted) {
+                Ok(()) if !wanted.is_empty() => {
+                    if let Some(slot) = self.fds.get_mut(&fd) {
+                        slot.kernel = wanted;
+                    }
+                }
+                // Deregistered, or the fd is gone: the kernel holds nothing for it any more.
+                _ => {
+                    self.fds.remove(&fd);
+                }
+            }
+        }
+        self.pending = pending;
+    }
+
+    /// Move the kernel's registration of `fd` from `current` to `interest`, recovering from
+    /// fds closed (and their numbers reused) behind our back.
+    fn apply(&self, fd: RawFd, current: Interest, interest: Interest) -> io::Result<()> {
         match (current.is_empty(), interest.is_empty()) {
-            (_, true) => {
-                self.interests.remove(&fd);
-                match self.ctl(Op::Delete, fd, interest) {
-                    // The fd was closed (and dropped from epoll by the kernel) before we were
-                    // told to stop watching it: nothing is left to undo.
-                    Err(e) if is_gone(&e) => Ok(()),
-                    other => other,
+            (_, true) => match self.ctl(Op::Delete, fd, interest) {
+                // The fd was closed (and dropped from epoll by the kernel) before we were
+                // told to stop watching it: nothing is left to undo.
+                Err(e) if is_gone(&e) => Ok(()),
+                other => other,
+            },
+            (true, false) => match self.ctl(Op::Add, fd, interest) {
+                // Still registered under an fd number we had forgotten (closed and reused).
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    self.ctl(Op::Modify, fd, interest)
                 }
-            }
-            (true, false) => {
-                match self.ctl(Op::Add, fd, interest) {
-                    // Still registered under an fd number we had forgotten (closed and reused).
-                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                        self.ctl(Op::Modify, fd, interest)?
-                    }
-                    other => other?,
-                }
-                self.interests.insert(fd, interest);
-                Ok(())
-            }
-            (false, false) => {
-                match self.ctl(Op::Modify, fd, interest) {
-                    // The fd was closed and its number reused: register it afresh.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                        self.ctl(Op::Add, fd, interest)?
-                    }
-                    other => other?,
-                }
-                self.interests.insert(fd, interest);
-                Ok(())
-            }
+                other => other,
+            },
+            (false, false) => match self.ctl(Op::Modify, fd, interest) {
+                // The fd was closed and its number reused: register it afresh.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => self.ctl(Op::Add, fd, interest),
+                other => other,
+            },
         }
     }
 
@@ -180,7 +255,7 @@ impl Registrar {
 
     /// Forget `fd` without a system call: used when the fd is known to be closed already.
     pub fn forget(&mut self, fd: RawFd) {
-        self.interests.remove(&fd);
+        self.fds.remove(&fd);
     }
 
     /// After a poll reported `fd`: make the next poll report it again if it is still ready.
@@ -190,7 +265,7 @@ impl Registrar {
     #[inline]
     pub fn rearm(&mut self, fd: RawFd) {
         #[cfg(not(target_os = "linux"))]
-        if let Some(interest) = self.interests.get(&fd).and_then(|i| i.to_mio()) {
+        if let Some(interest) = self.fds.get(&fd).and_then(|s| s.kernel.to_mio()) {
             let _ = self
                 .registry
                 .reregister(&mut SourceFd(&fd), Token(fd as usize), interest);

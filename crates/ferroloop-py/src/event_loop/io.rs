@@ -75,6 +75,8 @@ impl Loop {
             if timeout == Some(Duration::ZERO) && state.io.is_empty() {
                 return Ok(());
             }
+            // Removals since the last poll reach the kernel now (see `Registrar`).
+            state.registrar.flush();
             std::mem::take(&mut state.events)
         };
         events.clear();
@@ -134,7 +136,7 @@ impl Loop {
                 }
                 if !drop_interest.is_empty() {
                     let interest = state.registrar.interest(fd).without(drop_interest);
-                    let _ = state.registrar.set_interest(fd, interest);
+                    state.registrar.shrink_interest(fd, interest);
                     if interest.is_empty() {
                         state.io.remove(&fd);
                     }
@@ -228,8 +230,9 @@ impl Loop {
             };
             let empty = entry.reader.is_none() && entry.writer.is_none();
             let remaining = state.registrar.interest(fd).without(interest);
-            // As asyncio's selector: a failure to unregister (fd already closed) is ignored.
-            let _ = state.registrar.set_interest(fd, remaining);
+            // Applied before the next poll; as asyncio's selector, a failure to unregister
+            // (the fd was closed already) is ignored.
+            state.registrar.shrink_interest(fd, remaining);
             if empty {
                 state.io.remove(&fd);
             }
