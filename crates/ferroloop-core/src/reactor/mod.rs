@@ -23,9 +23,9 @@
 //! 1. Only the loop's thread calls [`Poller::poll`].
 //! 2. Any thread may call [`Waker::wake`] on the shared waker.
 
+pub mod fd_map;
 pub mod interest;
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
@@ -37,6 +37,7 @@ use mio::{Events, Poll, Registry, Token};
 
 pub use mio::Waker;
 
+pub use fd_map::FdMap;
 pub use interest::Interest;
 
 /// The token of the waker; fds use their own number as token. (mio reserves `usize::MAX`.)
@@ -63,7 +64,7 @@ pub fn new() -> io::Result<(Poller, Registrar, Arc<Waker>)> {
         },
         Registrar {
             registry,
-            fds: HashMap::new(),
+            fds: FdMap::default(),
             pending: Vec::new(),
         },
         waker,
@@ -88,7 +89,7 @@ pub struct Poller {
 pub struct Registrar {
     registry: Registry,
     /// Per fd: the interest callers asked for and the one the kernel has.
-    fds: HashMap<RawFd, Slot>,
+    fds: FdMap<Slot>,
     /// Fds whose shrink is not applied yet (an fd may be listed after its slot stopped
     /// waiting; `Slot::pending` is what counts).
     pending: Vec<RawFd>,

@@ -22,13 +22,13 @@ pub(crate) use fast::install_fast_methods;
 
 use io::{FdKey, IoHandles};
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferroloop_core::reactor::{self, Interest, IoEvent, Poller, Registrar};
+use ferroloop_core::reactor::{self, FdMap, Interest, IoEvent, Poller, Registrar};
 use ferroloop_core::time::clock::CLOCK_RESOLUTION;
 use ferroloop_core::time::{monotonic, TimerEntry, TimerHeap};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -88,7 +88,7 @@ impl TimerEntry for Timer {
 struct LoopState {
     ready: VecDeque<Ready>,
     timers: TimerHeap<Timer>,
-    io: HashMap<RawFd, IoHandles>,
+    io: FdMap<IoHandles>,
     registrar: Registrar,
     /// Readiness reports of the last poll; kept to reuse its allocation.
     events: Vec<IoEvent>,
@@ -591,7 +591,7 @@ impl Loop {
             state: GilCell::new(LoopState {
                 ready: VecDeque::new(),
                 timers: TimerHeap::new(),
-                io: HashMap::new(),
+                io: FdMap::default(),
                 registrar,
                 events: Vec::new(),
                 stopping: false,
