@@ -347,6 +347,21 @@ WEIRD_VALUES = [None, -1, 0, 2**31, 2**64, -(2**64), 2**200, 1.5, math.inf, -mat
                 "x", b"x", [], {}, object(), print, True]
 
 
+def _call_with_weird_args(m, handles):
+    """Call m with every shape of weird arguments; the exception types (None: no error)."""
+    outcomes = []
+    for v in WEIRD_VALUES:
+        for args in ((v,), (v, v), (v, print), (print, v), (v, v, v)):
+            def call(args=args):
+                r = m(*args)
+                if isinstance(r, asyncio.Handle):
+                    handles.append(r)
+
+            e = _no_panic(call)
+            outcomes.append(None if e is None else type(e))
+    return outcomes
+
+
 @pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at",
                                     "_add_reader", "_add_writer", "_remove_reader", "_remove_writer",
                                     "add_reader", "add_writer", "remove_reader", "remove_writer",
@@ -355,14 +370,7 @@ WEIRD_VALUES = [None, -1, 0, 2**31, 2**64, -(2**64), 2**200, 1.5, math.inf, -mat
 def test_native_methods_weird_args_no_panic(loop, method):
     m = getattr(loop, method)
     handles = []
-    for v in WEIRD_VALUES:
-        for args in ((v,), (v, v), (v, print), (print, v), (v, v, v)):
-            def call(args=args):
-                r = m(*args)
-                if isinstance(r, asyncio.Handle):
-                    handles.append(r)
-
-            _no_panic(call)
+    _call_with_weird_args(m, handles)
     for h in handles:
         h.cancel()
     for fd in (0, 1, 2):
@@ -378,27 +386,18 @@ def test_fast_methods_weird_args_inside_the_loop_no_panic(loop, method):
     # Inside a callback these methods skip pyo3's trampoline (event_loop/fast.rs): the same
     # outcomes as outside, never a panic.
     m = getattr(loop, method)
-    handles, outcomes = [], []
+    handles, inside = [], []
 
     def attempt_all():
-        for v in WEIRD_VALUES:
-            for args in ((v,), (v, v), (v, print), (print, v), (v, v, v)):
-                def call(args=args):
-                    r = m(*args)
-                    if isinstance(r, asyncio.Handle):
-                        handles.append(r)
-
-                e = _no_panic(call)
-                outcomes.append(None if e is None else type(e))
+        inside.extend(_call_with_weird_args(m, handles))
         loop.stop()
 
     loop.call_soon(attempt_all)
     loop.run_forever()
     for h in handles:
         h.cancel()
-    inside = outcomes
-    outcomes = []
-    attempt_all()
+    outcomes = _call_with_weird_args(m, handles)
+    loop.stop()
     for h in handles:
         h.cancel()
     loop._stopping = False

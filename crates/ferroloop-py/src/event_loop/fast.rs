@@ -102,22 +102,21 @@ unsafe fn parse<'py>(
         // SAFETY: the caller guarantees `args[..nargs + len(kwnames)]` are live borrowed
         // objects.
         let arg = |i: usize| unsafe { Bound::from_borrowed_ptr(py, *args.add(i)) };
-        if kwnames.is_null() {
+        let context = if kwnames.is_null() {
             // The common call: `call_soon(callback)`, `call_later(delay, callback)`.
-            return Ok(CallArgs {
-                first: (leading == 1).then(|| arg(0)),
-                callback: arg(leading),
-                args: None,
-                context: None,
-            });
-        }
-        if kwnames == CONTEXT_KWNAMES.load(Ordering::Relaxed) {
+            Some(None)
+        } else if kwnames == CONTEXT_KWNAMES.load(Ordering::Relaxed) {
             // asyncio's C `Future` and `Task`: `call_soon(callback, context=ctx)`.
+            Some(Some(arg(leading + 1)))
+        } else {
+            None
+        };
+        if let Some(context) = context {
             return Ok(CallArgs {
                 first: (leading == 1).then(|| arg(0)),
                 callback: arg(leading),
                 args: None,
-                context: Some(arg(leading + 1)),
+                context,
             });
         }
     }
