@@ -385,3 +385,74 @@ def test_base_exception_in_reader_propagates(loop, pair, exc_type):
     # still registered: the next run calls it again
     loop.run_forever()
     assert calls == [1, 1]
+
+
+def test_removed_reader_with_data_waiting_leaves_the_poll_waiting(loop, pair):
+    # ferroloop applies removals just before its next poll: a readable fd whose reader was
+    # removed must not be reported, nor make the poll return at once. One iteration waits
+    # for the timer (a stale registration would make every iteration return at once).
+    a, b = pair
+    calls = []
+    a.send(b"data")
+    loop.add_reader(b.fileno(), lambda: calls.append("read"))
+    loop.remove_reader(b.fileno())
+    loop.call_later(0.05, calls.append, "timer")
+    iterations = 0
+    while not calls and iterations < 1000:
+        loop._run_once()
+        iterations += 1
+    assert calls == ["timer"]
+    assert iterations <= 3
+
+
+def test_reader_removed_and_added_back_in_one_iteration(loop, pair):
+    # asyncio's sock_recv removes its reader when a wait ends and adds one for the next.
+    a, b = pair
+    calls = []
+
+    def first():
+        calls.append(b.recv(100))
+        loop.remove_reader(b.fileno())
+        loop.add_reader(b.fileno(), second)
+        loop.call_soon(a.send, b"two")
+
+    def second():
+        calls.append(b.recv(100))
+        loop.remove_reader(b.fileno())
+        loop.stop()
+
+    loop.add_reader(b.fileno(), first)
+    a.send(b"one")
+    loop.run_forever()
+    assert calls == [b"one", b"two"]
+
+
+def test_reader_removed_fd_closed_number_reused_and_added_back(loop):
+    # Between a removal and the next poll the fd may be closed and its number reused by
+    # another socket: the new socket's reader must still be called.
+    a, b = socket.socketpair()
+    c = d = None
+    calls = []
+
+    def swap():
+        nonlocal c, d
+        loop.remove_reader(b.fileno())
+        number = b.fileno()
+        b.close()
+        a.close()
+        c, d = socket.socketpair()
+        if d.fileno() != number:
+            os.dup2(d.fileno(), number)
+            d.close()
+            d = socket.socket(fileno=number)
+        loop.add_reader(d.fileno(), lambda: (calls.append(d.recv(100)), loop.stop()))
+        c.send(b"new")
+
+    loop.add_reader(b.fileno(), print)
+    loop.call_soon(swap)
+    loop.call_later(5, loop.stop)
+    loop.run_forever()
+    loop.remove_reader(d.fileno())
+    c.close()
+    d.close()
+    assert calls == [b"new"]

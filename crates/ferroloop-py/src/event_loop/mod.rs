@@ -829,6 +829,8 @@ impl Loop {
             for (fd, _) in &io {
                 let _ = state.registrar.set_interest(*fd, Interest::NONE);
             }
+            // Removals still waiting for a poll that will not come.
+            state.registrar.flush();
             (ready, timers, io)
         };
         self.shared.clear_snapshots(py);
