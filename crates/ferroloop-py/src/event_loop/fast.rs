@@ -354,10 +354,11 @@ type Body = unsafe fn(
 ) -> PyResult<*mut ffi::PyObject>;
 
 /// The C entry of a fast method. On the thread that runs the loop, below its
-/// `_run_until_stopped` (where callbacks call these methods), pyo3's trampoline has already
-/// counted the thread as attached and flushed its pool of deferred reference releases: the
-/// body runs directly, with only the panic guard. Anywhere else (before the loop runs, in
-/// another thread) it goes through pyo3's trampoline, which does that bookkeeping.
+/// `_run_until_stopped` (where callbacks call these methods), that method's pyo3 trampoline
+/// counts the thread as attached until it returns, so a `Py` dropped by the body is released
+/// at once: the body runs directly, with only the panic guard. Anywhere else (before the loop
+/// runs, in another thread) it goes through pyo3's trampoline, which does that bookkeeping
+/// (see `docs/decisions/0004`).
 ///
 /// # Safety
 /// Called by CPython as a `METH_FASTCALL | METH_KEYWORDS` method of `_core.Loop`.
