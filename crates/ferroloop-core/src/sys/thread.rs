@@ -78,6 +78,12 @@ mod tests {
     #[test]
     fn dead_thread_has_no_cpu_time() {
         let tid = std::thread::spawn(current_tid).join().unwrap();
+        // `join` returns once the kernel clears the thread's tid word, which it does while the
+        // thread is still exiting: give the kernel a moment to reap it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while thread_cpu_time_ns(tid).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(thread_cpu_time_ns(tid), None);
         assert_eq!(thread_cpu_time_ns(0), None);
         assert_eq!(thread_runnable_ns(tid), None);
