@@ -176,6 +176,40 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
                 except OSError as err:
                     logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
+    # The sock_* data path: the system calls, the wait for readiness and the done callback
+    # are native (``_sock_*_native``, see crates/ferroloop-py/src/event_loop/sock.rs); each
+    # gives back the result, a future to await, or NotImplemented when the call is not a
+    # plain one (not exactly a socket.socket, an unusual argument type, debug mode), which
+    # takes asyncio's own code. They stay coroutines, as asyncio's: create_task() takes them.
+
+    async def sock_recv(self, sock, n):
+        """Receive up to ``n`` bytes from the non-blocking socket ``sock``."""
+        result = self._sock_recv_native(sock, n)
+        if result.__class__ is bytes:
+            return result
+        if result is NotImplemented:
+            return await _ASYNCIO_SOCK_RECV(self, sock, n)
+        return await result
+
+    async def sock_recv_into(self, sock, buf):
+        """Receive data from the non-blocking socket ``sock`` into ``buf``; return the byte
+        count."""
+        result = self._sock_recv_into_native(sock, buf)
+        if result.__class__ is int:
+            return result
+        if result is NotImplemented:
+            return await _ASYNCIO_SOCK_RECV_INTO(self, sock, buf)
+        return await result
+
+    async def sock_sendall(self, sock, data):
+        """Send all of ``data`` on the non-blocking socket ``sock``."""
+        result = self._sock_sendall_native(sock, data)
+        if result is None:
+            return None
+        if result is NotImplemented:
+            return await _ASYNCIO_SOCK_SENDALL(self, sock, data)
+        return await result
+
     def _call_soon(self, callback, args, context):
         return self.call_soon(callback, *args, context=context)
 
@@ -259,6 +293,9 @@ def _borrow():
     return tuple(borrowed)
 
 
+_ASYNCIO_SOCK_RECV = selector_events.BaseSelectorEventLoop.sock_recv
+_ASYNCIO_SOCK_RECV_INTO = selector_events.BaseSelectorEventLoop.sock_recv_into
+_ASYNCIO_SOCK_SENDALL = selector_events.BaseSelectorEventLoop.sock_sendall
 _BORROWED_MAKE_SELF_PIPE = selector_events.BaseSelectorEventLoop._make_self_pipe
 _BORROWED_ADD_SIGNAL_HANDLER = unix_events._UnixSelectorEventLoop.add_signal_handler
 BORROWED = _borrow()

@@ -168,19 +168,27 @@ impl Loop {
         interest: Interest,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
+        slf.get().check_closed(py)?;
+        let fd = to_fd(fileobj)?.ok_or_else(c_int_overflow)?;
+        Loop::set_io_handle_fd(slf, fd, callback, Args::from_tuple(args), None, interest)
+    }
+
+    /// `_add_reader`/`_add_writer` on a known fd, with an optional context (`None`: a copy
+    /// of the current one, as asyncio's `Handle` takes).
+    pub(super) fn set_io_handle_fd(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        callback: Bound<'_, PyAny>,
+        args: Option<Args>,
+        context: Option<Bound<'_, PyAny>>,
+        interest: Interest,
+    ) -> PyResult<Py<Handle>> {
+        let py = slf.py();
         let this = slf.get();
         this.check_closed(py)?;
-        let fd = to_fd(fileobj)?.ok_or_else(c_int_overflow)?;
         let handle = new_untracked(
             py,
-            this.make_handle(
-                py,
-                Kind::Io,
-                f64::NAN,
-                callback,
-                Args::from_tuple(args),
-                None,
-            )?,
+            this.make_handle(py, Kind::Io, f64::NAN, callback, args, context)?,
         )?;
         let previous = {
             let mut state = this.state.borrow_mut(py);
@@ -206,14 +214,26 @@ impl Loop {
         fileobj: &Bound<'_, PyAny>,
         interest: Interest,
     ) -> PyResult<bool> {
-        let py = slf.py();
-        let this = slf.get();
-        if this.state.borrow(py).closed {
+        if slf.get().state.borrow(slf.py()).closed {
             return Ok(false);
         }
         let Some(fd) = to_fd(fileobj)? else {
             return Ok(false);
         };
+        Loop::clear_io_handle_fd(slf, fd, interest)
+    }
+
+    /// `_remove_reader`/`_remove_writer` on a known fd.
+    pub(super) fn clear_io_handle_fd(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        interest: Interest,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let this = slf.get();
+        if this.state.borrow(py).closed {
+            return Ok(false);
+        }
         let previous = {
             let mut state = this.state.borrow_mut(py);
             let state = &mut *state;

@@ -17,6 +17,7 @@
 
 mod fast;
 mod io;
+mod sock;
 
 pub(crate) use fast::install_fast_methods;
 
@@ -101,6 +102,11 @@ struct LoopState {
     /// `{"loop": self}` while the loop runs: the keyword arguments of the futures and tasks
     /// it creates, built once rather than once per object.
     loop_kwargs: Option<Py<PyDict>>,
+    /// An empty `contextvars.Context` that the loop's own native callbacks run in (the
+    /// readers and done callbacks of `sock_*` waits, see `sock.rs`): they read no context
+    /// variable, so copying the caller's context for them would be wasted. Only this loop's
+    /// thread runs them, one at a time, so the context is never entered twice.
+    private_context: Option<Py<PyAny>>,
     /// `call_soon` handles that ran and that nobody else references, ready for reuse: a
     /// handle costs a few hundred instructions to allocate and free through pyo3.
     handle_pool: Vec<Py<Handle>>,
@@ -140,6 +146,18 @@ impl Loop {
             .loop_kwargs
             .as_ref()
             .map(|k| k.bind(py).clone())
+    }
+
+    /// See `LoopState::private_context`.
+    fn private_context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(context) = &self.state.borrow(py).private_context {
+            return Ok(context.bind(py).clone());
+        }
+        // SAFETY: the GIL is held; PyContext_New returns a new reference or NULL with an
+        // exception set.
+        let context = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_New())? };
+        self.state.borrow_mut(py).private_context = Some(context.clone().unbind());
+        Ok(context)
     }
 
     pub(crate) fn is_debug(&self) -> bool {
@@ -598,6 +616,7 @@ impl Loop {
                 closed: false,
                 tick: 0,
                 loop_kwargs: None,
+                private_context: None,
                 pool_trim_at: None,
                 task_factory: None,
                 handle_pool: Vec::with_capacity(HANDLE_POOL_IDLE),
@@ -809,6 +828,33 @@ impl Loop {
         Loop::set_io_handle(slf, fd, callback, args, Interest::WRITE)
     }
 
+    /// The native part of `sock_recv` (see `sock.rs`).
+    fn _sock_recv_native<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        n: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        sock::recv_start(slf, sock, n)
+    }
+
+    /// The native part of `sock_recv_into` (see `sock.rs`).
+    fn _sock_recv_into_native<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        buf: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        sock::recv_into_start(slf, sock, buf)
+    }
+
+    /// The native part of `sock_sendall` (see `sock.rs`).
+    fn _sock_sendall_native<'py>(
+        slf: &Bound<'py, Self>,
+        sock: &Bound<'py, PyAny>,
+        data: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        sock::sendall_start(slf, sock, data)
+    }
+
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {
         Loop::clear_io_handle(slf, fd, Interest::READ)
     }
@@ -851,6 +897,13 @@ impl Loop {
         for timer in &timers {
             timer.handle.get().state.borrow_mut(py).scheduled = false;
             timer.handle.get().release(py);
+        }
+        // Readers and writers too: handles are invisible to the cyclic GC, so a callback that
+        // holds its own handle (a `sock_*` wait does) would otherwise never be freed.
+        for (_, handles) in &io {
+            for handle in handles.reader.iter().chain(handles.writer.iter()) {
+                handle.get().release(py);
+            }
         }
         drop((ready, timers, io));
     }

@@ -1,0 +1,449 @@
+"""The loop's sock_* methods (sock_recv, sock_recv_into, sock_sendall): results, waits,
+cancellation, errors, and the calls that ferroloop leaves to asyncio's own code, compared
+between asyncio's loop and ferroloop."""
+
+import asyncio
+import gc
+import socket
+import ssl
+import weakref
+
+import pytest
+
+
+def _pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def _tcp_pair():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    a = socket.create_connection(listener.getsockname())
+    b, _ = listener.accept()
+    listener.close()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def _watched(loop, fd):
+    """What the loop watches fd for: (reading, writing)."""
+    key = loop._selector.get_map().get(fd)
+    if key is None:
+        return (False, False)
+    reader, writer = key.data
+    return (reader is not None and not reader.cancelled(), writer is not None and not writer.cancelled())
+
+
+def test_recv_returns_available_data_at_once_and_waits_otherwise(loop):
+    a, b = _pair()
+
+    async def main():
+        a.send(b"ready")
+        got = [await loop.sock_recv(b, 3), await loop.sock_recv(b, 100)]
+        waiting = loop.create_task(loop.sock_recv(b, 100))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        assert _watched(loop, b.fileno()) == (True, False)
+        await loop.sock_sendall(a, b"later")
+        got.append(await waiting)
+        await asyncio.sleep(0)
+        assert _watched(loop, b.fileno()) == (False, False)
+        a.close()
+        got.append(await loop.sock_recv(b, 100))
+        return got
+
+    try:
+        assert loop.run_until_complete(main()) == [b"rea", b"dy", b"later", b""]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_recv_of_zero_bytes(loop):
+    a, b = _pair()
+    try:
+        a.send(b"x")
+        assert loop.run_until_complete(loop.sock_recv(b, 0)) == b""
+        assert loop.run_until_complete(loop.sock_recv(b, 1)) == b"x"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_recv_larger_than_the_scratch_buffer(loop):
+    a, b = _tcp_pair()
+    data = bytes(range(256)) * 1024
+
+    async def main():
+        sender = loop.create_task(loop.sock_sendall(a, data))
+        got = bytearray()
+        while len(got) < len(data):
+            got += await loop.sock_recv(b, 1 << 20)
+        await sender
+        return bytes(got)
+
+    try:
+        assert loop.run_until_complete(main()) == data
+    finally:
+        a.close()
+        b.close()
+
+
+def test_recv_into_bytearray_and_memoryview_slices(loop):
+    a, b = _pair()
+
+    async def main():
+        buf = bytearray(10)
+        a.send(b"abc")
+        n1 = await loop.sock_recv_into(b, buf)
+        waiting = loop.create_task(loop.sock_recv_into(b, memoryview(buf)[n1:]))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        a.send(b"defghijklmnop")
+        n2 = await waiting
+        return n1, n2, bytes(buf)
+
+    try:
+        assert loop.run_until_complete(main()) == (3, 7, b"abcdefghij")
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview"])
+def test_sendall_of_more_than_the_socket_buffer_waits_and_delivers_everything(loop, kind):
+    a, b = _tcp_pair()
+    payload = bytes(range(256)) * 20_000  # 5 MB: several waits for writability
+    data = {"bytes": payload, "bytearray": bytearray(payload), "memoryview": memoryview(payload)}[kind]
+
+    async def main():
+        sender = loop.create_task(loop.sock_sendall(a, data))
+        await asyncio.sleep(0.01)
+        assert not sender.done()
+        assert _watched(loop, a.fileno()) == (False, True)
+        got = bytearray()
+        while len(got) < len(payload):
+            got += await loop.sock_recv(b, 65536)
+        assert await sender is None
+        await asyncio.sleep(0)
+        assert _watched(loop, a.fileno()) == (False, False)
+        return bytes(got)
+
+    try:
+        assert loop.run_until_complete(main()) == payload
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sendall_of_nothing(loop):
+    a, b = _pair()
+    try:
+        assert loop.run_until_complete(loop.sock_sendall(a, b"")) is None
+    finally:
+        a.close()
+        b.close()
+
+
+def test_cancelled_recv_stops_watching_and_loses_no_data(loop):
+    a, b = _pair()
+
+    async def main():
+        waiting = loop.create_task(loop.sock_recv(b, 100))
+        await asyncio.sleep(0.01)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0)
+        assert _watched(loop, b.fileno()) == (False, False)
+        a.send(b"kept")
+        return await loop.sock_recv(b, 100)
+
+    try:
+        assert loop.run_until_complete(main()) == b"kept"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_cancelled_sendall_stops_watching(loop):
+    a, b = _tcp_pair()
+
+    async def main():
+        sender = loop.create_task(loop.sock_sendall(a, b"x" * 20_000_000))
+        await asyncio.sleep(0.01)
+        assert _watched(loop, a.fileno()) == (False, True)
+        sender.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sender
+        await asyncio.sleep(0)
+        return _watched(loop, a.fileno())
+
+    try:
+        assert loop.run_until_complete(main()) == (False, False)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_reader_added_over_a_waiting_recv_replaces_it(loop):
+    """add_reader on the fd cancels the wait's handle: the wait's done callback must then
+    leave the new reader alone (asyncio's `handle.cancelled()` check)."""
+    a, b = _pair()
+    calls = []
+
+    async def main():
+        waiting = loop.create_task(loop.sock_recv(b, 100))
+        await asyncio.sleep(0.01)
+        loop.add_reader(b.fileno(), calls.append, "reader")
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        await asyncio.sleep(0)
+        watched = _watched(loop, b.fileno())
+        a.send(b"x")
+        await asyncio.sleep(0.01)
+        loop.remove_reader(b.fileno())
+        return watched
+
+    try:
+        assert loop.run_until_complete(main()) == (True, False)
+        assert calls and set(calls) == {"reader"}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sock_methods_are_coroutines(loop):
+    a, b = _pair()
+
+    async def main():
+        a.send(b"x")
+        coros = [loop.sock_recv(b, 1), loop.sock_sendall(a, b"y"), loop.sock_recv_into(b, bytearray(1))]
+        assert all(asyncio.iscoroutine(c) for c in coros)
+        return [await asyncio.create_task(c) for c in coros]
+
+    try:
+        assert loop.run_until_complete(main()) == [b"x", None, 1]
+    finally:
+        a.close()
+        b.close()
+
+
+def _outcome(loop, method, *args):
+    async def main():
+        try:
+            return ("ok", await getattr(loop, method)(*args))
+        except Exception as exc:  # noqa: BLE001 - the comparison is the point
+            return (type(exc), str(exc))
+
+    return loop.run_until_complete(main())
+
+
+_BAD_CALLS = {
+    "recv_negative": ("sock_recv", "b", -1),
+    "recv_str": ("sock_recv", "b", "10"),
+    "recv_float": ("sock_recv", "b", 1.5),
+    "recv_huge": ("sock_recv", "b", 1 << 70),
+    "recv_into_bytes": ("sock_recv_into", "b", b"immutable"),
+    "recv_into_str": ("sock_recv_into", "b", "text"),
+    "sendall_str": ("sock_sendall", "a", "text"),
+    "sendall_int": ("sock_sendall", "a", 42),
+    "recv_closed": ("sock_recv", "closed", 10),
+    "recv_into_closed": ("sock_recv_into", "closed", bytearray(10)),
+    "sendall_closed": ("sock_sendall", "closed", b"x"),
+    "recv_ssl": ("sock_recv", "ssl", 10),
+    "sendall_ssl": ("sock_sendall", "ssl", b"x"),
+}
+
+
+@pytest.mark.parametrize("call", sorted(_BAD_CALLS))
+def test_bad_calls_raise_what_asyncio_raises(loop, call):
+    method, which, arg = _BAD_CALLS[call]
+    a, b = _pair()
+    closed = socket.socket()
+    closed.close()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    ssl_sock = context.wrap_socket(socket.socket(), do_handshake_on_connect=False)
+    sock = {"a": a, "b": b, "closed": closed, "ssl": ssl_sock}[which]
+    reference = asyncio.DefaultEventLoopPolicy().new_event_loop()
+    try:
+        got = _outcome(loop, method, sock, arg)
+        assert got[0] != "ok", got
+        assert got == _outcome(reference, method, sock, arg)
+    finally:
+        reference.close()
+        a.close()
+        b.close()
+        ssl_sock.close()
+
+
+def test_an_error_while_waiting_reaches_the_awaiting_task(loop):
+    a, b = _tcp_pair()
+
+    async def main():
+        waiting = loop.create_task(loop.sock_recv(b, 100))
+        await asyncio.sleep(0.01)
+        # A reset: close with SO_LINGER 0.
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        a.close()
+        with pytest.raises(ConnectionResetError):
+            await waiting
+        await asyncio.sleep(0)
+        return _watched(loop, b.fileno())
+
+    try:
+        assert loop.run_until_complete(main()) == (False, False)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_sendall_to_a_closed_peer(loop):
+    a, b = _pair()
+    b.close()
+
+    async def main():
+        with pytest.raises(BrokenPipeError):
+            await loop.sock_sendall(a, b"x")
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+
+
+def test_a_socket_subclass_takes_its_own_methods(loop):
+    class Recording(socket.socket):
+        calls = []
+
+        def recv(self, n, *flags):
+            self.calls.append(("recv", n))
+            return super().recv(n, *flags)
+
+        def send(self, data, *flags):
+            self.calls.append(("send", len(data)))
+            return super().send(data, *flags)
+
+    a, b = socket.socketpair()
+    ra = Recording(fileno=a.detach())
+    rb = Recording(fileno=b.detach())
+    ra.setblocking(False)
+    rb.setblocking(False)
+
+    async def main():
+        await loop.sock_sendall(ra, b"hello")
+        return await loop.sock_recv(rb, 10)
+
+    try:
+        assert loop.run_until_complete(main()) == b"hello"
+        assert Recording.calls == [("send", 5), ("recv", 10)]
+    finally:
+        ra.close()
+        rb.close()
+
+
+def test_blocking_socket_in_debug_mode(loop):
+    a, b = socket.socketpair()
+    loop.set_debug(True)
+
+    async def main():
+        with pytest.raises(ValueError, match="the socket must be non-blocking"):
+            await loop.sock_recv(b, 1)
+        with pytest.raises(ValueError, match="the socket must be non-blocking"):
+            await loop.sock_sendall(a, b"x")
+        with pytest.raises(ValueError, match="the socket must be non-blocking"):
+            await loop.sock_recv_into(b, bytearray(1))
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+
+
+def test_fd_of_a_transport_is_refused_when_the_call_has_to_wait(loop):
+    a, b = _pair()
+
+    async def main():
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=b)
+        try:
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                await loop.sock_recv(b, 10)
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                await loop.sock_recv_into(b, bytearray(10))
+        finally:
+            transport.close()
+            await asyncio.sleep(0)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "abandoned"])
+def test_a_wait_pending_at_close_is_freed(loop_factory, ending):
+    """A recv still waiting when the loop closes, its task cancelled or abandoned, leaves
+    nothing behind that keeps the socket alive (an abandoned one is a reference cycle through
+    the future's callbacks, for the cyclic GC)."""
+    loop = loop_factory()
+    loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed..."
+
+    def run():
+        a, b = _pair()
+
+        async def main():
+            loop.create_task(loop.sock_recv(b, 10))
+            await asyncio.sleep(0.01)
+
+        loop.run_until_complete(main())
+        a.close()
+        b.close()
+        if ending == "cancelled":
+            for task in asyncio.all_tasks(loop):
+                task.cancel()
+            loop.run_until_complete(asyncio.sleep(0.01))
+        return weakref.ref(b)
+
+    ref = run()
+    loop.close()
+    gc.collect()
+    assert ref() is None
+
+
+def test_sock_echo_between_many_tasks(loop):
+    """A small echo service on sock_* (many waits on both sides, several sockets at once)."""
+    pairs = [_tcp_pair() for _ in range(4)]
+    message = bytes(range(256)) * 8
+
+    async def serve(sock):
+        while data := await loop.sock_recv(sock, 65536):
+            await loop.sock_sendall(sock, data)
+
+    async def client(sock):
+        for _ in range(50):
+            await loop.sock_sendall(sock, message)
+            got = bytearray()
+            while len(got) < len(message):
+                got += await loop.sock_recv(sock, len(message) - len(got))
+            assert got == message
+        sock.shutdown(socket.SHUT_WR)
+
+    async def main():
+        servers = [loop.create_task(serve(s)) for _, s in pairs]
+        await asyncio.gather(*[client(c) for c, _ in pairs])
+        await asyncio.gather(*servers)
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
