@@ -4,6 +4,7 @@ between asyncio's loop and ferroloop."""
 
 import asyncio
 import gc
+import os
 import socket
 import ssl
 import weakref
@@ -445,5 +446,106 @@ def test_sock_echo_between_many_tasks(loop):
         loop.run_until_complete(main())
     finally:
         for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_data_arriving_after_a_recv_leaves_the_loop_waiting(loop):
+    """After a sock_recv, no reader is left (asyncio removes it): data that arrives then is
+    not waited for, and must not make every poll return at once (ferroloop keeps the kernel's
+    registration of a finished recv until the socket waits again or a poll reports it)."""
+    a, b = _pair()
+
+    async def first_recv():
+        loop.call_later(0.01, a.send, b"one")
+        return await loop.sock_recv(b, 100)
+
+    try:
+        assert loop.run_until_complete(first_recv()) == b"one"
+        # The recv's done callback ran before the task resumed: no reader is left.
+        assert _watched(loop, b.fileno()) == (False, False)
+        a.send(b"two")
+        calls = []
+        loop.call_later(0.05, calls.append, "timer")
+        iterations = 0
+        while not calls and iterations < 1000:
+            loop._run_once()
+            iterations += 1
+        assert calls == ["timer"]
+        assert iterations <= 3
+        # The data is still there for the next recv, at once.
+        assert loop.run_until_complete(loop.sock_recv(b, 100)) == b"two"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_recv_on_a_new_socket_with_the_number_of_a_closed_one(loop):
+    """A socket closed right after a recv, and another one given its fd number: the new
+    socket's wait must reach the kernel (the old registration died with the old socket)."""
+    a, b = _pair()
+
+    async def main():
+        loop.call_later(0.01, a.send, b"old")
+        assert await loop.sock_recv(b, 100) == b"old"
+        await asyncio.sleep(0)
+        number = b.fileno()
+        b.close()
+        a.close()
+        c, d = _pair()
+        try:
+            if d.fileno() != number:
+                # Make the number the new socket's, as the kernel often does by itself.
+                os.dup2(d.fileno(), number)
+                d.close()
+                d = socket.socket(fileno=number)
+                d.setblocking(False)
+            waiting = loop.create_task(loop.sock_recv(d, 100))
+            await asyncio.sleep(0.01)
+            c.send(b"new")
+            return await asyncio.wait_for(waiting, 5)
+        finally:
+            c.close()
+            d.close()
+
+    assert loop.run_until_complete(main()) == b"new"
+
+
+def test_two_sockets_alternating_waits(loop):
+    """Waits of two sockets (and a plain reader on a third fd) interleaved: each gets its
+    own data."""
+    pairs = [_pair() for _ in range(2)]
+    extra_a, extra_b = _pair()
+    seen = []
+
+    async def reader(i, sock):
+        out = []
+        for _ in range(20):
+            out.append(await loop.sock_recv(sock, 100))
+        return i, out
+
+    async def writer():
+        for n in range(20):
+            for i, (a, _) in enumerate(pairs):
+                a.send(f"{i}:{n};".encode())
+                await asyncio.sleep(0.001)
+            extra_a.send(b"x")
+
+    async def main():
+        loop.add_reader(extra_b.fileno(), lambda: seen.append(extra_b.recv(100)))
+        try:
+            results = await asyncio.gather(
+                *[reader(i, b) for i, (_, b) in enumerate(pairs)], writer()
+            )
+        finally:
+            loop.remove_reader(extra_b.fileno())
+        return results[:2]
+
+    try:
+        for i, out in loop.run_until_complete(main()):
+            assert b"".join(out) == b"".join(f"{i}:{n};".encode() for n in range(20))
+        assert b"".join(seen) == b"x" * 20
+    finally:
+        for a, b in pairs + [(extra_a, extra_b)]:
             a.close()
             b.close()

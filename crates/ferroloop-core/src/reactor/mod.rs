@@ -99,7 +99,18 @@ pub struct Registrar {
 struct Slot {
     wanted: Interest,
     kernel: Interest,
+    /// A shrink waits for the next flush (the fd is listed in `Registrar::pending`).
     pending: bool,
+    /// Shrunk without a flush planned (see [`Registrar::park`]).
+    parked: bool,
+}
+
+impl Slot {
+    /// The kernel may hold a registration that differs from what is wanted, or that belongs
+    /// to a file closed since, whose number was reused.
+    fn unsure(&self) -> bool {
+        self.pending || self.parked
+    }
 }
 
 impl Registrar {
@@ -118,10 +129,30 @@ impl Registrar {
         let slot = self.fds.get(&fd).copied().unwrap_or_default();
         // A slot waiting for its shrink may name an fd that was closed and whose number was
         // reused since: the kernel must be told again even if the interest looks the same.
-        if slot.kernel == interest && !slot.pending {
+        if slot.kernel == interest && !slot.unsure() {
             return Ok(());
         }
-        let result = self.apply(fd, slot.kernel, interest);
+        self.apply_now(fd, slot.kernel, interest)
+    }
+
+    /// [`set_interest`](Self::set_interest) for a caller that knows `fd` has named the same
+    /// open file since this registrar last told the kernel about it (the loop knows that of a
+    /// socket object that stayed open with that fd all along). A parked or pending shrink is
+    /// then undone without a system call when the kernel already has `interest`.
+    pub fn set_interest_same_file(&mut self, fd: RawFd, interest: Interest) -> io::Result<()> {
+        if let Some(slot) = self.fds.get_mut(&fd) {
+            if slot.kernel == interest {
+                slot.wanted = interest;
+                slot.pending = false;
+                slot.parked = false;
+                return Ok(());
+            }
+        }
+        self.set_interest(fd, interest)
+    }
+
+    fn apply_now(&mut self, fd: RawFd, kernel: Interest, interest: Interest) -> io::Result<()> {
+        let result = self.apply(fd, kernel, interest);
         match &result {
             Ok(()) if interest.is_empty() => {
                 self.fds.remove(&fd);
@@ -133,6 +164,7 @@ impl Registrar {
                         wanted: interest,
                         kernel: interest,
                         pending: false,
+                        parked: false,
                     },
                 );
             }
@@ -150,10 +182,49 @@ impl Registrar {
             return;
         };
         slot.wanted = interest;
+        slot.parked = false;
         if !slot.pending {
             slot.pending = true;
             self.pending.push(fd);
         }
+    }
+
+    /// Shrink `fd`'s interest to `interest` without telling the kernel until it matters: the
+    /// kernel keeps reporting the old interest, so the caller calls [`unpark`](Self::unpark)
+    /// when a poll reports `fd` for something nobody wants any more. For a reader that is
+    /// removed and then added back for the same open file (one `sock_recv` after another), the
+    /// registration then costs no system call at all (see
+    /// [`set_interest_same_file`](Self::set_interest_same_file)).
+    pub fn park(&mut self, fd: RawFd, interest: Interest) {
+        let Some(slot) = self.fds.get_mut(&fd) else {
+            return;
+        };
+        slot.wanted = interest;
+        if !slot.pending {
+            slot.parked = true;
+        }
+    }
+
+    /// A poll reported `fd` for an interest nobody wants: if it is parked, apply its shrink at
+    /// the next flush.
+    pub fn unpark(&mut self, fd: RawFd) {
+        if let Some(slot) = self.fds.get_mut(&fd) {
+            if slot.parked {
+                slot.parked = false;
+                slot.pending = true;
+                self.pending.push(fd);
+            }
+        }
+    }
+
+    /// Deregister every fd, parked ones included (the loop is closing).
+    pub fn release_all(&mut self) {
+        let fds: Vec<RawFd> = self.fds.keys().copied().collect();
+        for fd in fds {
+            let _ = self.set_interest(fd, Interest::NONE);
+        }
+        self.fds.clear();
+        self.pending.clear();
     }
 
     /// Apply the shrinks asked since the last flush. Call before every poll.
@@ -167,6 +238,7 @@ impl Registrar {
                 continue;
             }
             slot.pending = false;
+            slot.parked = false;
             let (kernel, wanted) = (slot.kernel, slot.wanted);
             if kernel == wanted {
                 continue;

@@ -188,3 +188,84 @@ fn removed_closed_reused_and_added_back_before_the_flush() {
     // SAFETY: closes the duplicate made above; nothing else owns it.
     unsafe { libc::close(fd) };
 }
+
+#[test]
+fn parked_interest_stays_in_the_kernel_until_unparked() {
+    let (mut p, mut r, _waker) = new().unwrap();
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let fd = b.as_raw_fd();
+    r.set_interest(fd, Interest::READ).unwrap();
+    r.park(fd, Interest::NONE);
+    assert_eq!(r.interest(fd), Interest::NONE);
+    assert_eq!(r.registered(), 0);
+    // A flush leaves a parked fd alone: the kernel still reports it.
+    r.flush();
+    a.write_all(b"x").unwrap();
+    let ev = poll_now(&mut p);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].fd, fd);
+    // Reported for an interest nobody wants: unparked, the shrink reaches the kernel.
+    r.unpark(fd);
+    r.flush();
+    assert!(poll_now(&mut p).is_empty());
+    assert_eq!(r.registered(), 0);
+}
+
+#[test]
+fn parked_interest_taken_back_for_the_same_file() {
+    let (mut p, mut r, _waker) = new().unwrap();
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let fd = b.as_raw_fd();
+    r.set_interest(fd, Interest::READ).unwrap();
+    r.park(fd, Interest::NONE);
+    r.set_interest_same_file(fd, Interest::READ).unwrap();
+    assert_eq!(r.interest(fd), Interest::READ);
+    // Not parked any more: a later unpark (a stale report) changes nothing.
+    r.unpark(fd);
+    r.flush();
+    a.write_all(b"x").unwrap();
+    let ev = poll_now(&mut p);
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].readable);
+    // Another interest than the kernel has: a real registration change.
+    r.park(fd, Interest::NONE);
+    r.set_interest_same_file(fd, Interest::WRITE).unwrap();
+    let ev = poll_now(&mut p);
+    assert_eq!(ev.len(), 1);
+    assert!(ev[0].writable && !ev[0].readable);
+}
+
+#[test]
+fn parked_fd_closed_and_reused_is_registered_again() {
+    let (mut p, mut r, _waker) = new().unwrap();
+    let (a, b) = UnixStream::pair().unwrap();
+    let fd = b.into_raw_fd();
+    r.set_interest(fd, Interest::READ).unwrap();
+    r.park(fd, Interest::NONE);
+    drop(a);
+    let (mut c, d) = UnixStream::pair().unwrap();
+    // As in `removed_closed_reused_and_added_back_before_the_flush`: the number now names
+    // another socket, in one step.
+    // SAFETY: `fd` is owned by this test (taken from `b`) and is closed below.
+    assert_eq!(unsafe { libc::dup2(d.as_raw_fd(), fd) }, fd);
+    // Not the same file: `set_interest` must tell the kernel although it "has" READ.
+    r.set_interest(fd, Interest::READ).unwrap();
+    c.write_all(b"x").unwrap();
+    let ev = poll_now(&mut p);
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].fd, fd);
+    r.set_interest(fd, Interest::NONE).unwrap();
+    // SAFETY: closes the duplicate made above; nothing else owns it.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+fn release_all_deregisters_parked_fds() {
+    let (mut p, mut r, _waker) = new().unwrap();
+    let (mut a, b) = UnixStream::pair().unwrap();
+    r.set_interest(b.as_raw_fd(), Interest::READ).unwrap();
+    r.park(b.as_raw_fd(), Interest::NONE);
+    r.release_all();
+    a.write_all(b"x").unwrap();
+    assert!(poll_now(&mut p).is_empty());
+}

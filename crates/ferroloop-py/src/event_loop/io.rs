@@ -111,6 +111,8 @@ impl Loop {
                 let fd = event.fd;
                 state.registrar.rearm(fd);
                 let Some(entry) = state.io.get_mut(&fd) else {
+                    // Reported for an interest nobody wants any more: it was parked.
+                    state.registrar.unpark(fd);
                     continue;
                 };
                 let mut drop_interest = Interest::NONE;
@@ -122,6 +124,8 @@ impl Loop {
                         } else {
                             state.ready.push_back(Ready::Native(reader.clone_ref(py)));
                         }
+                    } else {
+                        state.registrar.unpark(fd);
                     }
                 }
                 if event.writable {
@@ -132,6 +136,8 @@ impl Loop {
                         } else {
                             state.ready.push_back(Ready::Native(writer.clone_ref(py)));
                         }
+                    } else {
+                        state.registrar.unpark(fd);
                     }
                 }
                 if !drop_interest.is_empty() {
@@ -170,11 +176,21 @@ impl Loop {
         let py = slf.py();
         slf.get().check_closed(py)?;
         let fd = to_fd(fileobj)?.ok_or_else(c_int_overflow)?;
-        Loop::set_io_handle_fd(slf, fd, callback, Args::from_tuple(args), None, interest)
+        Loop::set_io_handle_fd(
+            slf,
+            fd,
+            callback,
+            Args::from_tuple(args),
+            None,
+            interest,
+            false,
+        )
     }
 
     /// `_add_reader`/`_add_writer` on a known fd, with an optional context (`None`: a copy
-    /// of the current one, as asyncio's `Handle` takes).
+    /// of the current one, as asyncio's `Handle` takes). `same_file`: the caller knows that
+    /// `fd` has named the same open file since the loop last registered it (see
+    /// `Registrar::set_interest_same_file`).
     pub(super) fn set_io_handle_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
@@ -182,6 +198,7 @@ impl Loop {
         args: Option<Args>,
         context: Option<Bound<'_, PyAny>>,
         interest: Interest,
+        same_file: bool,
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         let this = slf.get();
@@ -194,7 +211,12 @@ impl Loop {
             let mut state = this.state.borrow_mut(py);
             let state = &mut *state;
             let wanted = state.registrar.interest(fd) | interest;
-            state.registrar.set_interest(fd, wanted).map_err(os_error)?;
+            if same_file {
+                state.registrar.set_interest_same_file(fd, wanted)
+            } else {
+                state.registrar.set_interest(fd, wanted)
+            }
+            .map_err(os_error)?;
             let entry = state.io.entry(fd).or_default();
             let slot = if interest == Interest::READ {
                 &mut entry.reader
@@ -220,14 +242,16 @@ impl Loop {
         let Some(fd) = to_fd(fileobj)? else {
             return Ok(false);
         };
-        Loop::clear_io_handle_fd(slf, fd, interest)
+        Loop::clear_io_handle_fd(slf, fd, interest, false)
     }
 
-    /// `_remove_reader`/`_remove_writer` on a known fd.
+    /// `_remove_reader`/`_remove_writer` on a known fd. `park`: leave the kernel's
+    /// registration as it is until a poll reports the fd for nothing (see `Registrar::park`).
     pub(super) fn clear_io_handle_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         interest: Interest,
+        park: bool,
     ) -> PyResult<bool> {
         let py = slf.py();
         let this = slf.get();
@@ -252,7 +276,11 @@ impl Loop {
             let remaining = state.registrar.interest(fd).without(interest);
             // Applied before the next poll; as asyncio's selector, a failure to unregister
             // (the fd was closed already) is ignored.
-            state.registrar.shrink_interest(fd, remaining);
+            if park {
+                state.registrar.park(fd, remaining);
+            } else {
+                state.registrar.shrink_interest(fd, remaining);
+            }
             if empty {
                 state.io.remove(&fd);
             }

@@ -107,6 +107,10 @@ struct LoopState {
     /// variable, so copying the caller's context for them would be wasted. Only this loop's
     /// thread runs them, one at a time, so the context is never entered twice.
     private_context: Option<Py<PyAny>>,
+    /// For a parked fd (see `Registrar::park`) whose reader or writer was a `sock_*` wait: a
+    /// weak reference to the socket object. A later wait of the same, still open, socket on
+    /// the same fd knows the fd names the same file (see `sock.rs`).
+    parked_owners: FdMap<Py<PyAny>>,
     /// `call_soon` handles that ran and that nobody else references, ready for reuse: a
     /// handle costs a few hundred instructions to allocate and free through pyo3.
     handle_pool: Vec<Py<Handle>>,
@@ -617,6 +621,7 @@ impl Loop {
                 tick: 0,
                 loop_kwargs: None,
                 private_context: None,
+                parked_owners: FdMap::default(),
                 pool_trim_at: None,
                 task_factory: None,
                 handle_pool: Vec::with_capacity(HANDLE_POOL_IDLE),
@@ -872,11 +877,9 @@ impl Loop {
             let ready: Vec<Ready> = state.ready.drain(..).collect();
             let timers: Vec<Timer> = state.timers.drain().collect();
             let io: Vec<(RawFd, IoHandles)> = state.io.drain().collect();
-            for (fd, _) in &io {
-                let _ = state.registrar.set_interest(*fd, Interest::NONE);
-            }
-            // Removals still waiting for a poll that will not come.
-            state.registrar.flush();
+            // Every registration, parked ones and removals still waiting for a poll included.
+            state.registrar.release_all();
+            state.parked_owners.clear();
             (ready, timers, io)
         };
         self.shared.clear_snapshots(py);

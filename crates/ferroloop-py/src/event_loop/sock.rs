@@ -24,6 +24,7 @@
 use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::ptr;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use ferroloop_core::reactor::Interest;
 use ferroloop_core::sys::net;
@@ -33,7 +34,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple, PyType};
+use pyo3::types::{PyDict, PyTuple, PyType, PyWeakrefMethods, PyWeakrefReference};
 use pyo3::PyTraverseError;
 
 use super::Loop;
@@ -58,8 +59,52 @@ fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
     Ok(sock.get_type().is(socket_type))
 }
 
+/// Whether `PySocketSockObject` starts with its `int sock_fd` right after the object header,
+/// as in every CPython 3: unknown until checked once against `fileno()` on an open socket.
+static FD_LAYOUT: AtomicU8 = AtomicU8::new(LAYOUT_UNKNOWN);
+const LAYOUT_UNKNOWN: u8 = 0;
+const LAYOUT_CHECKED: u8 = 1;
+const LAYOUT_DIFFERENT: u8 = 2;
+
+/// The fd field of a `socket.socket` object.
+///
+/// # Safety
+/// `sock` must be an instance of `socket.socket` itself (whose C layout starts with
+/// `_socket.socket`'s), and [`FD_LAYOUT`] must have been checked.
+unsafe fn fd_field(sock: &Bound<'_, PyAny>) -> RawFd {
+    // SAFETY: per the contract, the object is at least a PySocketSockObject, whose first
+    // field after the header is the fd (an int).
+    unsafe {
+        (sock.as_ptr() as *const u8)
+            .add(std::mem::size_of::<ffi::PyObject>())
+            .cast::<RawFd>()
+            .read()
+    }
+}
+
+/// `sock.fileno()` of a `socket.socket` (exactly that type): read from the object once its
+/// layout was checked, which saves a method call per use.
 fn fileno(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
-    sock.call_method0(intern!(sock.py(), "fileno"))?.extract()
+    match FD_LAYOUT.load(Ordering::Relaxed) {
+        // SAFETY: callers pass only exact socket.socket objects; the layout was checked.
+        LAYOUT_CHECKED => Ok(unsafe { fd_field(sock) }),
+        LAYOUT_DIFFERENT => sock.call_method0(intern!(sock.py(), "fileno"))?.extract(),
+        _ => {
+            let fd: RawFd = sock.call_method0(intern!(sock.py(), "fileno"))?.extract()?;
+            if fd >= 0 {
+                // SAFETY: an exact socket.socket object: at least the object header and an
+                // int follow, whatever the layout; reading them is valid.
+                let same = unsafe { fd_field(sock) } == fd;
+                let layout = if same {
+                    LAYOUT_CHECKED
+                } else {
+                    LAYOUT_DIFFERENT
+                };
+                FD_LAYOUT.store(layout, Ordering::Relaxed);
+            }
+            Ok(fd)
+        }
+    }
 }
 
 /// A buffer exported by a Python object, released on drop.
@@ -320,22 +365,38 @@ impl SockWait {
 
     /// asyncio's `_sock_read_done`/`_sock_write_done`: remove the reader (writer) unless its
     /// handle was cancelled, which means something else replaced or removed it.
+    ///
+    /// While the socket is still open on the same fd, a reader's removal is parked: the
+    /// kernel keeps the registration, and the socket's next wait takes it back without a
+    /// system call.
     fn done(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let (event_loop, handle, fd, interest) = {
+        let (event_loop, handle, sock, fd, interest) = {
             let this = slf.borrow();
-            match (&this.event_loop, &this.handle) {
-                (Some(event_loop), Some(handle)) => (
+            match (&this.event_loop, &this.handle, &this.sock) {
+                (Some(event_loop), Some(handle), Some(sock)) => (
                     event_loop.bind(py).clone(),
                     handle.bind(py).clone(),
+                    sock.bind(py).clone(),
                     this.fd,
                     this.interest,
                 ),
                 _ => return Ok(()),
             }
         };
-        if !handle.get().is_cancelled(py) {
-            Loop::clear_io_handle_fd(&event_loop, fd, interest)?;
+        if handle.get().is_cancelled(py) {
+            return Ok(());
+        }
+        // Readers only: a socket is writable nearly all the time, so a parked writer would
+        // be reported by the next poll at once, for a wake-up and the system call anyway.
+        let park = interest == Interest::READ && fileno(&sock)? == fd;
+        if Loop::clear_io_handle_fd(&event_loop, fd, interest, park)? && park {
+            let owner = PyWeakrefReference::new(&sock)?;
+            let this = event_loop.get();
+            this.state
+                .borrow_mut(py)
+                .parked_owners
+                .insert(fd, owner.into_any().unbind());
         }
         Ok(())
     }
@@ -353,6 +414,21 @@ fn wait<'py>(
     let future = Loop::create_future(slf)?;
     ensure_fd_no_transport(slf, fd)?;
     let context = slf.get().private_context(py)?;
+    // The same socket object, open on the same fd since its last wait was parked: the fd
+    // names the same file, whose registration the kernel still has. (A socket object never
+    // gets another fd: once closed or detached, its fileno() is -1 for good.)
+    let same_file = {
+        let state = slf.get().state.borrow(py);
+        match state.parked_owners.get(&fd) {
+            Some(owner) => owner
+                .bind(py)
+                .cast::<PyWeakrefReference>()
+                .ok()
+                .and_then(|owner| owner.upgrade())
+                .is_some_and(|owner| owner.is(sock)),
+            None => false,
+        }
+    };
     let waiter = Bound::new(
         py,
         SockWait {
@@ -372,6 +448,7 @@ fn wait<'py>(
         None,
         Some(context.clone()),
         interest,
+        same_file,
     )?;
     waiter.borrow_mut().handle = Some(handle);
     let add_done_callback = future.getattr(intern!(py, "add_done_callback"))?;
