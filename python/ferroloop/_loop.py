@@ -210,6 +210,11 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
             return await _ASYNCIO_SOCK_SENDALL(self, sock, data)
         return await result
 
+    def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if _PY312:
+            self._ensure_fd_no_transport(sock)
+        return _SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
+
     def _call_soon(self, callback, args, context):
         return self.call_soon(callback, *args, context=context)
 
@@ -226,6 +231,28 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
         self._check_closed()
         self._make_self_pipe()
         return _BORROWED_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
+
+
+class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
+    """asyncio's socket transport (the running version's own class, subclassed), whose reader
+    callback is native: ``_read_ready`` is a ``ferroloop._core._TransportReader``, which does
+    what ``_read_ready__data_received`` does for a plain ``Protocol`` on a plain socket, and
+    calls ``_read_ready_cb()`` otherwise. In debug mode the reader is asyncio's method, so the
+    slow-callback log names it as asyncio's loop does. See
+    crates/ferroloop-py/src/event_loop/transport.rs."""
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        if not loop.get_debug():
+            # Before asyncio's __init__, which schedules _add_reader(fd, self._read_ready).
+            self._read_ready = _core._TransportReader(self)
+        super().__init__(loop, sock, protocol, waiter, extra, server)
+
+    def _call_connection_lost(self, exc):
+        try:
+            super()._call_connection_lost(exc)
+        finally:
+            # The reader holds the transport: break the cycle once the transport is done.
+            self.__dict__.pop("_read_ready", None)
 
 
 class _SelectorView:

@@ -18,6 +18,9 @@
 mod fast;
 mod io;
 mod sock;
+mod transport;
+
+pub(crate) use transport::TransportReader;
 
 pub(crate) use fast::install_fast_methods;
 

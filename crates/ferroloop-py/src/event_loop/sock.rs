@@ -46,15 +46,16 @@ static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static KW_CONTEXT: KeywordNames = KeywordNames::new(&["context"]);
 
 /// Received data up to this size goes through a per-thread buffer, so a `sock_recv(sock,
-/// 65536)` that gets 1 KiB allocates 1 KiB, not 64.
-const SCRATCH_SIZE: usize = 64 * 1024;
+/// 65536)` that gets 1 KiB allocates 1 KiB, not 64. It is the size asyncio's socket
+/// transports ask for (`max_size`).
+const SCRATCH_SIZE: usize = 256 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
 }
 
 /// `type(sock) is socket.socket`.
-fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+pub(super) fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
     let socket_type = SOCKET_TYPE.import(sock.py(), "socket", "socket")?;
     Ok(sock.get_type().is(socket_type))
 }
@@ -84,7 +85,7 @@ unsafe fn fd_field(sock: &Bound<'_, PyAny>) -> RawFd {
 
 /// `sock.fileno()` of a `socket.socket` (exactly that type): read from the object once its
 /// layout was checked, which saves a method call per use.
-fn fileno(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
+pub(super) fn fileno(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
     match FD_LAYOUT.load(Ordering::Relaxed) {
         // SAFETY: callers pass only exact socket.socket objects; the layout was checked.
         LAYOUT_CHECKED => Ok(unsafe { fd_field(sock) }),
@@ -165,7 +166,11 @@ fn retry_interrupted<T>(
 }
 
 /// `sock.recv(n)` on a socket's fd; `None` if it would block.
-fn recv_bytes<'py>(py: Python<'py>, fd: RawFd, n: usize) -> PyResult<Option<Bound<'py, PyAny>>> {
+pub(super) fn recv_bytes<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    n: usize,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     let bytes_from = |data: *const u8, len: usize| {
         // SAFETY: the GIL is held; `data` is readable for `len` bytes (written by recv).
         unsafe {

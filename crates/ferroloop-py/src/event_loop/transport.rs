@@ -1,0 +1,152 @@
+//! The read path of asyncio's socket transport, natively.
+//!
+//! ferroloop's socket transports are asyncio's own `_SelectorSocketTransport` (a subclass of
+//! it, `ferroloop._loop._SelectorSocketTransport`, so every method, attribute and error is
+//! asyncio's), with one change: the reader callback that asyncio's code registers as
+//! `self._read_ready` is a [`TransportReader`]. When the transport reads for a plain
+//! `Protocol` (`_read_ready_cb` is `_read_ready__data_received`) and its socket is a plain
+//! `socket.socket`, the reader does what `_read_ready__data_received` does: the `recv` of up
+//! to `max_size` bytes, `protocol.data_received(data)`, `_read_ready__on_eof()` at end of
+//! file, `_fatal_error(exc, message)` with asyncio's messages on errors. For anything else (a
+//! `BufferedProtocol`, an SSL transport's protocol, a patched method) it calls
+//! `_read_ready_cb()`, asyncio's own code.
+//!
+//! What this saves per read: two Python frames, a `socket.recv` that allocates `max_size`
+//! (256 KiB) and shrinks the result, and the attribute lookups between them.
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::PyTraverseError;
+
+use super::sock::{fileno, is_plain_socket, recv_bytes};
+
+static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+extern "C" {
+    /// `PyMethod_Type` and `PyMethod_Function` of CPython's C API (bound methods), which
+    /// pyo3's ffi does not declare.
+    static mut PyMethod_Type: ffi::PyTypeObject;
+    fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
+/// `asyncio.selector_events._SelectorSocketTransport._read_ready__data_received`.
+fn data_received_path(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    DATA_RECEIVED_PATH
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("asyncio.selector_events")?
+                    .getattr("_SelectorSocketTransport")?
+                    .getattr("_read_ready__data_received")?
+                    .unbind(),
+            )
+        })
+        .map(|f| f.bind(py))
+}
+
+/// True if `callback` is asyncio's `_read_ready__data_received` bound to a transport.
+fn is_data_received_path(callback: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let function = data_received_path(callback.py())?;
+    // SAFETY: the GIL is held; `callback` is alive. PyMethod_Function is called only on a
+    // bound method (exact type checked first) and returns a borrowed reference.
+    unsafe {
+        let raw = callback.as_ptr();
+        if ffi::Py_TYPE(raw) != std::ptr::addr_of_mut!(PyMethod_Type) {
+            return Ok(false);
+        }
+        Ok(PyMethod_Function(raw) == function.as_ptr())
+    }
+}
+
+fn is_exit(error: &PyErr, py: Python<'_>) -> bool {
+    error.is_instance_of::<PyKeyboardInterrupt>(py) || error.is_instance_of::<PySystemExit>(py)
+}
+
+/// The reader callback of one socket transport (see the module docs).
+#[pyclass(module = "ferroloop._core", name = "_TransportReader")]
+pub struct TransportReader {
+    transport: Option<Py<PyAny>>,
+}
+
+#[pymethods]
+impl TransportReader {
+    #[new]
+    fn new(transport: Py<PyAny>) -> Self {
+        TransportReader {
+            transport: Some(transport),
+        }
+    }
+
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let Some(transport) = &self.transport else {
+            return Ok(());
+        };
+        let transport = transport.bind(py);
+        let callback = transport.getattr(intern!(py, "_read_ready_cb"))?;
+        if !is_data_received_path(&callback)? {
+            callback.call0()?;
+            return Ok(());
+        }
+        // asyncio: _read_ready__data_received.
+        if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
+            return Ok(());
+        }
+        let sock = transport.getattr(intern!(py, "_sock"))?;
+        let max_size = transport.getattr(intern!(py, "max_size"))?;
+        let size = match max_size.extract::<isize>().map(usize::try_from) {
+            Ok(Ok(size)) if is_plain_socket(&sock)? => size,
+            // Not the usual socket or size: asyncio's own code, with its errors.
+            _ => {
+                callback.call0()?;
+                return Ok(());
+            }
+        };
+        let received = fileno(&sock).and_then(|fd| recv_bytes(py, fd, size));
+        let data = match received {
+            Ok(Some(data)) => data,
+            Ok(None) => return Ok(()),
+            Err(error) if is_exit(&error, py) => return Err(error),
+            Err(error) => {
+                transport.call_method1(
+                    intern!(py, "_fatal_error"),
+                    (
+                        error.into_value(py),
+                        intern!(py, "Fatal read error on socket transport"),
+                    ),
+                )?;
+                return Ok(());
+            }
+        };
+        // SAFETY: `data` is a bytes object (recv_bytes makes one).
+        if unsafe { ffi::PyBytes_Size(data.as_ptr()) } == 0 {
+            transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
+            return Ok(());
+        }
+        let protocol = transport.getattr(intern!(py, "_protocol"))?;
+        match protocol.call_method1(intern!(py, "data_received"), (data,)) {
+            Ok(_) => Ok(()),
+            Err(error) if is_exit(&error, py) => Err(error),
+            Err(error) => {
+                transport.call_method1(
+                    intern!(py, "_fatal_error"),
+                    (
+                        error.into_value(py),
+                        intern!(py, "Fatal error: protocol.data_received() call failed."),
+                    ),
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.transport)
+    }
+
+    fn __clear__(&mut self) {
+        self.transport = None;
+    }
+}
