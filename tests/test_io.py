@@ -437,14 +437,14 @@ def test_reader_removed_fd_closed_number_reused_and_added_back(loop):
     def swap():
         nonlocal c, d
         loop.remove_reader(b.fileno())
-        number = b.fileno()
-        b.close()
-        a.close()
         c, d = socket.socketpair()
-        if d.fileno() != number:
-            os.dup2(d.fileno(), number)
-            d.close()
-            d = socket.socket(fileno=number)
+        # Give b's number to the new socket: dup2 closes b's socket and reuses the number in
+        # one step (a close followed by a reuse could let another thread take the number).
+        number = b.detach()
+        os.dup2(d.fileno(), number)
+        d.close()
+        d = socket.socket(fileno=number)
+        a.close()
         loop.add_reader(d.fileno(), lambda: (calls.append(d.recv(100)), loop.stop()))
         c.send(b"new")
 

@@ -481,7 +481,7 @@ def test_data_arriving_after_a_recv_leaves_the_loop_waiting(loop):
 
 
 def test_recv_on_a_new_socket_with_the_number_of_a_closed_one(loop):
-    """A socket closed right after a recv, and another one given its fd number: the new
+    """A socket let go right after a recv, and another one given its fd number: the new
     socket's wait must reach the kernel (the old registration died with the old socket)."""
     a, b = _pair()
 
@@ -489,17 +489,17 @@ def test_recv_on_a_new_socket_with_the_number_of_a_closed_one(loop):
         loop.call_later(0.01, a.send, b"old")
         assert await loop.sock_recv(b, 100) == b"old"
         await asyncio.sleep(0)
-        number = b.fileno()
-        b.close()
-        a.close()
         c, d = _pair()
+        # Give b's number to the new socket: dup2 closes b's socket and reuses the number in
+        # one step (a close followed by a reuse could let another thread take the number).
+        # b's fileno() is -1 from now on, as after close().
+        number = b.detach()
+        os.dup2(d.fileno(), number)
+        d.close()
+        d = socket.socket(fileno=number)
+        d.setblocking(False)
+        a.close()
         try:
-            if d.fileno() != number:
-                # Make the number the new socket's, as the kernel often does by itself.
-                os.dup2(d.fileno(), number)
-                d.close()
-                d = socket.socket(fileno=number)
-                d.setblocking(False)
             waiting = loop.create_task(loop.sock_recv(d, 100))
             await asyncio.sleep(0.01)
             c.send(b"new")

@@ -268,3 +268,103 @@ def test_server_side_echo_many_connections(loop):
         return got == payloads
 
     assert loop.run_until_complete(main())
+
+
+class FlowRecorder(Recorder):
+    def pause_writing(self):
+        self.events.append("pause")
+
+    def resume_writing(self):
+        self.events.append("resume")
+
+
+def test_writes_in_order_through_the_buffer_with_flow_control(loop):
+    import array
+
+    async def main():
+        proto = FlowRecorder()
+        a, transport = await _connect(loop, proto)
+        transport.set_write_buffer_limits(high=64 * 1024)
+        chunks = [
+            b"first",
+            bytearray(b"second"),
+            memoryview(b"third"),
+            memoryview(array.array("i", [1, 2, 3])),
+            b"x" * 3_000_000,
+            b"",
+            b"last",
+        ]
+        for chunk in chunks:
+            transport.write(chunk)
+        buffered = transport.get_write_buffer_size()
+        got = bytearray()
+        expected = b"".join(bytes(c) for c in chunks)
+        while len(got) < len(expected):
+            try:
+                got += a.recv(1 << 20)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        transport.close()
+        await _settle(loop)
+        a.close()
+        return bytes(got) == expected, buffered > 0, proto.events
+
+    same, buffered, events = loop.run_until_complete(main())
+    assert same and buffered
+    assert events == ["made", "pause", "resume", ("lost", None)]
+
+
+@pytest.mark.parametrize(
+    "case", ["str", "int", "after_write_eof", "bytes_subclass", "after_close"]
+)
+def test_write_errors_and_odd_input_as_asyncio(loop, case):
+    class Bytes(bytes):
+        pass
+
+    async def main():
+        proto = Recorder()
+        a, transport = await _connect(loop, proto)
+        data = {"str": "text", "int": 42, "bytes_subclass": Bytes(b"sub")}.get(case, b"data")
+        if case == "after_write_eof":
+            transport.write_eof()
+        if case == "after_close":
+            transport.close()
+        try:
+            transport.write(data)
+            outcome = "ok"
+        except Exception as exc:  # noqa: BLE001 - compared
+            outcome = (type(exc).__name__, str(exc))
+        await _settle(loop)
+        try:
+            received = a.recv(100)
+        except BlockingIOError:
+            received = None
+        transport.close()
+        await _settle(loop)
+        a.close()
+        return outcome, received
+
+    expected = {
+        "str": (("TypeError", "data argument must be a bytes-like object, not 'str'"), None),
+        "int": (("TypeError", "data argument must be a bytes-like object, not 'int'"), None),
+        "after_write_eof": (("RuntimeError", "Cannot call write() after write_eof()"), b""),
+        "bytes_subclass": ("ok", b"sub"),
+        "after_close": ("ok", b""),
+    }
+    assert loop.run_until_complete(main()) == expected[case]
+
+
+def test_write_to_a_reset_peer_loses_the_connection(loop):
+    async def main():
+        proto = Recorder()
+        a, transport = await _connect(loop, proto)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        a.close()
+        for _ in range(3):
+            transport.write(b"into the void")
+            await _settle(loop)
+        return proto.events
+
+    events = loop.run_until_complete(main())
+    assert events[0] == "made"
+    assert events[-1][0] == "lost" and events[-1][1] in ("BrokenPipeError", "ConnectionResetError")

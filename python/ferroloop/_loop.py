@@ -235,24 +235,40 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
 
 class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
     """asyncio's socket transport (the running version's own class, subclassed), whose reader
-    callback is native: ``_read_ready`` is a ``ferroloop._core._TransportReader``, which does
-    what ``_read_ready__data_received`` does for a plain ``Protocol`` on a plain socket, and
-    calls ``_read_ready_cb()`` otherwise. In debug mode the reader is asyncio's method, so the
-    slow-callback log names it as asyncio's loop does. See
-    crates/ferroloop-py/src/event_loop/transport.rs."""
+    callback and ``write`` are native: ``_read_ready`` is a ``ferroloop._core._TransportReader``,
+    which does what ``_read_ready__data_received`` does for a plain ``Protocol`` on a plain
+    socket, and calls ``_read_ready_cb()`` otherwise; ``write`` is its ``write`` method, which
+    sends at once when nothing is buffered and leaves every other case to asyncio's ``write``.
+    In debug mode both are asyncio's methods, so the slow-callback log names them as asyncio's
+    loop does. See crates/ferroloop-py/src/event_loop/transport.rs."""
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         if not loop.get_debug():
             # Before asyncio's __init__, which schedules _add_reader(fd, self._read_ready).
-            self._read_ready = _core._TransportReader(self)
+            native = _core._TransportReader(self)
+            self._read_ready = native
+            self.write = native.write
         super().__init__(loop, sock, protocol, waiter, extra, server)
+
+    def _write_rest(self, data, n):
+        """asyncio's ``write`` after ``self._sock.send(data)`` took ``n`` bytes (0: it would
+        have blocked) of non-empty ``data``, with an empty buffer: wait for writability and
+        buffer the rest. The buffer is a bytearray up to 3.11, a deque of memoryviews since."""
+        self._loop._add_writer(self._sock_fd, self._write_ready)
+        if isinstance(self._buffer, bytearray):
+            self._buffer.extend(data[n:])
+        else:
+            self._buffer.append(memoryview(data)[n:])
+        self._maybe_pause_protocol()
 
     def _call_connection_lost(self, exc):
         try:
             super()._call_connection_lost(exc)
         finally:
-            # The reader holds the transport: break the cycle once the transport is done.
+            # The native reader and writer hold the transport: break the cycle once the
+            # transport is done.
             self.__dict__.pop("_read_ready", None)
+            self.__dict__.pop("write", None)
 
 
 class _SelectorView:

@@ -109,13 +109,13 @@ pub(super) fn fileno(sock: &Bound<'_, PyAny>) -> PyResult<RawFd> {
 }
 
 /// A buffer exported by a Python object, released on drop.
-struct Buffer {
+pub(super) struct Buffer {
     view: ffi::Py_buffer,
 }
 
 impl Buffer {
     /// `PyObject_GetBuffer(obj, flags)`.
-    fn get(obj: &Bound<'_, PyAny>, flags: std::os::raw::c_int) -> PyResult<Buffer> {
+    pub(super) fn get(obj: &Bound<'_, PyAny>, flags: std::os::raw::c_int) -> PyResult<Buffer> {
         // SAFETY: the GIL is held; `view` is written by PyObject_GetBuffer on success and
         // released once in `drop`; on failure an exception is set, which we fetch.
         unsafe {
@@ -129,11 +129,11 @@ impl Buffer {
         }
     }
 
-    fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.view.len as usize
     }
 
-    fn as_slice(&self) -> &[u8] {
+    pub(super) fn as_slice(&self) -> &[u8] {
         if self.view.len == 0 {
             return &[];
         }
@@ -207,7 +207,7 @@ fn recv_into(py: Python<'_>, fd: RawFd, buffer: &Buffer) -> PyResult<Option<usiz
 }
 
 /// `sock.send(data)` on a socket's fd; `None` if it would block.
-fn send(py: Python<'_>, fd: RawFd, data: &[u8]) -> PyResult<Option<usize>> {
+pub(super) fn send(py: Python<'_>, fd: RawFd, data: &[u8]) -> PyResult<Option<usize>> {
     retry_interrupted(py, || net::send(fd, data))
 }
 

@@ -22,9 +22,24 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::PyTraverseError;
 
-use super::sock::{fileno, is_plain_socket, recv_bytes};
+use super::sock::{fileno, is_plain_socket, recv_bytes, send, Buffer};
 
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `asyncio.selector_events._SelectorSocketTransport.write`.
+fn asyncio_write(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    ASYNCIO_WRITE
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("asyncio.selector_events")?
+                    .getattr("_SelectorSocketTransport")?
+                    .getattr("write")?
+                    .unbind(),
+            )
+        })
+        .map(|f| f.bind(py))
+}
 
 extern "C" {
     /// `PyMethod_Type` and `PyMethod_Function` of CPython's C API (bound methods), which
@@ -140,6 +155,64 @@ impl TransportReader {
                 Ok(())
             }
         }
+    }
+
+    /// `transport.write(data)` (the transport's instance attribute `write` is this bound
+    /// method): asyncio's `_SelectorSocketTransport.write` for the common case, sending at
+    /// once on a plain socket with nothing buffered; `_write_rest(data, n)` (Python) buffers
+    /// what the socket did not take, and every other case is asyncio's own `write`.
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some(transport) = &self.transport else {
+            return Ok(());
+        };
+        let transport = transport.bind(py);
+        let raw = data.as_ptr();
+        // SAFETY: type checks of a live object.
+        let byte_type = unsafe {
+            ffi::PyBytes_CheckExact(raw) != 0
+                || ffi::PyByteArray_CheckExact(raw) != 0
+                || std::ptr::eq(
+                    ffi::Py_TYPE(raw),
+                    std::ptr::addr_of_mut!(ffi::PyMemoryView_Type),
+                )
+        };
+        let plain = byte_type
+            && !transport.getattr(intern!(py, "_eof"))?.is_truthy()?
+            && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
+            && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
+            && transport.getattr(intern!(py, "_buffer"))?.len()? == 0;
+        let sock = transport.getattr(intern!(py, "_sock"))?;
+        let buffer = match plain && is_plain_socket(&sock)? {
+            true => Buffer::get(data, ffi::PyBUF_SIMPLE).ok(),
+            false => None,
+        };
+        // Empty data: asyncio's write returns early (after its checks); a memoryview of
+        // items wider than a byte: asyncio's slicing counts items.
+        let Some(buffer) = buffer.filter(|b| b.len() > 0 && data.len().ok() == Some(b.len()))
+        else {
+            asyncio_write(py)?.call1((transport, data))?;
+            return Ok(());
+        };
+        let sent = fileno(&sock).and_then(|fd| send(py, fd, buffer.as_slice()));
+        let sent = match sent {
+            Ok(Some(n)) if n == buffer.len() => return Ok(()),
+            Ok(Some(n)) => n,
+            Ok(None) => 0,
+            Err(error) if is_exit(&error, py) => return Err(error),
+            Err(error) => {
+                transport.call_method1(
+                    intern!(py, "_fatal_error"),
+                    (
+                        error.into_value(py),
+                        intern!(py, "Fatal write error on socket transport"),
+                    ),
+                )?;
+                return Ok(());
+            }
+        };
+        drop(buffer);
+        transport.call_method1(intern!(py, "_write_rest"), (data, sent))?;
+        Ok(())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
