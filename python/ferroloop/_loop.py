@@ -245,7 +245,7 @@ class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         if not loop.get_debug():
             # Before asyncio's __init__, which schedules _add_reader(fd, self._read_ready).
-            native = _core._TransportReader(self)
+            native = _core._TransportReader(self, self.__dict__)
             self._read_ready = native
             self.write = native.write
         super().__init__(loop, sock, protocol, waiter, extra, server)

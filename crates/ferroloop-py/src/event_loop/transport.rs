@@ -20,6 +20,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString};
 use pyo3::PyTraverseError;
 
 use super::sock::{fileno, is_plain_socket, recv_bytes, send, Buffer};
@@ -84,33 +85,55 @@ fn is_exit(error: &PyErr, py: Python<'_>) -> bool {
 #[pyclass(module = "ferroloop._core", name = "_TransportReader")]
 pub struct TransportReader {
     transport: Option<Py<PyAny>>,
+    /// The transport's `__dict__`: its attributes are read there (a generic attribute lookup
+    /// walks the transport's eight base classes first), falling back to a plain lookup for
+    /// what is not there (class attributes such as `max_size`).
+    attributes: Option<Py<PyDict>>,
+}
+
+/// `transport.<name>`, looked up in its `__dict__` first.
+fn attr<'py>(
+    transport: &Bound<'py, PyAny>,
+    attributes: &Bound<'py, PyDict>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match attributes.get_item(name)? {
+        Some(value) => Ok(value),
+        None => transport.getattr(name),
+    }
 }
 
 #[pymethods]
 impl TransportReader {
     #[new]
-    fn new(transport: Py<PyAny>) -> Self {
+    fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
         TransportReader {
             transport: Some(transport),
+            attributes: Some(attributes),
         }
     }
 
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let Some(transport) = &self.transport else {
+        let (Some(transport), Some(attributes)) = (&self.transport, &self.attributes) else {
             return Ok(());
         };
-        let transport = transport.bind(py);
-        let callback = transport.getattr(intern!(py, "_read_ready_cb"))?;
+        let (transport, attributes) = (transport.bind(py), attributes.bind(py));
+        macro_rules! get {
+            ($name:literal) => {
+                attr(transport, attributes, intern!(py, $name))
+            };
+        }
+        let callback = get!("_read_ready_cb")?;
         if !is_data_received_path(&callback)? {
             callback.call0()?;
             return Ok(());
         }
         // asyncio: _read_ready__data_received.
-        if transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()? {
+        if get!("_conn_lost")?.is_truthy()? {
             return Ok(());
         }
-        let sock = transport.getattr(intern!(py, "_sock"))?;
-        let max_size = transport.getattr(intern!(py, "max_size"))?;
+        let sock = get!("_sock")?;
+        let max_size = get!("max_size")?;
         let size = match max_size.extract::<isize>().map(usize::try_from) {
             Ok(Ok(size)) if is_plain_socket(&sock)? => size,
             // Not the usual socket or size: asyncio's own code, with its errors.
@@ -140,7 +163,7 @@ impl TransportReader {
             transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
             return Ok(());
         }
-        let protocol = transport.getattr(intern!(py, "_protocol"))?;
+        let protocol = get!("_protocol")?;
         match protocol.call_method1(intern!(py, "data_received"), (data,)) {
             Ok(_) => Ok(()),
             Err(error) if is_exit(&error, py) => Err(error),
@@ -162,10 +185,15 @@ impl TransportReader {
     /// once on a plain socket with nothing buffered; `_write_rest(data, n)` (Python) buffers
     /// what the socket did not take, and every other case is asyncio's own `write`.
     fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let Some(transport) = &self.transport else {
+        let (Some(transport), Some(attributes)) = (&self.transport, &self.attributes) else {
             return Ok(());
         };
-        let transport = transport.bind(py);
+        let (transport, attributes) = (transport.bind(py), attributes.bind(py));
+        macro_rules! get {
+            ($name:literal) => {
+                attr(transport, attributes, intern!(py, $name))
+            };
+        }
         let raw = data.as_ptr();
         // SAFETY: type checks of a live object.
         let byte_type = unsafe {
@@ -177,11 +205,11 @@ impl TransportReader {
                 )
         };
         let plain = byte_type
-            && !transport.getattr(intern!(py, "_eof"))?.is_truthy()?
-            && transport.getattr(intern!(py, "_empty_waiter"))?.is_none()
-            && !transport.getattr(intern!(py, "_conn_lost"))?.is_truthy()?
-            && transport.getattr(intern!(py, "_buffer"))?.len()? == 0;
-        let sock = transport.getattr(intern!(py, "_sock"))?;
+            && !get!("_eof")?.is_truthy()?
+            && get!("_empty_waiter")?.is_none()
+            && !get!("_conn_lost")?.is_truthy()?
+            && get!("_buffer")?.len()? == 0;
+        let sock = get!("_sock")?;
         let buffer = match plain && is_plain_socket(&sock)? {
             true => Buffer::get(data, ffi::PyBUF_SIMPLE).ok(),
             false => None,
@@ -216,10 +244,12 @@ impl TransportReader {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.transport)
+        visit.call(&self.transport)?;
+        visit.call(&self.attributes)
     }
 
     fn __clear__(&mut self) {
         self.transport = None;
+        self.attributes = None;
     }
 }
