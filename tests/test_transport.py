@@ -368,3 +368,133 @@ def test_write_to_a_reset_peer_loses_the_connection(loop):
     events = loop.run_until_complete(main())
     assert events[0] == "made"
     assert events[-1][0] == "lost" and events[-1][1] in ("BrokenPipeError", "ConnectionResetError")
+
+
+class DatagramRecorder(asyncio.DatagramProtocol):
+    def __init__(self, fail=False):
+        self.events = []
+        self.fail = fail
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.events.append((data, addr))
+        if self.fail:
+            raise ValueError("datagram_received failed")
+
+    def error_received(self, exc):
+        self.events.append(("error", type(exc).__name__))
+
+
+def _udp_socket(family=socket.AF_INET, host="127.0.0.1"):
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    return sock
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_datagrams_and_their_senders(loop, family):
+    if family == "ipv6" and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    fam, host = (socket.AF_INET, "127.0.0.1") if family == "ipv4" else (socket.AF_INET6, "::1")
+
+    async def main():
+        proto = DatagramRecorder()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: proto, local_addr=(host, 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback")
+        here = transport.get_extra_info("sockname")
+        senders = [_udp_socket(fam, host) for _ in range(10)]  # more than ferroloop caches
+        expected = []
+        for round_ in range(2):
+            for i, s in enumerate(senders):
+                payload = f"{round_}:{i}".encode()
+                s.sendto(payload, here)
+                expected.append((payload, s.getsockname()))
+                await asyncio.sleep(0.001)
+        await _settle(loop)
+        for s in senders:
+            s.close()
+        transport.close()
+        await _settle(loop)
+        return proto.events, expected
+
+    events, expected = loop.run_until_complete(main())
+    assert events == expected
+    assert all(type(addr) is tuple for _, addr in events)
+
+
+def test_datagram_max_size_truncates(loop):
+    async def main():
+        proto = DatagramRecorder()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: proto, local_addr=("127.0.0.1", 0)
+        )
+        transport.max_size = 4
+        s = _udp_socket()
+        s.sendto(b"abcdefgh", transport.get_extra_info("sockname"))
+        await _settle(loop)
+        s.close()
+        transport.close()
+        await _settle(loop)
+        return [data for data, _ in proto.events]
+
+    assert loop.run_until_complete(main()) == [b"abcd"]
+
+
+def test_datagram_error_received(loop):
+    async def main():
+        proto = DatagramRecorder()
+        closed = _udp_socket()
+        port = closed.getsockname()
+        closed.close()
+        transport, _ = await loop.create_datagram_endpoint(lambda: proto, remote_addr=port)
+        transport.sendto(b"nobody listens")
+        await _settle(loop, 0.05)
+        transport.close()
+        await _settle(loop)
+        return proto.events
+
+    assert loop.run_until_complete(main()) == [("error", "ConnectionRefusedError")]
+
+
+@pytest.mark.expect_errors
+def test_datagram_received_failure_reaches_the_exception_handler(loop, loop_errors):
+    async def main():
+        proto = DatagramRecorder(fail=True)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: proto, local_addr=("127.0.0.1", 0)
+        )
+        s = _udp_socket()
+        s.sendto(b"x", transport.get_extra_info("sockname"))
+        await _settle(loop)
+        s.close()
+        transport.close()
+        await _settle(loop)
+
+    loop.run_until_complete(main())
+    assert [e["message"] for e in loop_errors] == [
+        "Exception in callback _SelectorDatagramTransport._read_ready()"
+    ]
+    assert type(loop_errors[0]["exception"]) is ValueError
+
+
+def test_unix_datagrams(loop, tmp_path):
+    async def main():
+        proto = DatagramRecorder()
+        path = str(tmp_path / "dgram.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        transport, _ = await loop.create_datagram_endpoint(lambda: proto, sock=sock)
+        peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        peer.bind(str(tmp_path / "peer.sock"))
+        peer.sendto(b"hello", path)
+        await _settle(loop)
+        peer.close()
+        transport.close()
+        await _settle(loop)
+        return proto.events
+
+    assert loop.run_until_complete(main()) == [(b"hello", str(tmp_path / "peer.sock"))]

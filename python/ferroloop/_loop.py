@@ -210,6 +210,11 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
             return await _ASYNCIO_SOCK_SENDALL(self, sock, data)
         return await result
 
+    def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
+        if _PY312:
+            self._ensure_fd_no_transport(sock)
+        return _SelectorDatagramTransport(self, sock, protocol, address, waiter, extra)
+
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
         if _PY312:
             self._ensure_fd_no_transport(sock)
@@ -269,6 +274,26 @@ class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
             # transport is done.
             self.__dict__.pop("_read_ready", None)
             self.__dict__.pop("write", None)
+
+
+class _SelectorDatagramTransport(selector_events._SelectorDatagramTransport):
+    """asyncio's datagram transport (the running version's own class, subclassed), whose
+    reader callback is native: ``_read_ready`` is a ``ferroloop._core._DatagramReader``, which
+    does what asyncio's ``_read_ready`` does, receiving into a per-thread buffer. asyncio's
+    method in debug mode. See crates/ferroloop-py/src/event_loop/transport.rs."""
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        if not loop.get_debug():
+            # Before asyncio's __init__, which schedules _add_reader(fd, self._read_ready).
+            self._read_ready = _core._DatagramReader(self, self.__dict__)
+        super().__init__(loop, sock, protocol, address, waiter, extra)
+
+    def _call_connection_lost(self, exc):
+        try:
+            super()._call_connection_lost(exc)
+        finally:
+            # The native reader holds the transport: break the cycle once it is done.
+            self.__dict__.pop("_read_ready", None)
 
 
 class _SelectorView:

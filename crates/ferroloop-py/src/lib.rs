@@ -18,6 +18,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Loop>()?;
     event_loop::install_fast_methods(&m.py().get_type::<event_loop::Loop>())?;
     m.add_class::<event_loop::TransportReader>()?;
+    m.add_class::<event_loop::DatagramReader>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     metrics::register(m)?;

@@ -35,6 +35,68 @@ pub unsafe fn recv(fd: RawFd, buf: *mut u8, len: usize) -> io::Result<usize> {
     result(unsafe { libc::recv(fd, buf.cast(), len, libc::MSG_DONTWAIT) })
 }
 
+/// The sender of a datagram, as the kernel wrote it.
+#[derive(Clone, Copy)]
+pub struct SockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl std::fmt::Debug for SockAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SockAddr")
+            .field("family", &self.storage.ss_family)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl SockAddr {
+    /// The IPv4 address and port (host byte order), if that is what it is.
+    pub fn ipv4(&self) -> Option<([u8; 4], u16)> {
+        if self.storage.ss_family as libc::c_int != libc::AF_INET
+            || (self.len as usize) < std::mem::size_of::<libc::sockaddr_in>()
+        {
+            return None;
+        }
+        // SAFETY: the family is AF_INET and the kernel wrote a whole sockaddr_in, which
+        // sockaddr_storage is large and aligned enough to hold.
+        let sin = unsafe {
+            &*(&self.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+        };
+        Some((
+            sin.sin_addr.s_addr.to_ne_bytes(),
+            u16::from_be(sin.sin_port),
+        ))
+    }
+}
+
+/// `recvfrom(fd, buf, len, MSG_DONTWAIT)`: the byte count and the sender.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes (it may be uninitialised).
+#[inline]
+pub unsafe fn recvfrom(fd: RawFd, buf: *mut u8, len: usize) -> io::Result<(usize, SockAddr)> {
+    let mut addr = SockAddr {
+        // SAFETY: all-zero is a valid sockaddr_storage (plain integers).
+        storage: unsafe { std::mem::zeroed() },
+        len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+    };
+    // SAFETY: the caller guarantees `buf` is writable for `len` bytes; `addr.storage` is
+    // writable for `addr.len` bytes, and the kernel updates `addr.len`.
+    let n = unsafe {
+        libc::recvfrom(
+            fd,
+            buf.cast(),
+            len,
+            libc::MSG_DONTWAIT,
+            (&mut addr.storage as *mut libc::sockaddr_storage).cast(),
+            &mut addr.len,
+        )
+    };
+    result(n).map(|n| (n, addr))
+}
+
 /// `send(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL)`.
 #[inline]
 pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
@@ -75,6 +137,25 @@ mod tests {
             }
         };
         assert!(would_block(&err));
+    }
+
+    #[test]
+    fn recvfrom_reports_the_ipv4_sender() {
+        use std::net::UdpSocket;
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 16];
+        // SAFETY: `buf` is writable for its length.
+        let err = unsafe { recvfrom(b.as_raw_fd(), buf.as_mut_ptr(), buf.len()) }.unwrap_err();
+        assert!(would_block(&err));
+        a.send_to(b"ping", b.local_addr().unwrap()).unwrap();
+        // SAFETY: as above.
+        let (n, addr) = unsafe { recvfrom(b.as_raw_fd(), buf.as_mut_ptr(), buf.len()) }.unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        assert_eq!(
+            addr.ipv4(),
+            Some(([127, 0, 0, 1], a.local_addr().unwrap().port()))
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod io;
 mod sock;
 mod transport;
 
-pub(crate) use transport::TransportReader;
+pub(crate) use transport::{DatagramReader, TransportReader};
 
 pub(crate) use fast::install_fast_methods;
 

@@ -48,7 +48,7 @@ static KW_CONTEXT: KeywordNames = KeywordNames::new(&["context"]);
 /// Received data up to this size goes through a per-thread buffer, so a `sock_recv(sock,
 /// 65536)` that gets 1 KiB allocates 1 KiB, not 64. It is the size asyncio's socket
 /// transports ask for (`max_size`).
-const SCRATCH_SIZE: usize = 256 * 1024;
+pub(super) const SCRATCH_SIZE: usize = 256 * 1024;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
@@ -163,6 +163,33 @@ fn retry_interrupted<T>(
             Err(error) => return Err(os_error(error)),
         }
     }
+}
+
+/// `recvfrom(fd)` of up to `n <= SCRATCH_SIZE` bytes: the data and the sender; `None` if it
+/// would block.
+pub(super) fn recvfrom_bytes<'py>(
+    py: Python<'py>,
+    fd: RawFd,
+    n: usize,
+) -> PyResult<Option<(Bound<'py, PyAny>, net::SockAddr)>> {
+    let n = n.min(SCRATCH_SIZE);
+    SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        // SAFETY: the scratch buffer is SCRATCH_SIZE >= n writable bytes.
+        let Some((len, sender)) =
+            retry_interrupted(py, || unsafe { net::recvfrom(fd, scratch.as_mut_ptr(), n) })?
+        else {
+            return Ok(None);
+        };
+        // SAFETY: the GIL is held; the scratch buffer holds `len` received bytes.
+        let data = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyBytes_FromStringAndSize(scratch.as_ptr().cast(), len as ffi::Py_ssize_t),
+            )?
+        };
+        Ok(Some((data, sender)))
+    })
 }
 
 /// `sock.recv(n)` on a socket's fd; `None` if it would block.

@@ -23,7 +23,11 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
 use pyo3::PyTraverseError;
 
-use super::sock::{fileno, is_plain_socket, recv_bytes, send, Buffer};
+use crate::gil_cell::GilCell;
+
+use super::sock::{
+    fileno, is_plain_socket, recv_bytes, recvfrom_bytes, send, Buffer, SCRATCH_SIZE,
+};
 
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -111,6 +115,12 @@ impl TransportReader {
             transport: Some(transport),
             attributes: Some(attributes),
         }
+    }
+
+    /// The name asyncio's messages give the method this replaces.
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        "_SelectorSocketTransport._read_ready"
     }
 
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
@@ -252,4 +262,154 @@ impl TransportReader {
         self.transport = None;
         self.attributes = None;
     }
+}
+
+/// An IPv4 sender: address and port.
+type Ipv4Sender = ([u8; 4], u16);
+
+/// How many senders a [`DatagramReader`] remembers the address tuples of.
+const RECENT_SENDERS: usize = 8;
+
+/// The reader callback of one datagram transport: asyncio's
+/// `_SelectorDatagramTransport._read_ready` for an IPv4 socket (`socket.socket`, `AF_INET`):
+/// one `recvfrom` into a per-thread buffer (asyncio's `recvfrom(max_size)` allocates
+/// `max_size`, 256 KiB, for every datagram), and the sender's `(host, port)` built as `socket`
+/// builds it, or reused when one of the last few datagrams came from the same sender. Other
+/// sockets, and a `max_size` larger than the buffer, take asyncio's own method.
+#[pyclass(module = "ferroloop._core", name = "_DatagramReader")]
+pub struct DatagramReader {
+    transport: Option<Py<PyAny>>,
+    attributes: Option<Py<PyDict>>,
+    /// Whether the socket is a plain IPv4 one (checked on the first datagram).
+    ipv4: GilCell<Option<bool>>,
+    /// Recent senders and their address tuples (a server hears from a few peers in turn),
+    /// the oldest replaced first.
+    senders: GilCell<Vec<(Ipv4Sender, Py<PyAny>)>>,
+}
+
+impl DatagramReader {
+    /// `("a.b.c.d", port)`, as `socket`'s `makesockaddr` builds it (`inet_ntop`).
+    fn address<'py>(&self, py: Python<'py>, sender: Ipv4Sender) -> PyResult<Bound<'py, PyAny>> {
+        if let Some((_, address)) = self.senders.borrow(py).iter().find(|(s, _)| *s == sender) {
+            return Ok(address.bind(py).clone());
+        }
+        let host = std::net::Ipv4Addr::from(sender.0).to_string();
+        let address = (host, sender.1).into_pyobject(py)?.into_any();
+        let evicted = {
+            let mut senders = self.senders.borrow_mut(py);
+            let evicted = (senders.len() == RECENT_SENDERS).then(|| senders.remove(0));
+            senders.push((sender, address.clone().unbind()));
+            evicted
+        };
+        drop(evicted);
+        Ok(address)
+    }
+}
+
+#[pymethods]
+impl DatagramReader {
+    #[new]
+    fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
+        DatagramReader {
+            transport: Some(transport),
+            attributes: Some(attributes),
+            ipv4: GilCell::new(None),
+            senders: GilCell::new(Vec::new()),
+        }
+    }
+
+    /// The name asyncio's messages give the method this replaces ("Exception in callback
+    /// _SelectorDatagramTransport._read_ready()").
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        "_SelectorDatagramTransport._read_ready"
+    }
+
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let (Some(transport), Some(attributes)) = (&self.transport, &self.attributes) else {
+            return Ok(());
+        };
+        let (transport, attributes) = (transport.bind(py), attributes.bind(py));
+        macro_rules! get {
+            ($name:literal) => {
+                attr(transport, attributes, intern!(py, $name))
+            };
+        }
+        if get!("_conn_lost")?.is_truthy()? {
+            return Ok(());
+        }
+        let sock = get!("_sock")?;
+        let known = *self.ipv4.borrow(py);
+        let ipv4 = match known {
+            Some(ipv4) => ipv4,
+            None => {
+                let ipv4 = is_plain_socket(&sock)?
+                    && sock.getattr(intern!(py, "family"))?.extract::<i32>()? == libc::AF_INET;
+                *self.ipv4.borrow_mut(py) = Some(ipv4);
+                ipv4
+            }
+        };
+        let size = match get!("max_size")?.extract::<usize>() {
+            Ok(size) if ipv4 && size <= SCRATCH_SIZE => size,
+            _ => {
+                asyncio_datagram_read_ready(py)?.call1((transport,))?;
+                return Ok(());
+            }
+        };
+        let received = fileno(&sock).and_then(|fd| recvfrom_bytes(py, fd, size));
+        let (data, sender) = match received {
+            Ok(Some(pair)) => pair,
+            Ok(None) => return Ok(()),
+            Err(error) if error.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
+                get!("_protocol")?
+                    .call_method1(intern!(py, "error_received"), (error.into_value(py),))?;
+                return Ok(());
+            }
+            Err(error) if is_exit(&error, py) => return Err(error),
+            Err(error) => {
+                transport.call_method1(
+                    intern!(py, "_fatal_error"),
+                    (
+                        error.into_value(py),
+                        intern!(py, "Fatal read error on datagram transport"),
+                    ),
+                )?;
+                return Ok(());
+            }
+        };
+        let address = match sender.ipv4() {
+            Some(sender) => self.address(py, sender)?,
+            // No address from the kernel: what `makesockaddr` gives for an empty one.
+            None => py.None().into_bound(py),
+        };
+        get!("_protocol")?.call_method1(intern!(py, "datagram_received"), (data, address))?;
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.transport)?;
+        visit.call(&self.attributes)
+    }
+
+    fn __clear__(&mut self) {
+        self.transport = None;
+        self.attributes = None;
+        self.senders = GilCell::new(Vec::new());
+    }
+}
+
+static ASYNCIO_DATAGRAM_READ_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `asyncio.selector_events._SelectorDatagramTransport._read_ready`.
+fn asyncio_datagram_read_ready(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    ASYNCIO_DATAGRAM_READ_READY
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("asyncio.selector_events")?
+                    .getattr("_SelectorDatagramTransport")?
+                    .getattr("_read_ready")?
+                    .unbind(),
+            )
+        })
+        .map(|f| f.bind(py))
 }
