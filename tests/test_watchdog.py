@@ -490,6 +490,16 @@ def _wait_for_new_tids(before, count):
     return _watchdog_tids() - before
 
 
+def _gone(tids, timeout=5.0):
+    """True once none of ``tids`` is listed any more (waiting at most ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while tids & _watchdog_tids():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 def test_thread_ends_with_the_loop():
     # Threads are told apart by id: another test's loop, collected meanwhile, may start or
     # end its own.
@@ -502,8 +512,9 @@ def test_thread_ends_with_the_loop():
     for loop in loops:
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
-    # close() joined them: they are gone already.
-    assert not ours & _watchdog_tids()
+    # close() joined them. The kernel lists a joined thread in /proc until it has reaped it,
+    # a moment later (join returns when the thread clears its tid, while it is exiting).
+    assert _gone(ours)
     # Switching off ends it too.
     before = _watchdog_tids()
     loop = ferroloop.new_event_loop()
@@ -511,7 +522,7 @@ def test_thread_ends_with_the_loop():
     ours = _wait_for_new_tids(before, 1)
     assert len(ours) == 1
     loop.set_watchdog(None)
-    assert not ours & _watchdog_tids()
+    assert _gone(ours)
     loop.close()
 
 

@@ -31,19 +31,24 @@ use super::sock::{
 
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_DATAGRAM_READ_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// `asyncio.selector_events._SelectorSocketTransport.write`.
-fn asyncio_write(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    ASYNCIO_WRITE
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("asyncio.selector_events")?
-                    .getattr("_SelectorSocketTransport")?
-                    .getattr("write")?
-                    .unbind(),
-            )
-        })
-        .map(|f| f.bind(py))
+/// `asyncio.selector_events.<class_name>.<name>`, looked up once.
+fn asyncio_method<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    class_name: &str,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
+            py.import("asyncio.selector_events")?
+                .getattr(class_name)?
+                .getattr(name)?
+                .unbind(),
+        )
+    })
+    .map(|f| f.bind(py))
 }
 
 extern "C" {
@@ -53,23 +58,14 @@ extern "C" {
     fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
 }
 
-/// `asyncio.selector_events._SelectorSocketTransport._read_ready__data_received`.
-fn data_received_path(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    DATA_RECEIVED_PATH
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("asyncio.selector_events")?
-                    .getattr("_SelectorSocketTransport")?
-                    .getattr("_read_ready__data_received")?
-                    .unbind(),
-            )
-        })
-        .map(|f| f.bind(py))
-}
-
 /// True if `callback` is asyncio's `_read_ready__data_received` bound to a transport.
 fn is_data_received_path(callback: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let function = data_received_path(callback.py())?;
+    let function = asyncio_method(
+        callback.py(),
+        &DATA_RECEIVED_PATH,
+        "_SelectorSocketTransport",
+        "_read_ready__data_received",
+    )?;
     // SAFETY: the GIL is held; `callback` is alive. PyMethod_Function is called only on a
     // bound method (exact type checked first) and returns a borrowed reference.
     unsafe {
@@ -81,6 +77,17 @@ fn is_data_received_path(callback: &Bound<'_, PyAny>) -> PyResult<bool> {
     }
 }
 
+/// asyncio's `transport._fatal_error(exc, message)`.
+fn fatal_error(
+    transport: &Bound<'_, PyAny>,
+    error: PyErr,
+    message: &Bound<'_, PyString>,
+) -> PyResult<()> {
+    let py = transport.py();
+    transport.call_method1(intern!(py, "_fatal_error"), (error.into_value(py), message))?;
+    Ok(())
+}
+
 fn is_exit(error: &PyErr, py: Python<'_>) -> bool {
     error.is_instance_of::<PyKeyboardInterrupt>(py) || error.is_instance_of::<PySystemExit>(py)
 }
@@ -88,11 +95,52 @@ fn is_exit(error: &PyErr, py: Python<'_>) -> bool {
 /// The reader callback of one socket transport (see the module docs).
 #[pyclass(module = "ferroloop._core", name = "_TransportReader")]
 pub struct TransportReader {
+    transport: TransportRef,
+}
+
+/// A native callback's transport and the transport's `__dict__`, where its attributes are read
+/// (a generic attribute lookup walks the transport's eight base classes first), falling back
+/// to a plain lookup for what is not there (class attributes such as `max_size`). Both are
+/// dropped by the cyclic GC's `__clear__`: the transport holds the callback.
+struct TransportRef {
     transport: Option<Py<PyAny>>,
-    /// The transport's `__dict__`: its attributes are read there (a generic attribute lookup
-    /// walks the transport's eight base classes first), falling back to a plain lookup for
-    /// what is not there (class attributes such as `max_size`).
     attributes: Option<Py<PyDict>>,
+}
+
+impl TransportRef {
+    fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
+        TransportRef {
+            transport: Some(transport),
+            attributes: Some(attributes),
+        }
+    }
+
+    /// The transport and its `__dict__`, unless cleared.
+    fn bind<'py>(&self, py: Python<'py>) -> Option<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
+        match (&self.transport, &self.attributes) {
+            (Some(transport), Some(attributes)) => {
+                Some((transport.bind(py).clone(), attributes.bind(py).clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.transport)?;
+        visit.call(&self.attributes)
+    }
+
+    fn clear(&mut self) {
+        self.transport = None;
+        self.attributes = None;
+    }
+}
+
+/// `transport.<name>` for a literal name, through [`attr`].
+macro_rules! get {
+    ($py:expr, $transport:expr, $attributes:expr, $name:literal) => {
+        attr(&$transport, &$attributes, intern!($py, $name))
+    };
 }
 
 /// `transport.<name>`, looked up in its `__dict__` first.
@@ -112,8 +160,7 @@ impl TransportReader {
     #[new]
     fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
         TransportReader {
-            transport: Some(transport),
-            attributes: Some(attributes),
+            transport: TransportRef::new(transport, attributes),
         }
     }
 
@@ -124,26 +171,20 @@ impl TransportReader {
     }
 
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let (Some(transport), Some(attributes)) = (&self.transport, &self.attributes) else {
+        let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };
-        let (transport, attributes) = (transport.bind(py), attributes.bind(py));
-        macro_rules! get {
-            ($name:literal) => {
-                attr(transport, attributes, intern!(py, $name))
-            };
-        }
-        let callback = get!("_read_ready_cb")?;
+        let callback = get!(py, transport, attributes, "_read_ready_cb")?;
         if !is_data_received_path(&callback)? {
             callback.call0()?;
             return Ok(());
         }
         // asyncio: _read_ready__data_received.
-        if get!("_conn_lost")?.is_truthy()? {
+        if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
             return Ok(());
         }
-        let sock = get!("_sock")?;
-        let max_size = get!("max_size")?;
+        let sock = get!(py, transport, attributes, "_sock")?;
+        let max_size = get!(py, transport, attributes, "max_size")?;
         let size = match max_size.extract::<isize>().map(usize::try_from) {
             Ok(Ok(size)) if is_plain_socket(&sock)? => size,
             // Not the usual socket or size: asyncio's own code, with its errors.
@@ -158,12 +199,10 @@ impl TransportReader {
             Ok(None) => return Ok(()),
             Err(error) if is_exit(&error, py) => return Err(error),
             Err(error) => {
-                transport.call_method1(
-                    intern!(py, "_fatal_error"),
-                    (
-                        error.into_value(py),
-                        intern!(py, "Fatal read error on socket transport"),
-                    ),
+                fatal_error(
+                    &transport,
+                    error,
+                    intern!(py, "Fatal read error on socket transport"),
                 )?;
                 return Ok(());
             }
@@ -173,17 +212,15 @@ impl TransportReader {
             transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
             return Ok(());
         }
-        let protocol = get!("_protocol")?;
+        let protocol = get!(py, transport, attributes, "_protocol")?;
         match protocol.call_method1(intern!(py, "data_received"), (data,)) {
             Ok(_) => Ok(()),
             Err(error) if is_exit(&error, py) => Err(error),
             Err(error) => {
-                transport.call_method1(
-                    intern!(py, "_fatal_error"),
-                    (
-                        error.into_value(py),
-                        intern!(py, "Fatal error: protocol.data_received() call failed."),
-                    ),
+                fatal_error(
+                    &transport,
+                    error,
+                    intern!(py, "Fatal error: protocol.data_received() call failed."),
                 )?;
                 Ok(())
             }
@@ -195,15 +232,9 @@ impl TransportReader {
     /// once on a plain socket with nothing buffered; `_write_rest(data, n)` (Python) buffers
     /// what the socket did not take, and every other case is asyncio's own `write`.
     fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let (Some(transport), Some(attributes)) = (&self.transport, &self.attributes) else {
+        let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };
-        let (transport, attributes) = (transport.bind(py), attributes.bind(py));
-        macro_rules! get {
-            ($name:literal) => {
-                attr(transport, attributes, intern!(py, $name))
-            };
-        }
         let raw = data.as_ptr();
         // SAFETY: type checks of a live object.
         let byte_type = unsafe {
@@ -215,11 +246,11 @@ impl TransportReader {
                 )
         };
         let plain = byte_type
-            && !get!("_eof")?.is_truthy()?
-            && get!("_empty_waiter")?.is_none()
-            && !get!("_conn_lost")?.is_truthy()?
-            && get!("_buffer")?.len()? == 0;
-        let sock = get!("_sock")?;
+            && !get!(py, transport, attributes, "_eof")?.is_truthy()?
+            && get!(py, transport, attributes, "_empty_waiter")?.is_none()
+            && !get!(py, transport, attributes, "_conn_lost")?.is_truthy()?
+            && get!(py, transport, attributes, "_buffer")?.len()? == 0;
+        let sock = get!(py, transport, attributes, "_sock")?;
         let buffer = match plain && is_plain_socket(&sock)? {
             true => Buffer::get(data, ffi::PyBUF_SIMPLE).ok(),
             false => None,
@@ -228,7 +259,8 @@ impl TransportReader {
         // items wider than a byte: asyncio's slicing counts items.
         let Some(buffer) = buffer.filter(|b| b.len() > 0 && data.len().ok() == Some(b.len()))
         else {
-            asyncio_write(py)?.call1((transport, data))?;
+            asyncio_method(py, &ASYNCIO_WRITE, "_SelectorSocketTransport", "write")?
+                .call1((transport, data))?;
             return Ok(());
         };
         let sent = fileno(&sock).and_then(|fd| send(py, fd, buffer.as_slice()));
@@ -238,12 +270,10 @@ impl TransportReader {
             Ok(None) => 0,
             Err(error) if is_exit(&error, py) => return Err(error),
             Err(error) => {
-                transport.call_method1(
-                    intern!(py, "_fatal_error"),
-                    (
-                        error.into_value(py),
-                        intern!(py, "Fatal write error on socket transport"),
-                    ),
+                fatal_error(
+                    &transport,
+                    error,
+                    intern!(py, "Fatal write error on socket transport"),
                 )?;
                 return Ok(());
             }
@@ -254,13 +284,11 @@ impl TransportReader {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.transport)?;
-        visit.call(&self.attributes)
+        self.transport.traverse(&visit)
     }
 
     fn __clear__(&mut self) {
-        self.transport = None;
-        self.attributes = None;
+        self.transport.clear();
     }
 }
 
@@ -278,8 +306,7 @@ const RECENT_SENDERS: usize = 8;
 /// sockets, and a `max_size` larger than the buffer, take asyncio's own method.
 #[pyclass(module = "ferroloop._core", name = "_DatagramReader")]
 pub struct DatagramReader {
-    transport: Option<Py<PyAny>>,
-    attributes: Option<Py<PyDict>>,
+    transport: TransportRef,
     /// Whether the socket is a plain IPv4 one (checked on the first datagram).
     ipv4: GilCell<Option<bool>>,
     /// Recent senders and their address tuples (a server hears from a few peers in turn),
@@ -311,8 +338,7 @@ impl DatagramReader {
     #[new]
     fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
         DatagramReader {
-            transport: Some(transport),
-            attributes: Some(attributes),
+            transport: TransportRef::new(transport, attributes),
             ipv4: GilCell::new(None),
             senders: GilCell::new(Vec::new()),
         }
@@ -326,19 +352,13 @@ impl DatagramReader {
     }
 
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let (Some(transport), Some(attributes)) = (&self.transport, &self.attributes) else {
+        let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };
-        let (transport, attributes) = (transport.bind(py), attributes.bind(py));
-        macro_rules! get {
-            ($name:literal) => {
-                attr(transport, attributes, intern!(py, $name))
-            };
-        }
-        if get!("_conn_lost")?.is_truthy()? {
+        if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
             return Ok(());
         }
-        let sock = get!("_sock")?;
+        let sock = get!(py, transport, attributes, "_sock")?;
         let known = *self.ipv4.borrow(py);
         let ipv4 = match known {
             Some(ipv4) => ipv4,
@@ -349,10 +369,16 @@ impl DatagramReader {
                 ipv4
             }
         };
-        let size = match get!("max_size")?.extract::<usize>() {
+        let size = match get!(py, transport, attributes, "max_size")?.extract::<usize>() {
             Ok(size) if ipv4 && size <= SCRATCH_SIZE => size,
             _ => {
-                asyncio_datagram_read_ready(py)?.call1((transport,))?;
+                asyncio_method(
+                    py,
+                    &ASYNCIO_DATAGRAM_READ_READY,
+                    "_SelectorDatagramTransport",
+                    "_read_ready",
+                )?
+                .call1((transport,))?;
                 return Ok(());
             }
         };
@@ -361,18 +387,16 @@ impl DatagramReader {
             Ok(Some(pair)) => pair,
             Ok(None) => return Ok(()),
             Err(error) if error.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
-                get!("_protocol")?
+                get!(py, transport, attributes, "_protocol")?
                     .call_method1(intern!(py, "error_received"), (error.into_value(py),))?;
                 return Ok(());
             }
             Err(error) if is_exit(&error, py) => return Err(error),
             Err(error) => {
-                transport.call_method1(
-                    intern!(py, "_fatal_error"),
-                    (
-                        error.into_value(py),
-                        intern!(py, "Fatal read error on datagram transport"),
-                    ),
+                fatal_error(
+                    &transport,
+                    error,
+                    intern!(py, "Fatal read error on datagram transport"),
                 )?;
                 return Ok(());
             }
@@ -382,34 +406,17 @@ impl DatagramReader {
             // No address from the kernel: what `makesockaddr` gives for an empty one.
             None => py.None().into_bound(py),
         };
-        get!("_protocol")?.call_method1(intern!(py, "datagram_received"), (data, address))?;
+        get!(py, transport, attributes, "_protocol")?
+            .call_method1(intern!(py, "datagram_received"), (data, address))?;
         Ok(())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.transport)?;
-        visit.call(&self.attributes)
+        self.transport.traverse(&visit)
     }
 
     fn __clear__(&mut self) {
-        self.transport = None;
-        self.attributes = None;
+        self.transport.clear();
         self.senders = GilCell::new(Vec::new());
     }
-}
-
-static ASYNCIO_DATAGRAM_READ_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-/// `asyncio.selector_events._SelectorDatagramTransport._read_ready`.
-fn asyncio_datagram_read_ready(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    ASYNCIO_DATAGRAM_READ_READY
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("asyncio.selector_events")?
-                    .getattr("_SelectorDatagramTransport")?
-                    .getattr("_read_ready")?
-                    .unbind(),
-            )
-        })
-        .map(|f| f.bind(py))
 }
