@@ -10,8 +10,9 @@
 //! 1. The thread never touches the loop's `GilCell` state: it reads atomics, and under the
 //!    GIL only Python-visible objects (`sys._current_frames()`, the current task).
 //! 2. `stop()` (called by `loop.close()`) sets the stop flag, then joins with the GIL
-//!    released; the thread re-checks the flag after taking the GIL, so no report is made
-//!    after `stop()` returned.
+//!    released; the thread re-checks the flag after taking the GIL before a "blocked"
+//!    report, and the "released" report of a block it announced is made before it ends, so
+//!    no report is made after `stop()` returned and no announced block is left open.
 //! 3. A watchdog that is dropped without `stop()` (its loop was collected) only sets the flag:
 //!    the thread ends at its next tick.
 
@@ -179,18 +180,19 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
             }) => {
                 probe.take_block_end();
                 if std::mem::take(&mut announced) {
+                    // A block announced with "blocked" always gets its "released", even when
+                    // `stop()` was called while this thread waited for the GIL: `stop()` joins
+                    // the thread, so the report still comes before it returns.
                     Python::attach(|py| {
-                        if stopping || !control.is_stopped() {
-                            let (kind, duration_ns, gil_wait_ns) = ("released", total_ns, 0);
-                            let report_ = Report {
-                                kind,
-                                started_ns,
-                                duration_ns,
-                                cpu_fraction,
-                                gil_wait_ns,
-                            };
-                            report(py, &shared, report_);
-                        }
+                        let (kind, duration_ns, gil_wait_ns) = ("released", total_ns, 0);
+                        let report_ = Report {
+                            kind,
+                            started_ns,
+                            duration_ns,
+                            cpu_fraction,
+                            gil_wait_ns,
+                        };
+                        report(py, &shared, report_);
                     });
                 }
             }
