@@ -183,17 +183,14 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
                     // A block announced with "blocked" always gets its "released", even when
                     // `stop()` was called while this thread waited for the GIL: `stop()` joins
                     // the thread, so the report still comes before it returns.
-                    Python::attach(|py| {
-                        let (kind, duration_ns, gil_wait_ns) = ("released", total_ns, 0);
-                        let report_ = Report {
-                            kind,
-                            started_ns,
-                            duration_ns,
-                            cpu_fraction,
-                            gil_wait_ns,
-                        };
-                        report(py, &shared, report_);
-                    });
+                    let released = Report {
+                        kind: "released",
+                        started_ns,
+                        duration_ns: total_ns,
+                        cpu_fraction,
+                        gil_wait_ns: 0,
+                    };
+                    Python::attach(|py| report(py, &shared, released));
                 }
             }
         }

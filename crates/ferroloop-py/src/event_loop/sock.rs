@@ -150,6 +150,25 @@ impl Drop for Buffer {
     }
 }
 
+/// `data` as one contiguous run of bytes, if it is a `bytes`, `bytearray` or `memoryview`
+/// (exactly those types) whose `len()` is its byte count, as asyncio's send arithmetic
+/// (`n == len(data)`, `data[n:]`) assumes. `None` for anything else: asyncio's code then
+/// raises its error, or counts the way it does (a memoryview of items wider than a byte).
+pub(super) fn byte_buffer(data: &Bound<'_, PyAny>) -> Option<Buffer> {
+    let raw = data.as_ptr();
+    // SAFETY: type checks of a live object.
+    let byte_type = unsafe {
+        ffi::PyBytes_CheckExact(raw) != 0
+            || ffi::PyByteArray_CheckExact(raw) != 0
+            || ptr::eq(ffi::Py_TYPE(raw), ptr::addr_of_mut!(ffi::PyMemoryView_Type))
+    };
+    if !byte_type {
+        return None;
+    }
+    let buffer = Buffer::get(data, ffi::PyBUF_SIMPLE).ok()?;
+    (data.len().ok() == Some(buffer.len())).then_some(buffer)
+}
+
 /// Retry an interrupted call after running the signal handlers (PEP 475, as `socket` does).
 fn retry_interrupted<T>(
     py: Python<'_>,
@@ -494,6 +513,11 @@ fn wait<'py>(
     Ok(future)
 }
 
+/// What the `_sock_*_native` methods return to have the coroutine run asyncio's own method.
+fn use_asyncio(py: Python<'_>) -> Bound<'_, PyAny> {
+    py.NotImplemented().into_bound(py)
+}
+
 /// `sock_recv(sock, n)`: the data, a future of it, or `NotImplemented`.
 pub(super) fn recv_start<'py>(
     slf: &Bound<'py, Loop>,
@@ -507,7 +531,7 @@ pub(super) fn recv_start<'py>(
         && unsafe { ffi::PyLong_CheckExact(n.as_ptr()) } != 0;
     // An int too large for a size: asyncio's code raises `socket`'s OverflowError.
     let Some(n) = plain.then(|| n.extract::<isize>().ok()).flatten() else {
-        return Ok(py.NotImplemented().into_bound(py));
+        return Ok(use_asyncio(py));
     };
     let Ok(n) = usize::try_from(n) else {
         return Err(PyValueError::new_err("negative buffersize in recv"));
@@ -527,11 +551,11 @@ pub(super) fn recv_into_start<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = slf.py();
     if slf.get().is_debug() || !is_plain_socket(sock)? {
-        return Ok(py.NotImplemented().into_bound(py));
+        return Ok(use_asyncio(py));
     }
     // Not a writable buffer: asyncio's code raises `recv_into`'s TypeError.
     let Ok(buffer) = Buffer::get(buf, ffi::PyBUF_WRITABLE) else {
-        return Ok(py.NotImplemented().into_bound(py));
+        return Ok(use_asyncio(py));
     };
     let fd = fileno(sock)?;
     if let Some(n) = recv_into(py, fd, &buffer)? {
@@ -552,26 +576,12 @@ pub(super) fn sendall_start<'py>(
     data: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = slf.py();
-    let raw = data.as_ptr();
-    // bytes, bytearray and memoryview: their len() is their byte count once a contiguous
-    // byte buffer is exported (asyncio compares what `send` returns with `len(data)`).
-    // SAFETY: type checks of a live object.
-    let byte_sized = unsafe {
-        ffi::PyBytes_CheckExact(raw) != 0
-            || ffi::PyByteArray_CheckExact(raw) != 0
-            || ptr::eq(ffi::Py_TYPE(raw), ptr::addr_of_mut!(ffi::PyMemoryView_Type))
-    };
-    if slf.get().is_debug() || !byte_sized || !is_plain_socket(sock)? {
-        return Ok(py.NotImplemented().into_bound(py));
+    if slf.get().is_debug() || !is_plain_socket(sock)? {
+        return Ok(use_asyncio(py));
     }
-    // Not contiguous: asyncio's code raises `send`'s error.
-    let Ok(buffer) = Buffer::get(data, ffi::PyBUF_SIMPLE) else {
-        return Ok(py.NotImplemented().into_bound(py));
+    let Some(buffer) = byte_buffer(data) else {
+        return Ok(use_asyncio(py));
     };
-    if data.len()? != buffer.len() {
-        // A memoryview of items wider than a byte: asyncio's own arithmetic applies.
-        return Ok(py.NotImplemented().into_bound(py));
-    }
     let fd = fileno(sock)?;
     let sent = send(py, fd, buffer.as_slice())?.unwrap_or(0);
     if sent == buffer.len() {
@@ -580,7 +590,8 @@ pub(super) fn sendall_start<'py>(
     drop(buffer);
     // SAFETY: the GIL is held; PyMemoryView_FromObject returns a new reference or NULL with
     // an exception set.
-    let view = unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyMemoryView_FromObject(raw))? };
+    let view =
+        unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyMemoryView_FromObject(data.as_ptr()))? };
     let operation = Operation::SendAll {
         view: view.unbind(),
         sent,

@@ -26,7 +26,7 @@ use pyo3::PyTraverseError;
 use crate::gil_cell::GilCell;
 
 use super::sock::{
-    fileno, is_plain_socket, recv_bytes, recvfrom_bytes, send, Buffer, SCRATCH_SIZE,
+    byte_buffer, fileno, is_plain_socket, recv_bytes, recvfrom_bytes, send, SCRATCH_SIZE,
 };
 
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -235,30 +235,17 @@ impl TransportReader {
         let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };
-        let raw = data.as_ptr();
-        // SAFETY: type checks of a live object.
-        let byte_type = unsafe {
-            ffi::PyBytes_CheckExact(raw) != 0
-                || ffi::PyByteArray_CheckExact(raw) != 0
-                || std::ptr::eq(
-                    ffi::Py_TYPE(raw),
-                    std::ptr::addr_of_mut!(ffi::PyMemoryView_Type),
-                )
-        };
-        let plain = byte_type
-            && !get!(py, transport, attributes, "_eof")?.is_truthy()?
+        let plain = !get!(py, transport, attributes, "_eof")?.is_truthy()?
             && get!(py, transport, attributes, "_empty_waiter")?.is_none()
             && !get!(py, transport, attributes, "_conn_lost")?.is_truthy()?
             && get!(py, transport, attributes, "_buffer")?.len()? == 0;
         let sock = get!(py, transport, attributes, "_sock")?;
         let buffer = match plain && is_plain_socket(&sock)? {
-            true => Buffer::get(data, ffi::PyBUF_SIMPLE).ok(),
+            true => byte_buffer(data),
             false => None,
         };
-        // Empty data: asyncio's write returns early (after its checks); a memoryview of
-        // items wider than a byte: asyncio's slicing counts items.
-        let Some(buffer) = buffer.filter(|b| b.len() > 0 && data.len().ok() == Some(b.len()))
-        else {
+        // Empty data: asyncio's write returns early (after its checks).
+        let Some(buffer) = buffer.filter(|b| b.len() > 0) else {
             asyncio_method(py, &ASYNCIO_WRITE, "_SelectorSocketTransport", "write")?
                 .call1((transport, data))?;
             return Ok(());
