@@ -362,3 +362,43 @@ def test_set_debug_while_running(loop):
 
     loop.run_until_complete(main())
     assert seen[0] > 0 and seen[1] == 0
+
+
+def test_task_source_traceback_names_the_caller(loop):
+    # asyncio's Task records where create_task was called; no ferroloop frame may appear.
+    loop.set_debug(True)
+
+    async def noop():
+        pass
+
+    async def main():
+        t1 = loop.create_task(noop()); line1 = sys._getframe().f_lineno  # noqa: E702
+        t2 = asyncio.create_task(noop())
+        await asyncio.gather(t1, t2)
+        return t1, t2, line1
+
+    t1, t2, line1 = loop.run_until_complete(main())
+    assert t1._source_traceback[-1].filename == __file__
+    assert t1._source_traceback[-1].lineno == line1
+    # asyncio.create_task -> loop.create_task: the last frame is asyncio's tasks.py.
+    assert t2._source_traceback[-1].filename == asyncio.tasks.__file__
+    for frame in t1._source_traceback + t2._source_traceback:
+        assert "ferroloop" not in frame.filename, frame
+    assert f"created at {__file__}:{line1}>" in repr(t1)
+
+
+def test_task_factory_source_traceback_has_no_ferroloop_frame(loop):
+    loop.set_debug(True)
+    loop.set_task_factory(lambda loop, coro, **kw: asyncio.Task(coro, loop=loop, **kw))
+
+    async def noop():
+        pass
+
+    async def main():
+        t = loop.create_task(noop())
+        await t
+        return t
+
+    t = loop.run_until_complete(main())
+    for frame in t._source_traceback:
+        assert "ferroloop" not in frame.filename, frame

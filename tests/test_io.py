@@ -456,3 +456,72 @@ def test_reader_removed_fd_closed_number_reused_and_added_back(loop):
     c.close()
     d.close()
     assert calls == [b"new"]
+
+
+# A socket registered by object and closed since: asyncio's selector finds the registration by
+# the object (its fileno() is -1 now) and removes it.
+
+
+def _closed_registered_socket(loop, pair, reader, writer):
+    a, b = pair
+    if reader:
+        loop.add_reader(a, print)
+    if writer:
+        loop.add_writer(a, print)
+    a.close()
+    return a
+
+
+def _outcome(call, *args):
+    try:
+        return call(*args)
+    except Exception as e:  # noqa: BLE001
+        return (type(e), getattr(e, "errno", None), str(e))
+
+
+def test_remove_reader_of_closed_socket(loop, pair):
+    a = _closed_registered_socket(loop, pair, reader=True, writer=False)
+    assert loop.remove_reader(a) is True
+    # Gone: the object no longer names anything.
+    assert _outcome(loop.remove_reader, a) == (ValueError, None, "Invalid file descriptor: -1")
+
+
+def test_remove_writer_of_closed_socket(loop, pair):
+    a = _closed_registered_socket(loop, pair, reader=False, writer=True)
+    assert loop.remove_writer(a) is True
+    assert _outcome(loop.remove_writer, a) == (ValueError, None, "Invalid file descriptor: -1")
+
+
+def test_remove_unregistered_interest_of_closed_socket(loop, pair):
+    a = _closed_registered_socket(loop, pair, reader=True, writer=False)
+    assert loop.remove_writer(a) is False
+    assert loop.remove_reader(a) is True
+
+
+@pytest.mark.parametrize("first, second", [("reader", "writer"), ("writer", "reader")])
+def test_remove_one_of_two_of_closed_socket(loop, pair, first, second):
+    # asyncio's selector tries to modify the closed fd's registration: EBADF, and the whole
+    # registration is dropped.
+    a = _closed_registered_socket(loop, pair, reader=True, writer=True)
+    import errno
+
+    got = _outcome(getattr(loop, f"remove_{first}"), a)
+    assert got[:2] == (OSError, errno.EBADF)
+    got = _outcome(getattr(loop, f"remove_{second}"), a)
+    assert got == (ValueError, None, "Invalid file descriptor: -1")
+
+
+def test_closed_socket_key_found_by_object(loop, pair):
+    a = _closed_registered_socket(loop, pair, reader=True, writer=False)
+    key = loop._selector.get_key(a)
+    assert key.fileobj is a
+    assert key.events == 1
+    assert loop.remove_reader(a) is True
+    assert _outcome(loop._selector.get_key, a)[0] is ValueError
+
+
+def test_unregistered_closed_socket(loop):
+    a, b = socket.socketpair()
+    a.close()
+    b.close()
+    assert _outcome(loop.remove_reader, a) == (ValueError, None, "Invalid file descriptor: -1")

@@ -60,10 +60,3 @@ def log_slow_callback(loop, handle, elapsed):
         base_events.logger.warning(
             "Executing %s took %.3f seconds", base_events._format_handle(handle), elapsed
         )
-
-
-def create_task_slow(loop, coro, name, context, kwargs):
-    """The running version's own ``BaseEventLoop.create_task`` (task factory, debug mode)."""
-    if context is not None:
-        kwargs["context"] = context
-    return base_events.BaseEventLoop.create_task(loop, coro, name=name, **kwargs)

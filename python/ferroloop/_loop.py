@@ -81,14 +81,8 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
         self._bind_weakref(weakref.ref(self))
         self._selector = _SelectorView(self)
 
-    def run_forever(self):
-        """Run until ``stop()`` is called."""
-        self._run_forever_setup()
-        try:
-            self._watchdog_run_starting()
-            self._run_until_stopped()
-        finally:
-            self._run_forever_cleanup()
+    # run_forever is native (ferroloop._core.Loop): _run_forever_setup(), the watchdog's
+    # start, the iterations, _run_forever_cleanup().
 
     if not _HAS_RUN_FOREVER_SETUP:
         # asyncio 3.13 split BaseEventLoop.run_forever into these two (gh-110771); earlier
@@ -312,12 +306,17 @@ class _SelectorView:
         found = None if loop is None else loop._fd_key(fd)
         if found is None:
             return None
-        events, reader, writer = found
-        return selectors.SelectorKey(fd, fd, events, (reader, writer))
+        fileobj, events, reader, writer = found
+        return selectors.SelectorKey(fileobj, fd, events, (reader, writer))
 
     def get_key(self, fileobj):
-        fd = selectors._fileobj_to_fd(fileobj)
-        key = self._key(fd)
+        loop = self._loop()
+        if loop is None:
+            fd = selectors._fileobj_to_fd(fileobj)
+        else:
+            # asyncio's selector finds a registered socket closed since by the object.
+            fd = loop._lookup_fd(fileobj)
+        key = None if fd is None else self._key(fd)
         if key is None:
             raise KeyError(f"{fileobj!r} is not registered")
         return key

@@ -203,17 +203,16 @@ def _is_library(filename: str) -> bool:
 _ANONYMOUS = frozenset({"<genexpr>", "<listcomp>", "<setcomp>", "<dictcomp>"})
 
 
-def _loop_frames(thread_id):
+def _loop_frames(loop, thread_id):
     """The loop thread's frames above the loop's own machinery, innermost first."""
     frame = sys._current_frames().get(thread_id)
     if frame is None:
         return []
-    from ._loop import Loop
-
-    run_forever = Loop.run_forever.__code__
+    # Up to (not including) the frame that called run_forever (which is native); if it is
+    # not on the stack, the whole stack.
+    caller = loop._run_forever_caller()
     frames = []
-    # Up to (not including) run_forever; if it is not on the stack, the whole stack.
-    while frame is not None and frame.f_code is not run_forever:
+    while frame is not None and frame is not caller:
         frames.append(frame)
         frame = frame.f_back
     return frames
@@ -323,7 +322,7 @@ def _build(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wai
             thread_id=thread_id,
             loop=loop,
         )
-    frames = _loop_frames(thread_id)
+    frames = _loop_frames(loop, thread_id)
     user = _user_frame(frames)
     task = _current_task(loop)
     task_name = coro = None

@@ -112,6 +112,15 @@ pub unsafe fn call_discarding(callback: &Py<PyAny>, args: Option<&Args>) -> bool
     }
 }
 
+/// The calling thread's innermost Python frame (`PyEval_GetFrame`), if any.
+pub fn current_frame(py: Python<'_>) -> Option<Bound<'_, PyAny>> {
+    // SAFETY: the GIL is held (`py`); the frame is a borrowed reference, taken as a new one.
+    unsafe {
+        let frame = ffi::PyEval_GetFrame();
+        Bound::from_borrowed_ptr_or_opt(py, frame.cast())
+    }
+}
+
 /// Run pending Python signal handlers (`PyErr_CheckSignals`): a `KeyboardInterrupt` or any
 /// exception a handler raises comes back as `Err`.
 pub fn check_signals(py: Python<'_>) -> PyResult<()> {

@@ -16,13 +16,16 @@ use crate::errors::os_error;
 use crate::ffi::check_signals;
 use crate::handles::{Args, Handle, Kind};
 
-/// `(events, reader, writer)` of one fd, as `loop._fd_key` returns it.
-pub(super) type FdKey = (u8, Option<Py<Handle>>, Option<Py<Handle>>);
+/// `(fileobj, events, reader, writer)` of one fd, as `loop._fd_key` returns it.
+pub(super) type FdKey = (Py<PyAny>, u8, Option<Py<Handle>>, Option<Py<Handle>>);
 
 #[derive(Default)]
 pub(super) struct IoHandles {
     pub(super) reader: Option<Py<Handle>>,
     pub(super) writer: Option<Py<Handle>>,
+    /// The object the fd was first registered with, when it was not an int (asyncio's
+    /// `SelectorKey.fileobj`): a socket closed since still finds its registration by it.
+    pub(super) fileobj: Option<Py<PyAny>>,
 }
 
 /// asyncio: `selectors._fileobj_to_fd`. `Ok(None)`: a valid integer too large for a C int
@@ -175,8 +178,12 @@ impl Loop {
     ) -> PyResult<Py<Handle>> {
         let py = slf.py();
         slf.get().check_closed(py)?;
-        let fd = to_fd(fileobj)?.ok_or_else(c_int_overflow)?;
-        Loop::set_io_handle_fd(
+        let fd = slf
+            .get()
+            .lookup_fd(py, fileobj)?
+            .0
+            .ok_or_else(c_int_overflow)?;
+        let handle = Loop::set_io_handle_fd(
             slf,
             fd,
             callback,
@@ -184,7 +191,43 @@ impl Loop {
             None,
             interest,
             false,
-        )
+        )?;
+        if !fileobj.is_instance_of::<PyInt>() {
+            let mut state = slf.get().state.borrow_mut(py);
+            if let Some(entry) = state.io.get_mut(&fd) {
+                entry
+                    .fileobj
+                    .get_or_insert_with(|| fileobj.clone().unbind());
+            }
+        }
+        Ok(handle)
+    }
+
+    /// asyncio: `_BaseSelectorImpl._fileobj_lookup`, the fd of `fileobj`, and whether it was
+    /// found by the object it was registered with because the object itself no longer has a
+    /// valid fd (a socket closed since: `fileno()` is -1).
+    pub(super) fn lookup_fd(
+        &self,
+        py: Python<'_>,
+        fileobj: &Bound<'_, PyAny>,
+    ) -> PyResult<(Option<RawFd>, bool)> {
+        match to_fd(fileobj) {
+            Ok(fd) => Ok((fd, false)),
+            Err(error) if error.is_instance_of::<PyValueError>(py) => {
+                let state = self.state.borrow(py);
+                let found = state.io.iter().find(|(_, entry)| {
+                    entry
+                        .fileobj
+                        .as_ref()
+                        .is_some_and(|o| o.as_ptr() == fileobj.as_ptr())
+                });
+                match found {
+                    Some((fd, _)) => Ok((Some(*fd), true)),
+                    None => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// `_add_reader`/`_add_writer` on a known fd, with an optional context (`None`: a copy
@@ -236,13 +279,50 @@ impl Loop {
         fileobj: &Bound<'_, PyAny>,
         interest: Interest,
     ) -> PyResult<bool> {
-        if slf.get().state.borrow(slf.py()).closed {
+        let py = slf.py();
+        if slf.get().state.borrow(py).closed {
             return Ok(false);
         }
-        let Some(fd) = to_fd(fileobj)? else {
+        let (Some(fd), closed) = slf.get().lookup_fd(py, fileobj)? else {
             return Ok(false);
         };
+        if closed {
+            return Loop::clear_closed_io_handle(slf, fd, interest);
+        }
         Loop::clear_io_handle_fd(slf, fd, interest, false)
+    }
+
+    /// `_remove_reader`/`_remove_writer` of an object closed since it was registered, as
+    /// asyncio's selector does it: with no interest left the registration goes, as usual, and
+    /// with the removed interest not registered nothing changes; with the other interest
+    /// left, the selector's `modify` of the closed fd fails, drops the
+    /// whole registration (its handles are not cancelled) and raises `OSError(EBADF)`.
+    fn clear_closed_io_handle(
+        slf: &Bound<'_, Self>,
+        fd: RawFd,
+        interest: Interest,
+    ) -> PyResult<bool> {
+        let py = slf.py();
+        let removed = {
+            let mut state = slf.get().state.borrow_mut(py);
+            let state = &mut *state;
+            let current = state.registrar.interest(fd);
+            let remaining = current.without(interest);
+            // Unchanged events: asyncio's `modify` makes no system call.
+            if remaining.is_empty() || remaining == current {
+                None
+            } else {
+                state.registrar.shrink_interest(fd, Interest::NONE);
+                state.io.remove(&fd)
+            }
+        };
+        match removed {
+            None => Loop::clear_io_handle_fd(slf, fd, interest, false),
+            Some(entry) => {
+                drop(entry);
+                Err(os_error(std::io::Error::from_raw_os_error(libc::EBADF)))
+            }
+        }
     }
 
     /// `_remove_reader`/`_remove_writer` on a known fd. `park`: leave the kernel's

@@ -36,15 +36,16 @@ use ferroloop_core::reactor::{self, FdMap, Interest, IoEvent, Poller, Registrar}
 use ferroloop_core::time::clock::CLOCK_RESOLUTION;
 use ferroloop_core::time::{monotonic, TimerEntry, TimerHeap};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
 use crate::errors::os_error;
 use crate::ffi::{call_with_keywords, construct, KeywordNames};
-use crate::ffi::{check_signals, copy_context, sole_owner, untrack};
+use crate::ffi::{check_signals, copy_context, current_frame, sole_owner, untrack};
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
-use crate::python_hooks::{asyncio_future, asyncio_task, call_hook};
+use crate::python_hooks::{asyncio_base_create_task, asyncio_future, asyncio_task, call_hook};
 use crate::shared::LoopShared;
 
 static KW_LOOP: KeywordNames = KeywordNames::new(&["loop"]);
@@ -121,6 +122,9 @@ struct LoopState {
     timer_pool: Vec<Py<Handle>>,
     /// asyncio's `_task_factory` (`set_task_factory`/`get_task_factory`).
     task_factory: Option<Py<PyAny>>,
+    /// While `run_forever` runs: the frame that called it, where the loop's own machinery
+    /// ends on the loop thread's stack (the watchdog shows the frames above it).
+    run_forever_caller: Option<Py<PyAny>>,
 }
 
 #[pyclass(module = "ferroloop._core", name = "Loop", subclass, frozen)]
@@ -627,6 +631,7 @@ impl Loop {
                 parked_owners: FdMap::default(),
                 pool_trim_at: None,
                 task_factory: None,
+                run_forever_caller: None,
                 handle_pool: Vec::with_capacity(HANDLE_POOL_IDLE),
                 timer_pool: Vec::new(),
             }),
@@ -736,11 +741,18 @@ impl Loop {
             && !this.is_debug()
             && this.state.borrow(py).task_factory.is_none();
         if !simple {
-            let extra = match kwargs {
+            // The running version's own method, called from here so that no ferroloop frame
+            // is on the stack a debug-mode task records as its source traceback. `context`
+            // is passed only when given: 3.10's create_task has no such parameter.
+            let all = match kwargs {
                 Some(k) => k.copy()?,
                 None => pyo3::types::PyDict::new(py),
             };
-            return call_hook(py, "create_task_slow", (slf, coro, name, context, extra));
+            all.set_item(intern!(py, "name"), name)?;
+            if let Some(context) = context {
+                all.set_item(intern!(py, "context"), context)?;
+            }
+            return asyncio_base_create_task(py)?.call((slf, coro), Some(&all));
         }
         let none = py.None().into_bound(py);
         let name = name.unwrap_or(&none);
@@ -764,6 +776,43 @@ impl Loop {
     /// asyncio: `BaseEventLoop._run_once`.
     fn _run_once(slf: &Bound<'_, Self>) -> PyResult<()> {
         Loop::run_once_impl(slf)
+    }
+
+    /// Run until `stop()` is called: `_run_forever_setup()`, the watchdog's start, the
+    /// iterations, and `_run_forever_cleanup()` whatever happened. Native, so that no frame of
+    /// ferroloop's is on the stack of the callbacks it runs (a debug-mode task records that
+    /// stack as its source traceback).
+    fn run_forever(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        slf.call_method0(intern!(py, "_run_forever_setup"))?;
+        let caller = current_frame(py).map(Bound::unbind);
+        let previous = std::mem::replace(
+            &mut slf.get().state.borrow_mut(py).run_forever_caller,
+            caller,
+        );
+        let outcome = slf
+            .call_method0(intern!(py, "_watchdog_run_starting"))
+            .and_then(|_| Loop::_run_until_stopped(slf));
+        let ours = std::mem::replace(
+            &mut slf.get().state.borrow_mut(py).run_forever_caller,
+            previous,
+        );
+        drop(ours);
+        // As a `finally:` clause, whose own exception would replace the body's.
+        let cleanup = slf.call_method0(intern!(py, "_run_forever_cleanup"));
+        match (outcome, cleanup) {
+            (_, Err(error)) => Err(error),
+            (outcome, Ok(_)) => outcome,
+        }
+    }
+
+    /// The frame that called the running `run_forever`, or `None`.
+    fn _run_forever_caller(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.state
+            .borrow(py)
+            .run_forever_caller
+            .as_ref()
+            .map(|f| f.clone_ref(py))
     }
 
     /// The body of `run_forever`: iterate until `stop()` was called.
@@ -914,11 +963,15 @@ impl Loop {
         drop((ready, timers, io));
     }
 
-    /// What is registered for `fd`: `(events, reader, writer)` with asyncio's selector event
-    /// bits (1: read, 2: write), or `None`. Backs `loop._selector.get_key()`.
+    /// What is registered for `fd`: `(fileobj, events, reader, writer)` with asyncio's
+    /// selector event bits (1: read, 2: write), or `None`. Backs `loop._selector.get_key()`.
     fn _fd_key(&self, py: Python<'_>, fd: RawFd) -> Option<FdKey> {
         let state = self.state.borrow(py);
         let entry = state.io.get(&fd)?;
+        let fileobj = match &entry.fileobj {
+            Some(fileobj) => fileobj.clone_ref(py),
+            None => fd.into_pyobject(py).ok()?.into_any().unbind(),
+        };
         let mut events = 0;
         if entry.reader.is_some() {
             events |= 1;
@@ -927,10 +980,17 @@ impl Loop {
             events |= 2;
         }
         Some((
+            fileobj,
             events,
             entry.reader.as_ref().map(|h| h.clone_ref(py)),
             entry.writer.as_ref().map(|h| h.clone_ref(py)),
         ))
+    }
+
+    /// asyncio's `selectors._fileobj_to_fd` of a registered object, which finds a socket
+    /// closed since by the object it was registered with (for `loop._selector.get_key()`).
+    fn _lookup_fd(&self, py: Python<'_>, fileobj: &Bound<'_, PyAny>) -> PyResult<Option<RawFd>> {
+        Ok(self.lookup_fd(py, fileobj)?.0)
     }
 
     /// Registered fds (for `loop._selector.get_map()`).
