@@ -171,7 +171,7 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
                     logger.error("Unable to clean up listening UNIX socket %r: %r", path, err)
 
     # The sock_* data path: the system calls, the wait for readiness and the done callback
-    # are native (``_sock_*_native``, see crates/ferroloop-py/src/event_loop/sock.rs); each
+    # are native (``_sock_*_native``, see crates/ferroloop-py/src/net/sock_ops.rs); each
     # gives back the result, a future to await, or NotImplemented when the call is not a
     # plain one (not exactly a socket.socket, an unusual argument type, debug mode), which
     # takes asyncio's own code. They stay coroutines, as asyncio's: create_task() takes them.
@@ -239,7 +239,7 @@ class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
     socket, and calls ``_read_ready_cb()`` otherwise; ``write`` is its ``write`` method, which
     sends at once when nothing is buffered and leaves every other case to asyncio's ``write``.
     In debug mode both are asyncio's methods, so the slow-callback log names them as asyncio's
-    loop does. See crates/ferroloop-py/src/event_loop/transport.rs."""
+    loop does. See crates/ferroloop-py/src/net/stream.rs."""
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         if not loop.get_debug():
@@ -274,7 +274,7 @@ class _SelectorDatagramTransport(selector_events._SelectorDatagramTransport):
     """asyncio's datagram transport (the running version's own class, subclassed), whose
     reader callback is native: ``_read_ready`` is a ``ferroloop._core._DatagramReader``, which
     does what asyncio's ``_read_ready`` does, receiving into a per-thread buffer. asyncio's
-    method in debug mode. See crates/ferroloop-py/src/event_loop/transport.rs."""
+    method in debug mode. See crates/ferroloop-py/src/net/datagram.rs."""
 
     def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
         if not loop.get_debug():

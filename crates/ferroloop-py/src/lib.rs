@@ -7,6 +7,7 @@ mod ffi;
 mod gil_cell;
 mod handles;
 mod metrics;
+mod net;
 mod python_hooks;
 mod shared;
 mod watchdog;
@@ -17,8 +18,8 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Loop>()?;
     event_loop::install_fast_methods(&m.py().get_type::<event_loop::Loop>())?;
-    m.add_class::<event_loop::TransportReader>()?;
-    m.add_class::<event_loop::DatagramReader>()?;
+    m.add_class::<net::TransportReader>()?;
+    m.add_class::<net::DatagramReader>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     metrics::register(m)?;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use ferroloop_core::reactor::{Interest, IoEvent};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyInt, PyTuple};
+use pyo3::types::{PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 
 use super::{new_untracked, Loop, Ready};
 use crate::errors::os_error;
@@ -234,7 +234,7 @@ impl Loop {
     /// of the current one, as asyncio's `Handle` takes). `same_file`: the caller knows that
     /// `fd` has named the same open file since the loop last registered it (see
     /// `Registrar::set_interest_same_file`).
-    pub(super) fn set_io_handle_fd(
+    pub(crate) fn set_io_handle_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         callback: Bound<'_, PyAny>,
@@ -327,7 +327,7 @@ impl Loop {
 
     /// `_remove_reader`/`_remove_writer` on a known fd. `park`: leave the kernel's
     /// registration as it is until a poll reports the fd for nothing (see `Registrar::park`).
-    pub(super) fn clear_io_handle_fd(
+    pub(crate) fn clear_io_handle_fd(
         slf: &Bound<'_, Self>,
         fd: RawFd,
         interest: Interest,
@@ -368,5 +368,35 @@ impl Loop {
         };
         Handle::cancel_impl(previous.bind(py))?;
         Ok(true)
+    }
+
+    /// Remember the socket object (a weak reference) whose `sock_*` wait parked `fd`'s reader.
+    pub(crate) fn set_parked_owner(&self, py: Python<'_>, fd: RawFd, owner: Py<PyAny>) {
+        let previous = self.state.borrow_mut(py).parked_owners.insert(fd, owner);
+        drop(previous);
+    }
+
+    /// Whether `sock` itself, still alive, parked `fd`'s reader: then the fd has named the
+    /// same open file since (a socket object never gets another fd).
+    pub(crate) fn parked_owner_is(
+        &self,
+        py: Python<'_>,
+        fd: RawFd,
+        sock: &Bound<'_, PyAny>,
+    ) -> bool {
+        let owner = self
+            .state
+            .borrow(py)
+            .parked_owners
+            .get(&fd)
+            .map(|owner| owner.clone_ref(py));
+        owner.is_some_and(|owner| {
+            owner
+                .bind(py)
+                .cast::<PyWeakrefReference>()
+                .ok()
+                .and_then(|owner| owner.upgrade())
+                .is_some_and(|owner| owner.is(sock))
+        })
     }
 }

@@ -17,10 +17,6 @@
 
 mod fast;
 mod io;
-mod sock;
-mod transport;
-
-pub(crate) use transport::{DatagramReader, TransportReader};
 
 pub(crate) use fast::install_fast_methods;
 
@@ -45,6 +41,7 @@ use crate::ffi::{call_with_keywords, construct, KeywordNames};
 use crate::ffi::{check_signals, copy_context, current_frame, sole_owner, untrack};
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
+use crate::net::sock_ops;
 use crate::python_hooks::{asyncio_base_create_task, asyncio_future, asyncio_task, call_hook};
 use crate::shared::LoopShared;
 
@@ -107,13 +104,13 @@ struct LoopState {
     /// it creates, built once rather than once per object.
     loop_kwargs: Option<Py<PyDict>>,
     /// An empty `contextvars.Context` that the loop's own native callbacks run in (the
-    /// readers and done callbacks of `sock_*` waits, see `sock.rs`): they read no context
+    /// readers and done callbacks of `sock_*` waits, see `net/sock_ops.rs`): they read no context
     /// variable, so copying the caller's context for them would be wasted. Only this loop's
     /// thread runs them, one at a time, so the context is never entered twice.
     private_context: Option<Py<PyAny>>,
     /// For a parked fd (see `Registrar::park`) whose reader or writer was a `sock_*` wait: a
     /// weak reference to the socket object. A later wait of the same, still open, socket on
-    /// the same fd knows the fd names the same file (see `sock.rs`).
+    /// the same fd knows the fd names the same file (see `net/sock_ops.rs`).
     parked_owners: FdMap<Py<PyAny>>,
     /// `call_soon` handles that ran and that nobody else references, ready for reuse: a
     /// handle costs a few hundred instructions to allocate and free through pyo3.
@@ -160,7 +157,7 @@ impl Loop {
     }
 
     /// See `LoopState::private_context`.
-    fn private_context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn private_context<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         if let Some(context) = &self.state.borrow(py).private_context {
             return Ok(context.bind(py).clone());
         }
@@ -709,7 +706,7 @@ impl Loop {
     }
 
     /// asyncio: `BaseEventLoop.create_future`.
-    fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+    pub(crate) fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         if let Some(kwargs) = slf.get().loop_kwargs(py) {
             return construct(asyncio_future(py)?, &PyTuple::empty(py), &kwargs);
@@ -885,31 +882,31 @@ impl Loop {
         Loop::set_io_handle(slf, fd, callback, args, Interest::WRITE)
     }
 
-    /// The native part of `sock_recv` (see `sock.rs`).
+    /// The native part of `sock_recv` (see `net/sock_ops.rs`).
     fn _sock_recv_native<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
         n: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        sock::recv_start(slf, sock, n)
+        sock_ops::recv_start(slf, sock, n)
     }
 
-    /// The native part of `sock_recv_into` (see `sock.rs`).
+    /// The native part of `sock_recv_into` (see `net/sock_ops.rs`).
     fn _sock_recv_into_native<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
         buf: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        sock::recv_into_start(slf, sock, buf)
+        sock_ops::recv_into_start(slf, sock, buf)
     }
 
-    /// The native part of `sock_sendall` (see `sock.rs`).
+    /// The native part of `sock_sendall` (see `net/sock_ops.rs`).
     fn _sock_sendall_native<'py>(
         slf: &Bound<'py, Self>,
         sock: &Bound<'py, PyAny>,
         data: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        sock::sendall_start(slf, sock, data)
+        sock_ops::sendall_start(slf, sock, data)
     }
 
     fn _remove_reader(slf: &Bound<'_, Self>, fd: &Bound<'_, PyAny>) -> PyResult<bool> {

@@ -1,0 +1,22 @@
+//! Network code: what runs per socket operation, per connection and per datagram.
+//!
+//! One file per kind of object, as uvloop's `handles/`; the system calls themselves are in
+//! `ferroloop_core::sys::net`.
+//!
+//! - [`socket`]: `socket.socket` objects (exact-type check, fd) and the non-blocking calls
+//!   with Python's error conventions.
+//! - [`buffer`]: the per-thread receive buffer and the buffer protocol.
+//! - [`sock_ops`]: `loop.sock_recv`, `sock_recv_into`, `sock_sendall`.
+//! - [`transport`]: what stream and datagram transports share.
+//! - [`stream`]: TCP and Unix stream transports (reads, writes).
+//! - [`datagram`]: UDP and Unix datagram transports (reads).
+
+pub(crate) mod buffer;
+pub(crate) mod datagram;
+pub(crate) mod sock_ops;
+pub(crate) mod socket;
+pub(crate) mod stream;
+pub(crate) mod transport;
+
+pub(crate) use datagram::DatagramReader;
+pub(crate) use stream::TransportReader;

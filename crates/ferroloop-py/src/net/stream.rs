@@ -1,0 +1,186 @@
+//! The read and write paths of asyncio's socket (stream) transport, natively.
+//!
+//! ferroloop's socket transports are asyncio's own `_SelectorSocketTransport` (a subclass of
+//! it, `ferroloop._loop._SelectorSocketTransport`, so every method, attribute and error is
+//! asyncio's), with one change: the reader callback that asyncio's code registers as
+//! `self._read_ready` is a [`TransportReader`]. When the transport reads for a plain
+//! `Protocol` (`_read_ready_cb` is `_read_ready__data_received`) and its socket is a plain
+//! `socket.socket`, the reader does what `_read_ready__data_received` does: the `recv` of up
+//! to `max_size` bytes, `protocol.data_received(data)`, `_read_ready__on_eof()` at end of
+//! file, `_fatal_error(exc, message)` with asyncio's messages on errors. For anything else (a
+//! `BufferedProtocol`, an SSL transport's protocol, a patched method) it calls
+//! `_read_ready_cb()`, asyncio's own code.
+//!
+//! What this saves per read: two Python frames, a `socket.recv` that allocates `max_size`
+//! (256 KiB) and shrinks the result, and the attribute lookups between them.
+
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+use pyo3::PyTraverseError;
+
+use super::buffer::{byte_buffer, recv_bytes};
+use super::socket::{fileno, is_plain_socket, send};
+use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
+
+static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+extern "C" {
+    /// `PyMethod_Type` and `PyMethod_Function` of CPython's C API (bound methods), which
+    /// pyo3's ffi does not declare.
+    static mut PyMethod_Type: ffi::PyTypeObject;
+    fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
+/// True if `callback` is asyncio's `_read_ready__data_received` bound to a transport.
+fn is_data_received_path(callback: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let function = asyncio_method(
+        callback.py(),
+        &DATA_RECEIVED_PATH,
+        "_SelectorSocketTransport",
+        "_read_ready__data_received",
+    )?;
+    // SAFETY: the GIL is held; `callback` is alive. PyMethod_Function is called only on a
+    // bound method (exact type checked first) and returns a borrowed reference.
+    unsafe {
+        let raw = callback.as_ptr();
+        if ffi::Py_TYPE(raw) != std::ptr::addr_of_mut!(PyMethod_Type) {
+            return Ok(false);
+        }
+        Ok(PyMethod_Function(raw) == function.as_ptr())
+    }
+}
+
+/// The reader callback of one socket transport (see the module docs).
+#[pyclass(module = "ferroloop._core", name = "_TransportReader")]
+pub struct TransportReader {
+    transport: TransportRef,
+}
+
+#[pymethods]
+impl TransportReader {
+    #[new]
+    fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
+        TransportReader {
+            transport: TransportRef::new(transport, attributes),
+        }
+    }
+
+    /// The name asyncio's messages give the method this replaces.
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        "_SelectorSocketTransport._read_ready"
+    }
+
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let Some((transport, attributes)) = self.transport.bind(py) else {
+            return Ok(());
+        };
+        let callback = get!(py, transport, attributes, "_read_ready_cb")?;
+        if !is_data_received_path(&callback)? {
+            callback.call0()?;
+            return Ok(());
+        }
+        // asyncio: _read_ready__data_received.
+        if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
+            return Ok(());
+        }
+        let sock = get!(py, transport, attributes, "_sock")?;
+        let max_size = get!(py, transport, attributes, "max_size")?;
+        let size = match max_size.extract::<isize>().map(usize::try_from) {
+            Ok(Ok(size)) if is_plain_socket(&sock)? => size,
+            // Not the usual socket or size: asyncio's own code, with its errors.
+            _ => {
+                callback.call0()?;
+                return Ok(());
+            }
+        };
+        let received = fileno(&sock).and_then(|fd| recv_bytes(py, fd, size));
+        let data = match received {
+            Ok(Some(data)) => data,
+            Ok(None) => return Ok(()),
+            Err(error) if is_exit(&error, py) => return Err(error),
+            Err(error) => {
+                fatal_error(
+                    &transport,
+                    error,
+                    intern!(py, "Fatal read error on socket transport"),
+                )?;
+                return Ok(());
+            }
+        };
+        // SAFETY: `data` is a bytes object (recv_bytes makes one).
+        if unsafe { ffi::PyBytes_Size(data.as_ptr()) } == 0 {
+            transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
+            return Ok(());
+        }
+        let protocol = get!(py, transport, attributes, "_protocol")?;
+        match protocol.call_method1(intern!(py, "data_received"), (data,)) {
+            Ok(_) => Ok(()),
+            Err(error) if is_exit(&error, py) => Err(error),
+            Err(error) => {
+                fatal_error(
+                    &transport,
+                    error,
+                    intern!(py, "Fatal error: protocol.data_received() call failed."),
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    /// `transport.write(data)` (the transport's instance attribute `write` is this bound
+    /// method): asyncio's `_SelectorSocketTransport.write` for the common case, sending at
+    /// once on a plain socket with nothing buffered; `_write_rest(data, n)` (Python) buffers
+    /// what the socket did not take, and every other case is asyncio's own `write`.
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let Some((transport, attributes)) = self.transport.bind(py) else {
+            return Ok(());
+        };
+        let plain = !get!(py, transport, attributes, "_eof")?.is_truthy()?
+            && get!(py, transport, attributes, "_empty_waiter")?.is_none()
+            && !get!(py, transport, attributes, "_conn_lost")?.is_truthy()?
+            && get!(py, transport, attributes, "_buffer")?.len()? == 0;
+        let sock = get!(py, transport, attributes, "_sock")?;
+        let buffer = match plain && is_plain_socket(&sock)? {
+            true => byte_buffer(data),
+            false => None,
+        };
+        // Empty data: asyncio's write returns early (after its checks).
+        let Some(buffer) = buffer.filter(|b| b.len() > 0) else {
+            asyncio_method(py, &ASYNCIO_WRITE, "_SelectorSocketTransport", "write")?
+                .call1((transport, data))?;
+            return Ok(());
+        };
+        let sent = fileno(&sock).and_then(|fd| send(py, fd, buffer.as_slice()));
+        let sent = match sent {
+            Ok(Some(n)) if n == buffer.len() => return Ok(()),
+            Ok(Some(n)) => n,
+            Ok(None) => 0,
+            Err(error) if is_exit(&error, py) => return Err(error),
+            Err(error) => {
+                fatal_error(
+                    &transport,
+                    error,
+                    intern!(py, "Fatal write error on socket transport"),
+                )?;
+                return Ok(());
+            }
+        };
+        drop(buffer);
+        transport.call_method1(intern!(py, "_write_rest"), (data, sent))?;
+        Ok(())
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.transport.traverse(&visit)
+    }
+
+    fn __clear__(&mut self) {
+        self.transport.clear();
+    }
+}

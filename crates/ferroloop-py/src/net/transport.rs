@@ -1,0 +1,105 @@
+//! What the native parts of socket and datagram transports share: the transport and its
+//! `__dict__` as a native callback holds them, attribute lookups in that dict, asyncio's own
+//! methods looked up once, and asyncio's `_fatal_error`.
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString};
+use pyo3::PyTraverseError;
+
+/// `asyncio.selector_events.<class_name>.<name>`, looked up once.
+pub(crate) fn asyncio_method<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    class_name: &str,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
+            py.import("asyncio.selector_events")?
+                .getattr(class_name)?
+                .getattr(name)?
+                .unbind(),
+        )
+    })
+    .map(|f| f.bind(py))
+}
+
+/// asyncio's `transport._fatal_error(exc, message)`.
+pub(crate) fn fatal_error(
+    transport: &Bound<'_, PyAny>,
+    error: PyErr,
+    message: &Bound<'_, PyString>,
+) -> PyResult<()> {
+    let py = transport.py();
+    transport.call_method1(intern!(py, "_fatal_error"), (error.into_value(py), message))?;
+    Ok(())
+}
+
+pub(crate) fn is_exit(error: &PyErr, py: Python<'_>) -> bool {
+    error.is_instance_of::<PyKeyboardInterrupt>(py) || error.is_instance_of::<PySystemExit>(py)
+}
+
+/// A native callback's transport and the transport's `__dict__`, where its attributes are read
+/// (a generic attribute lookup walks the transport's eight base classes first), falling back
+/// to a plain lookup for what is not there (class attributes such as `max_size`). Both are
+/// dropped by the cyclic GC's `__clear__`: the transport holds the callback.
+pub(crate) struct TransportRef {
+    transport: Option<Py<PyAny>>,
+    attributes: Option<Py<PyDict>>,
+}
+
+impl TransportRef {
+    pub(crate) fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
+        TransportRef {
+            transport: Some(transport),
+            attributes: Some(attributes),
+        }
+    }
+
+    /// The transport and its `__dict__`, unless cleared.
+    pub(crate) fn bind<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> Option<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
+        match (&self.transport, &self.attributes) {
+            (Some(transport), Some(attributes)) => {
+                Some((transport.bind(py).clone(), attributes.bind(py).clone()))
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.transport)?;
+        visit.call(&self.attributes)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.transport = None;
+        self.attributes = None;
+    }
+}
+
+/// `transport.<name>` for a literal name, through [`attr`].
+macro_rules! get {
+    ($py:expr, $transport:expr, $attributes:expr, $name:literal) => {
+        $crate::net::transport::attr(&$transport, &$attributes, pyo3::intern!($py, $name))
+    };
+}
+pub(crate) use get;
+
+/// `transport.<name>`, looked up in its `__dict__` first.
+pub(crate) fn attr<'py>(
+    transport: &Bound<'py, PyAny>,
+    attributes: &Bound<'py, PyDict>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match attributes.get_item(name)? {
+        Some(value) => Ok(value),
+        None => transport.getattr(name),
+    }
+}
