@@ -12,11 +12,12 @@ exactly as on the same version's asyncio. See ``docs/decisions/0001-borrowed-asy
 import asyncio
 import selectors
 import os
+import socket
 import sys
 import threading
 import types
 import weakref
-from asyncio import base_events, events, selector_events, unix_events
+from asyncio import base_events, constants, events, selector_events, trsock, unix_events
 from asyncio.log import logger
 
 from . import _core
@@ -204,6 +205,37 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
             return await _ASYNCIO_SOCK_SENDALL(self, sock, data)
         return await result
 
+    # Serving: a plain listening socket (exactly socket.socket, no TLS, outside debug mode)
+    # gets the native accept loop (``_core._Acceptor``, see
+    # crates/ferroloop-py/src/net/server.rs), which makes asyncio's steps at asyncio's
+    # iterations without a task per connection; anything else is asyncio's own code.
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None,
+                       backlog=100, *rest, **kwargs):
+        if (
+            sslcontext is None
+            and not kwargs
+            and not self._debug
+            and type(sock) is socket.socket
+        ):
+            acceptor = _core._Acceptor(self, protocol_factory, sock, server, backlog, rest)
+            self._add_reader(sock.fileno(), acceptor)
+        else:
+            _ASYNCIO_START_SERVING(self, protocol_factory, sock, sslcontext, server, backlog,
+                                   *rest, **kwargs)
+
+    def _accept_out_of_resources(self, exc, protocol_factory, sock, server, backlog, rest):
+        """asyncio's ``_accept_connection`` on EMFILE, ENFILE, ENOBUFS or ENOMEM: report,
+        stop accepting, and start again after ``ACCEPT_RETRY_DELAY``."""
+        self.call_exception_handler({
+            "message": "socket.accept() out of system resource",
+            "exception": exc,
+            "socket": trsock.TransportSocket(sock),
+        })
+        self._remove_reader(sock.fileno())
+        self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                        protocol_factory, sock, None, server, backlog, *rest)
+
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         if _PY312:
             self._ensure_fd_no_transport(sock)
@@ -360,6 +392,7 @@ def _borrow():
     return tuple(borrowed)
 
 
+_ASYNCIO_START_SERVING = selector_events.BaseSelectorEventLoop._start_serving
 _ASYNCIO_SOCK_RECV = selector_events.BaseSelectorEventLoop.sock_recv
 _ASYNCIO_SOCK_RECV_INTO = selector_events.BaseSelectorEventLoop.sock_recv_into
 _ASYNCIO_SOCK_SENDALL = selector_events.BaseSelectorEventLoop.sock_sendall

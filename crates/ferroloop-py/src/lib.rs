@@ -20,6 +20,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     event_loop::install_fast_methods(&m.py().get_type::<event_loop::Loop>())?;
     m.add_class::<net::TransportReader>()?;
     m.add_class::<net::DatagramReader>()?;
+    m.add_class::<net::Acceptor>()?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     metrics::register(m)?;

@@ -1,5 +1,5 @@
-//! Socket data calls that never block: what the loop's native `sock_recv`, `sock_recv_into`
-//! and `sock_sendall` make.
+//! Socket calls that never block: what the loop's native `sock_recv`, `sock_recv_into`,
+//! `sock_sendall`, transports and accept loop make.
 //!
 //! They pass `MSG_DONTWAIT`, so a socket left in blocking mode cannot stall the loop: it
 //! reports `WouldBlock` and the caller waits for readiness instead. Errors are returned as
@@ -105,6 +105,50 @@ pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     result(unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), SEND_FLAGS) })
 }
 
+/// `accept(fd)` of a listening socket: the new connection's fd, non-blocking and
+/// close-on-exec (`accept4` with both flags where the platform has it, `accept` and two
+/// `fcntl`s elsewhere), and the peer's address.
+pub fn accept(fd: RawFd) -> io::Result<(RawFd, SockAddr)> {
+    let mut addr = SockAddr {
+        // SAFETY: all-zero is a valid sockaddr_storage (plain integers).
+        storage: unsafe { std::mem::zeroed() },
+        len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+    };
+    let storage = (&mut addr.storage as *mut libc::sockaddr_storage).cast();
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    // SAFETY: `storage` is writable for `addr.len` bytes, and the kernel updates `addr.len`.
+    // An invalid fd only makes the call fail.
+    let conn = unsafe {
+        libc::accept4(
+            fd,
+            storage,
+            &mut addr.len,
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    };
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    // SAFETY: as above; the flags are set on the new fd, which this function owns.
+    let conn = unsafe {
+        let conn = libc::accept(fd, storage, &mut addr.len);
+        if conn >= 0 {
+            let flags = libc::fcntl(conn, libc::F_GETFL);
+            libc::fcntl(conn, libc::F_SETFL, flags | libc::O_NONBLOCK);
+            libc::fcntl(conn, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        conn
+    };
+    if conn < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((conn, addr))
+}
+
+/// `close(fd)`, for an fd this process owns and nothing else will close.
+pub fn close(fd: RawFd) {
+    // SAFETY: closing an fd has no memory effects; the caller owns it.
+    unsafe { libc::close(fd) };
+}
+
 /// True for the errors that mean "not now, wait for readiness" (`EAGAIN`/`EWOULDBLOCK`).
 #[inline]
 pub fn would_block(error: &io::Error) -> bool {
@@ -156,6 +200,32 @@ mod tests {
             addr.ipv4(),
             Some(([127, 0, 0, 1], a.local_addr().unwrap().port()))
         );
+    }
+
+    #[test]
+    fn accept_gives_a_non_blocking_connection_and_the_peer() {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let err = accept(listener.as_raw_fd()).unwrap_err();
+        assert!(would_block(&err));
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, peer) = accept(listener.as_raw_fd()).unwrap();
+        assert_eq!(
+            peer.ipv4(),
+            Some(([127, 0, 0, 1], client.local_addr().unwrap().port()))
+        );
+        // SAFETY: fcntl on an fd we own.
+        let flags = unsafe { libc::fcntl(conn, libc::F_GETFL) };
+        assert_ne!(flags & libc::O_NONBLOCK, 0);
+        // SAFETY: as above.
+        let fd_flags = unsafe { libc::fcntl(conn, libc::F_GETFD) };
+        assert_ne!(fd_flags & libc::FD_CLOEXEC, 0);
+        let mut buf = [0u8; 1];
+        // SAFETY: `buf` is writable for its length.
+        let err = unsafe { recv(conn, buf.as_mut_ptr(), 1) }.unwrap_err();
+        assert!(would_block(&err));
+        close(conn);
     }
 
     #[test]

@@ -10,13 +10,16 @@
 //! - [`transport`]: what stream and datagram transports share.
 //! - [`stream`]: TCP and Unix stream transports (reads, writes).
 //! - [`datagram`]: UDP and Unix datagram transports (reads).
+//! - [`server`]: listening sockets: the accept loop and each accepted connection's set-up.
 
 pub(crate) mod buffer;
 pub(crate) mod datagram;
+pub(crate) mod server;
 pub(crate) mod sock_ops;
 pub(crate) mod socket;
 pub(crate) mod stream;
 pub(crate) mod transport;
 
 pub(crate) use datagram::DatagramReader;
+pub(crate) use server::Acceptor;
 pub(crate) use stream::TransportReader;

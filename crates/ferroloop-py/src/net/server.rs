@@ -1,0 +1,305 @@
+//! The accept loop of a listening socket, natively ([`Acceptor`]).
+//!
+//! asyncio's `BaseSelectorEventLoop._start_serving` registers `_accept_connection` as the
+//! listening socket's reader. On each readiness report it accepts up to `backlog` connections
+//! (`sock.accept()`, then `conn.setblocking(False)`), and for each one creates a task running
+//! the coroutine `_accept_connection2`, whose first step calls the protocol factory and makes
+//! the transport (which schedules `connection_made`), then awaits a waiter future that the
+//! transport resolves one iteration later.
+//!
+//! For a plain server (a `socket.socket` without TLS, outside debug mode) ferroloop registers
+//! an [`Acceptor`] instead (see `ferroloop._loop.Loop._start_serving`). It makes the same steps
+//! at the same iterations without the task: `accept4` (non-blocking and close-on-exec in one
+//! system call), the `socket.socket` object made for that fd as `socket.accept()` makes it,
+//! the peer's address as `accept()` gives it, and `call_soon` of the connection step, which
+//! calls the protocol factory and `loop._make_socket_transport(conn, protocol, extra=
+//! {"peername": addr}, server=server)` in the next iteration, as the task's first step would.
+//! As in asyncio outside debug mode, an exception there is dropped (the task swallowed it).
+//!
+//! Errors of `accept` are asyncio's: `EAGAIN` and `ECONNABORTED` end the batch; `EMFILE`,
+//! `ENFILE`, `ENOBUFS` and `ENOMEM` go to `loop._accept_out_of_resources`, which reports them
+//! and retries after asyncio's delay, as asyncio's code does (which goes on with the batch:
+//! each accept still to make fails, reports and schedules a retry); any other error is raised out of
+//! the callback (the loop reports it). In debug mode, or when the loop's debug flag was turned
+//! on since, each batch is asyncio's own `_accept_connection`.
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
+use pyo3::gc::PyVisit;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyTraverseError;
+
+use ferroloop_core::sys::net;
+
+use super::socket::{fileno, retry_interrupted};
+use crate::event_loop::Loop;
+use crate::handles::Args;
+
+static ASYNCIO_ACCEPT_CONNECTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// What an accept loop needs, dropped together by the cyclic GC's `__clear__` (the loop holds
+/// the reader handle, which holds the acceptor, which holds the loop).
+struct Serving {
+    event_loop: Py<Loop>,
+    protocol_factory: Py<PyAny>,
+    sock: Py<PyAny>,
+    server: Py<PyAny>,
+    /// The arguments of asyncio's `_accept_connection` after `backlog`
+    /// (`ssl_handshake_timeout`, and `ssl_shutdown_timeout` from 3.11).
+    rest: Py<PyTuple>,
+    /// `self._connection`, bound once: the callback of each accepted connection's step.
+    on_connection: Option<Py<PyAny>>,
+}
+
+/// The reader callback of a listening socket (see the module docs).
+#[pyclass(module = "ferroloop._core", name = "_Acceptor")]
+pub struct Acceptor {
+    serving: Option<Serving>,
+    backlog: usize,
+}
+
+#[pymethods]
+impl Acceptor {
+    #[new]
+    fn new(
+        event_loop: Py<Loop>,
+        protocol_factory: Py<PyAny>,
+        sock: Py<PyAny>,
+        server: Py<PyAny>,
+        backlog: usize,
+        rest: Py<PyTuple>,
+    ) -> Self {
+        Acceptor {
+            serving: Some(Serving {
+                event_loop,
+                protocol_factory,
+                sock,
+                server,
+                rest,
+                on_connection: None,
+            }),
+            backlog,
+        }
+    }
+
+    /// The name asyncio's messages give the method this replaces ("Exception in callback
+    /// BaseSelectorEventLoop._accept_connection(...)").
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        "BaseSelectorEventLoop._accept_connection"
+    }
+
+    /// One readiness report: accept up to `backlog` connections.
+    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        let on_connection = {
+            let this = slf.borrow();
+            let Some(serving) = &this.serving else {
+                return Ok(());
+            };
+            if serving.event_loop.get().is_debug() {
+                return asyncio_accept_connection(py, serving, this.backlog);
+            }
+            serving.on_connection.as_ref().map(|cb| cb.clone_ref(py))
+        };
+        let on_connection = match on_connection {
+            Some(callback) => callback,
+            None => {
+                let callback = slf.getattr(intern!(py, "_connection"))?.unbind();
+                if let Some(serving) = &mut slf.borrow_mut().serving {
+                    serving.on_connection = Some(callback.clone_ref(py));
+                }
+                callback
+            }
+        };
+        Acceptor::accept_batch(slf, on_connection)
+    }
+
+    /// The step of one accepted connection, one iteration after its accept (asyncio: the
+    /// first step of the `_accept_connection2` task).
+    fn _connection(
+        &self,
+        py: Python<'_>,
+        conn: Bound<'_, PyAny>,
+        addr: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let Some(serving) = &self.serving else {
+            return Ok(());
+        };
+        let event_loop = serving.event_loop.bind(py);
+        let mut protocol = None;
+        let outcome = (|| {
+            let made = serving.protocol_factory.bind(py).call0()?;
+            protocol = Some(made.clone());
+            let extra = PyDict::new(py);
+            extra.set_item(intern!(py, "peername"), addr)?;
+            let kwargs = PyDict::new(py);
+            kwargs.set_item(intern!(py, "extra"), extra)?;
+            kwargs.set_item(intern!(py, "server"), serving.server.bind(py))?;
+            event_loop.call_method(
+                intern!(py, "_make_socket_transport"),
+                (conn, made),
+                Some(&kwargs),
+            )
+        })();
+        match outcome {
+            Ok(_) => Ok(()),
+            Err(error)
+                if error.is_instance_of::<PyKeyboardInterrupt>(py)
+                    || error.is_instance_of::<PySystemExit>(py) =>
+            {
+                Err(error)
+            }
+            // asyncio reports it in debug mode only (the task swallows it otherwise).
+            Err(error) if event_loop.get().is_debug() => {
+                let context = PyDict::new(py);
+                context.set_item(
+                    "message",
+                    "Error on transport creation for incoming connection",
+                )?;
+                context.set_item("exception", error.into_value(py))?;
+                if let Some(protocol) = protocol {
+                    context.set_item("protocol", protocol)?;
+                }
+                event_loop.call_method1(intern!(py, "call_exception_handler"), (context,))?;
+                Ok(())
+            }
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        if let Some(serving) = &self.serving {
+            visit.call(&serving.event_loop)?;
+            visit.call(&serving.protocol_factory)?;
+            visit.call(&serving.sock)?;
+            visit.call(&serving.server)?;
+            visit.call(&serving.rest)?;
+            visit.call(&serving.on_connection)?;
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        self.serving = None;
+    }
+}
+
+impl Acceptor {
+    fn accept_batch(slf: &Bound<'_, Self>, on_connection: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.borrow();
+        let Some(serving) = &this.serving else {
+            return Ok(());
+        };
+        let event_loop = serving.event_loop.bind(py);
+        let sock = serving.sock.bind(py);
+        let on_connection = on_connection.bind(py);
+        for _ in 0..this.backlog {
+            let listening = fileno(sock)?;
+            let (fd, peer) = match retry_interrupted(py, || net::accept(listening)) {
+                Ok(Some(accepted)) => accepted,
+                // The accept queue is empty.
+                Ok(None) => return Ok(()),
+                Err(error) => {
+                    let errno = error
+                        .value(py)
+                        .getattr(intern!(py, "errno"))?
+                        .extract::<Option<i32>>()?;
+                    match errno {
+                        Some(libc::ECONNABORTED) => return Ok(()),
+                        // asyncio reports, pauses and goes on with the batch (each further
+                        // failed accept reports and schedules a retry again).
+                        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                            event_loop.call_method1(
+                                intern!(py, "_accept_out_of_resources"),
+                                (
+                                    error.into_value(py),
+                                    serving.protocol_factory.bind(py),
+                                    sock,
+                                    serving.server.bind(py),
+                                    this.backlog,
+                                    serving.rest.bind(py),
+                                ),
+                            )?;
+                            continue;
+                        }
+                        _ => return Err(error),
+                    }
+                }
+            };
+            let conn = match connection_socket(sock, fd) {
+                Ok(conn) => conn,
+                Err(error) => {
+                    net::close(fd);
+                    return Err(error);
+                }
+            };
+            let addr = match peer.ipv4() {
+                Some((host, port)) => (std::net::Ipv4Addr::from(host).to_string(), port)
+                    .into_pyobject(py)?
+                    .into_any(),
+                // Other families: the same address, from the connection itself.
+                None => conn.call_method0(intern!(py, "getpeername"))?,
+            };
+            let args = PyTuple::new(py, [conn, addr])?;
+            Loop::schedule_soon(
+                event_loop,
+                on_connection.clone(),
+                Some(Args::Tuple(args.unbind())),
+                None,
+                "call_soon",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The `socket.socket` of an accepted fd, as `socket.accept()` makes it (the listening
+/// socket's family, type and protocol), non-blocking as asyncio sets it: on Linux the
+/// `SOCK_NONBLOCK` bit in the type makes `socket` set a zero timeout without a system call
+/// (the fd is non-blocking already).
+fn connection_socket<'py>(
+    listening: &Bound<'py, PyAny>,
+    fd: std::os::fd::RawFd,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = listening.py();
+    let family = listening.getattr(intern!(py, "family"))?;
+    let kind: i32 = listening.getattr(intern!(py, "type"))?.extract()?;
+    let proto = listening.getattr(intern!(py, "proto"))?;
+    #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
+    let kind = kind | libc::SOCK_NONBLOCK;
+    let kwargs = PyDict::new(py);
+    kwargs.set_item(intern!(py, "fileno"), fd)?;
+    let conn = listening
+        .get_type()
+        .call((family, kind, proto), Some(&kwargs))?;
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    conn.call_method1(intern!(py, "setblocking"), (false,))?;
+    Ok(conn)
+}
+
+/// asyncio's own `_accept_connection` for one batch.
+fn asyncio_accept_connection(py: Python<'_>, serving: &Serving, backlog: usize) -> PyResult<()> {
+    let method = ASYNCIO_ACCEPT_CONNECTION.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
+            py.import("asyncio.selector_events")?
+                .getattr("BaseSelectorEventLoop")?
+                .getattr("_accept_connection")?
+                .unbind(),
+        )
+    })?;
+    let mut args = vec![
+        serving.event_loop.bind(py).clone().into_any(),
+        serving.protocol_factory.bind(py).clone(),
+        serving.sock.bind(py).clone(),
+        py.None().into_bound(py),
+        serving.server.bind(py).clone(),
+        backlog.into_pyobject(py)?.into_any(),
+    ];
+    args.extend(serving.rest.bind(py).iter());
+    method.bind(py).call1(PyTuple::new(py, args)?)?;
+    Ok(())
+}

@@ -1,0 +1,383 @@
+"""Servers: accepting connections (ferroloop's native accept loop for plain sockets,
+asyncio's ``_accept_connection`` otherwise), on asyncio's loop and on ferroloop."""
+
+import asyncio
+import errno
+import gc
+import socket
+import warnings
+
+import pytest
+
+from conftest import run_python
+
+
+class Recorder(asyncio.Protocol):
+    """Records its callbacks in a shared trace."""
+
+    def __init__(self, trace, name="p"):
+        self.trace = trace
+        self.name = name
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.nodelay = transport.get_extra_info("socket").getsockopt(
+            socket.IPPROTO_TCP, socket.TCP_NODELAY
+        )
+        self.trace.append(("made", self.name))
+
+    def data_received(self, data):
+        self.trace.append(("data", self.name, data))
+        self.transport.write(data.upper())
+
+    def eof_received(self):
+        self.trace.append(("eof", self.name))
+
+    def connection_lost(self, exc):
+        self.trace.append(("lost", self.name, exc))
+
+
+def _ticker(loop, trace, until):
+    """A callback that runs once per iteration and records its number."""
+    count = [0]
+
+    def tick():
+        trace.append(("tick", count[0]))
+        count[0] += 1
+        if count[0] < until:
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+
+
+@pytest.mark.nodebug
+def test_accept_order_of_steps(loop):
+    # asyncio: the accept callback runs after the poll of one iteration, the protocol factory
+    # in the next one (the first step of the _accept_connection2 task), connection_made in
+    # the one after (scheduled by the transport's __init__). Two clients connected before the
+    # loop polls are accepted in one batch.
+    trace = []
+    names = iter("ab")
+
+    def factory():
+        name = next(names)
+        trace.append(("factory", name))
+        return Recorder(trace, name)
+
+    server = loop.run_until_complete(loop.create_server(factory, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
+    try:
+        _ticker(loop, trace, 5)
+        loop.run_until_complete(asyncio.sleep(0.05))
+        expected = [
+            ("tick", 0),
+            # iteration 2: the reader (queued by the poll of iteration 1) accepts both
+            ("tick", 1),
+            ("factory", "a"),
+            ("factory", "b"),
+            ("tick", 2),
+            ("made", "a"),
+            ("made", "b"),
+            ("tick", 3),
+            ("tick", 4),
+        ]
+        assert trace[: len(expected)] == expected, trace
+    finally:
+        for c in clients:
+            c.close()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+
+
+def test_accepted_connection_echo_and_extra_info(loop):
+    trace = []
+    protocols = []
+
+    def factory():
+        p = Recorder(trace)
+        protocols.append(p)
+        return p
+
+    server = loop.run_until_complete(loop.create_server(factory, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+
+    async def client():
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"hello")
+        got = await reader.readexactly(5)
+        sockname = writer.get_extra_info("sockname")
+        writer.close()
+        await writer.wait_closed()
+        return got, sockname
+
+    got, sockname = loop.run_until_complete(client())
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert got == b"HELLO"
+    (p,) = protocols
+    t = p.transport
+    assert isinstance(t, asyncio.Transport)
+    assert t.get_extra_info("peername") == sockname
+    assert t.get_extra_info("sockname") == server.sockets[0].getsockname()
+    sock = t.get_extra_info("socket")
+    assert isinstance(sock, asyncio.trsock.TransportSocket)
+    assert sock.family == socket.AF_INET and sock.type == socket.SOCK_STREAM
+    assert p.nodelay
+    assert [e[0] for e in trace] == ["made", "data", "eof", "lost"]
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+
+
+def test_accepted_socket_is_non_blocking_and_inheritable_false(loop):
+    transports = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            transports.append(transport)
+
+    server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    c = socket.create_connection(("127.0.0.1", port))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    (t,) = transports
+    raw = t._sock
+    assert type(raw) is socket.socket
+    assert raw.gettimeout() == 0.0
+    assert raw.getblocking() is False
+    assert raw.get_inheritable() is False
+    assert raw.type == socket.SOCK_STREAM
+    assert raw.family == socket.AF_INET
+    t.close()
+    c.close()
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+
+
+def test_ipv6_and_unix_peernames(loop, tmp_path):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    transports = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            transports.append(transport)
+
+    try:
+        server6 = loop.run_until_complete(loop.create_server(P, "::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    path = str(tmp_path / "s.sock")
+    server_u = loop.run_until_complete(loop.create_unix_server(P, path))
+    port = server6.sockets[0].getsockname()[1]
+    c6 = socket.create_connection(("::1", port))
+    cu = socket.socket(socket.AF_UNIX)
+    cu.connect(path)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    peers = sorted((repr(t.get_extra_info("peername")) for t in transports))
+    assert peers == sorted([repr(c6.getsockname()), repr(cu.getsockname())])
+    for t in transports:
+        t.close()
+    c6.close()
+    cu.close()
+    for s in (server6, server_u):
+        s.close()
+        loop.run_until_complete(s.wait_closed())
+
+
+def test_many_connections_in_one_burst(loop):
+    # More clients than the backlog argument (the accept batch size; the kernel queues one
+    # more than the listen() backlog): two batches, every one served.
+    count = 17
+    made = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+
+    server = loop.run_until_complete(
+        loop.create_server(P, "127.0.0.1", 0, backlog=16)
+    )
+    port = server.sockets[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert len(made) == count
+    assert len({t.get_extra_info("peername") for t in made}) == count
+    assert server._active_count == count
+    for c in clients:
+        c.close()
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert server._active_count == 0
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+
+
+@pytest.mark.nodebug
+def test_protocol_factory_error_is_dropped_outside_debug(loop):
+    # asyncio's _accept_connection2 task swallows it outside debug mode; the server goes on.
+    calls = []
+
+    def factory():
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("boom")
+        return asyncio.Protocol()
+
+    server = loop.run_until_complete(loop.create_server(factory, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    with warnings.catch_warnings():
+        # The accepted socket of the failed connection is left to the GC, on both loops.
+        warnings.simplefilter("ignore", ResourceWarning)
+        c1 = socket.create_connection(("127.0.0.1", port))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        c2 = socket.create_connection(("127.0.0.1", port))
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert len(calls) == 2
+        c1.close()
+        c2.close()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        gc.collect()
+
+
+@pytest.mark.expect_errors
+def test_protocol_factory_error_reported_in_debug(loop, loop_errors):
+    loop.set_debug(True)
+
+    def factory():
+        raise ValueError("boom")
+
+    server = loop.run_until_complete(loop.create_server(factory, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    with warnings.catch_warnings():
+        # The accepted socket of the failed connection is left to the GC (the exception's
+        # traceback holds it), on both loops.
+        warnings.simplefilter("ignore", ResourceWarning)
+        c = socket.create_connection(("127.0.0.1", port))
+        loop.run_until_complete(asyncio.sleep(0.1))
+        messages = [ctx["message"] for ctx in loop_errors]
+        assert "Error on transport creation for incoming connection" in messages
+        (ctx,) = [x for x in loop_errors if x["message"].startswith("Error on transport")]
+        assert isinstance(ctx["exception"], ValueError)
+        c.close()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+        del ctx
+        loop_errors.clear()
+        gc.collect()
+
+
+@pytest.mark.nodebug
+def test_debug_switched_on_after_start(loop, caplog):
+    # Debug mode turned on while serving: asyncio's accept (and its debug log) from then on.
+    import logging
+
+    made = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+
+    server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    loop.set_debug(True)
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        c = socket.create_connection(("127.0.0.1", port))
+        loop.run_until_complete(asyncio.sleep(0.05))
+    assert len(made) == 1
+    assert any("got a new connection from" in r.getMessage() for r in caplog.records)
+    made[0].close()
+    c.close()
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+
+
+def test_server_close_stops_accepting(loop):
+    made = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+
+    server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+    with pytest.raises(OSError) as info:
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+    assert info.value.errno == errno.ECONNREFUSED
+    assert made == []
+
+
+def test_start_serving_later(loop):
+    # A server created with start_serving=False: no listen() until start_serving().
+    made = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+            transport.close()
+
+    server = loop.run_until_complete(
+        loop.create_server(P, "127.0.0.1", 0, start_serving=False)
+    )
+    port = server.sockets[0].getsockname()[1]
+    assert not server.is_serving()
+    loop.run_until_complete(server.start_serving())
+    assert server.is_serving()
+    c = socket.create_connection(("127.0.0.1", port))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert len(made) == 1
+    c.close()
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+
+
+_EMFILE_PROGRAM = """
+import asyncio, resource, socket, sys, os
+import ferroloop
+
+factory = {"asyncio": asyncio.new_event_loop, "ferroloop": ferroloop.new_event_loop}[sys.argv[1]]
+loop = factory()
+errors = []
+loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+made = []
+
+class P(asyncio.Protocol):
+    def connection_made(self, transport):
+        made.append(transport)
+
+server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0))
+port = server.sockets[0].getsockname()[1]
+client = socket.create_connection(("127.0.0.1", port))
+# Use up every fd this process may open, so that accept() fails with EMFILE.
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+hogs = []
+while True:
+    try:
+        hogs.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        break
+loop.run_until_complete(asyncio.sleep(0.2))
+assert made == [], made
+# asyncio goes on with the batch after the first failure: every accept of the batch
+# (backlog=100) fails, reports and schedules a retry.
+assert len(errors) == 100, len(errors)
+assert {c["message"] for c in errors} == {"socket.accept() out of system resource"}, errors
+assert errors[0]["exception"].errno == 24
+assert isinstance(errors[0]["socket"], asyncio.trsock.TransportSocket)
+for fd in hogs:
+    os.close(fd)
+# asyncio retries after ACCEPT_RETRY_DELAY (1 s).
+loop.run_until_complete(asyncio.sleep(1.3))
+assert len(made) == 1, made
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("loop_name", ["asyncio", "ferroloop"])
+def test_accept_out_of_fds_pauses_and_retries(loop_name):
+    proc = run_python(_EMFILE_PROGRAM, loop_name, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
