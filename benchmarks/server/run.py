@@ -1,0 +1,596 @@
+"""Server-side network benchmarks: server CPU time per request (see README.md).
+
+    python benchmarks/server/run.py [--loops asyncio,uvloop,rloop,rsloop,ferroloop,floor]
+        [--workloads tcp_1k,...] [--rounds 2] [--duration 3] [--warmup 1] [--json FILE]
+
+Each (round, workload, loop) runs one fresh server process pinned to CPU 0 and one client
+pinned to CPU 1.  Server CPU = sum over the server's threads of the first field of
+/proc/PID/task/*/schedstat (ns on CPU), read when the client prints START and END; divided by
+the requests the client completed in that window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LOADGEN_DIR = os.path.join(HERE, "loadgen")
+LOADGEN = os.path.join(LOADGEN_DIR, "target", "release", "loadgen")
+SERVERS = os.path.join(HERE, "servers.py")
+
+PY_LOOPS = ("asyncio", "uvloop", "rloop", "rsloop", "ferroloop")
+ALL_LOOPS = PY_LOOPS + ("floor",)
+PEERS = ("uvloop", "rloop", "rsloop")
+SERVER_CPU = 0
+CLIENT_CPU = 1
+TLS_DIR = os.path.join(tempfile.gettempdir(), "ferroloop-bench-tls")
+
+
+@dataclass
+class Workload:
+    name: str
+    server: str  # servers.py --workload
+    client: str  # loadgen client --mode
+    floor: str | None  # loadgen floor --mode, None = no floor server
+    conns: int = 8
+    size: int = 1024
+    tls: bool = False
+    what: str = ""
+
+
+WORKLOADS = [
+    Workload("tcp_1k", "tcp_protocol", "tcp", "tcp", what="TCP echo, Protocol, 8 conns ping-pong 1 KiB"),
+    Workload("tcp_100k", "tcp_protocol", "tcp", "tcp", size=102400, what="TCP echo, Protocol, 8 conns 100 KiB"),
+    Workload("streams_1k", "streams", "tcp", "tcp", what="TCP echo, start_server + read/write/drain"),
+    Workload("sock_1k", "sock", "tcp", "tcp", what="TCP echo, sock_accept/sock_recv/sock_sendall tasks"),
+    Workload("unix_1k", "unix_protocol", "unix", "unix", what="Unix-socket echo, Protocol"),
+    Workload("udp_1k", "udp", "udp", "udp", what="UDP echo, DatagramProtocol, 8 sockets"),
+    Workload("http", "http", "http", "http", conns=32, what="HTTP/1.1 keep-alive, httptools, 32 conns"),
+    Workload("churn", "churn", "churn", "tcp", what="connect + 64 B echo + close, 8 concurrent"),
+    Workload("idle_rss", "idle", "idle", "tcp", conns=5000, what="RSS bytes per idle connection, 5000 conns"),
+    Workload("tls_1k", "tls_protocol", "tcp", "tcp", tls=True, what="TLS echo, Protocol, 1 KiB"),
+    Workload("tls_64k", "tls_protocol", "tcp", "tcp", size=65536, tls=True, what="TLS echo, Protocol, 64 KiB"),
+    Workload("tls_streams_1k", "tls_streams", "tcp", "tcp", tls=True, what="TLS echo, streams, 1 KiB"),
+]
+BY_NAME = {w.name: w for w in WORKLOADS}
+
+
+class RunError(Exception):
+    def __init__(self, status: str, note: str):
+        super().__init__(note)
+        self.status = status
+        self.note = note
+
+
+# --------------------------------------------------------------------------------------------
+# /proc readings
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def process_clock_ns(pid: int) -> int:
+    """The process's CPU-time clock (clock_getcpuclockid): the same kernel counter as
+    schedstat's first field (sum_exec_runtime, ns), summed over all threads, including threads
+    that have already exited."""
+    cid = ctypes.c_int()
+    err = _libc.clock_getcpuclockid(pid, ctypes.byref(cid))
+    if err:
+        raise OSError(err, f"clock_getcpuclockid({pid})")
+    return time.clock_gettime_ns(cid.value)
+
+
+def server_cpu(pid: int) -> tuple[int, int, int]:
+    """(process CPU clock ns, schedstat sum over live threads ns, live thread count)."""
+    clock = process_clock_ns(pid)
+    sched, n = schedstat_ns(pid)
+    return clock, sched, n
+
+
+def schedstat_ns(pid: int) -> tuple[int, int]:
+    """(sum of schedstat run time over the process's live threads in ns, thread count)."""
+    total = 0
+    n = 0
+    task_dir = f"/proc/{pid}/task"
+    for tid in os.listdir(task_dir):
+        try:
+            with open(f"{task_dir}/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+                n += 1
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # thread exited in between
+    return total, n
+
+
+def stat_cpu_ns(pid: int) -> int:
+    """utime + stime of the whole process (dead threads included), tick resolution."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RunError("error", "no VmRSS")
+
+
+# --------------------------------------------------------------------------------------------
+# processes
+
+
+def pin(cpu: int):
+    def _pin():
+        os.sched_setaffinity(0, {cpu})
+
+    return _pin
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_line(proc: subprocess.Popen, timeout: float) -> str | None:
+    """One line of proc's stdout, or None on EOF / timeout."""
+    deadline = time.monotonic() + timeout
+    fd = proc.stdout.fileno()
+    buf = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        r, _, _ = select.select([fd], [], [], left)
+        if not r:
+            return None
+        ch = os.read(fd, 1)  # byte-wise: never read past the line the caller waits for
+        if not ch:
+            return None
+        if ch == b"\n":
+            return buf.decode(errors="replace").strip()
+        buf += ch
+
+
+def stop(proc: subprocess.Popen | None):
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.terminate()
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=3)
+    except ProcessLookupError:
+        pass
+
+
+def last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        return lines[-1][:200] if lines else ""
+    except OSError:
+        return ""
+
+
+@dataclass
+class Ctx:
+    args: argparse.Namespace
+    logdir: str
+    pythons: dict[str, str] = field(default_factory=dict)
+    counter: int = 0
+    procs: list = field(default_factory=list)
+
+
+def start_server(ctx: Ctx, loop: str, wl: Workload, addr: str):
+    """Start the server, wait for READY; returns (proc, stderr path). Raises RunError."""
+    ctx.counter += 1
+    errpath = os.path.join(ctx.logdir, f"server-{ctx.counter}-{loop}-{wl.name}.err")
+    if loop == "floor":
+        if wl.floor is None:
+            raise RunError("unsupported", "no floor server for this workload")
+        cmd = [LOADGEN, "floor", "--mode", wl.floor, "--addr", addr]
+        if wl.tls:
+            cmd += ["--tls", "--cert", os.path.join(TLS_DIR, "cert.pem"), "--key", os.path.join(TLS_DIR, "key.pem")]
+    else:
+        cmd = [ctx.pythons[loop], SERVERS, "--loop", loop, "--workload", wl.server, "--addr", addr]
+        if wl.tls:
+            cmd += ["--cert", os.path.join(TLS_DIR, "cert.pem"), "--key", os.path.join(TLS_DIR, "key.pem")]
+    with open(errpath, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=pin(SERVER_CPU))
+    ctx.procs.append(proc)
+    line = read_line(proc, 20.0)
+    if line != "READY":
+        stop(proc)
+        why = last_line(errpath) or f"no READY (got {line!r})"
+        raise RunError("unsupported", why)
+    return proc, errpath
+
+
+def start_client(ctx: Ctx, cmd: list[str], name: str):
+    ctx.counter += 1
+    errpath = os.path.join(ctx.logdir, f"client-{ctx.counter}-{name}.err")
+    with open(errpath, "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=pin(CLIENT_CPU))
+    ctx.procs.append(proc)
+    return proc, errpath
+
+
+# --------------------------------------------------------------------------------------------
+# one measurement
+
+
+def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
+    a = ctx.args
+    if wl.client == "unix":
+        addr = os.path.join(tempfile.gettempdir(), f"ferroloop-bench-{os.getpid()}-{ctx.counter}.sock")
+    elif wl.client == "udp":
+        addr = f"127.0.0.1:{free_udp_port()}"
+    else:
+        addr = f"127.0.0.1:{free_port()}"
+    server = client = None
+    try:
+        server, server_err = start_server(ctx, loop, wl, addr)
+        pid = server.pid
+        if wl.client == "idle":
+            return measure_idle(ctx, wl, server, server_err, addr)
+        if wl.client == "http" and a.http_client == "wrk":
+            return measure_wrk(ctx, wl, server, addr)
+        cmd = [LOADGEN, "client", "--mode", wl.client, "--addr", addr, "--conns", str(wl.conns), "--size", str(wl.size),
+               "--warmup", str(a.warmup), "--duration", str(a.duration)] + (["--tls"] if wl.tls else [])
+        client, client_err = start_client(ctx, cmd, f"{loop}-{wl.name}")
+
+        def fail(what: str):
+            if server.poll() is not None:
+                why = f"server died: {last_line(server_err)}"
+            else:
+                why = last_line(client_err) or last_line(server_err)
+            raise RunError("error", f"{what}: {why}")
+
+        line = read_line(client, a.warmup + 30)
+        if line != "START":
+            fail(f"no START ({line!r})")
+        cpu0, sched0, threads0 = server_cpu(pid)
+        stat0 = stat_cpu_ns(pid)
+        t0 = time.perf_counter()
+        line = read_line(client, a.duration + 30)
+        cpu1, sched1, threads1 = server_cpu(pid)
+        stat1 = stat_cpu_ns(pid)
+        t1 = time.perf_counter()
+        if not line or not line.startswith("END "):
+            fail(f"no END ({line!r})")
+        n = int(line.split()[1])
+        if n <= 0:
+            fail("no request completed")
+        client.wait(timeout=10)
+        return {
+            "status": "ok",
+            "value": (cpu1 - cpu0) / n / 1000.0,
+            "unit": "us/req",
+            "requests": n,
+            "window_s": t1 - t0,
+            "req_per_s": n / (t1 - t0),
+            "server_cpu_ns": cpu1 - cpu0,
+            "server_cpu_util": (cpu1 - cpu0) / 1e9 / (t1 - t0),
+            "stat_cpu_ns": stat1 - stat0,
+            "schedstat_ns": sched1 - sched0,
+            "threads": [threads0, threads1],
+            "client_note": last_line(client_err),
+        }
+    finally:
+        stop(client)
+        stop(server)
+        if wl.client == "unix":
+            try:
+                os.unlink(addr)
+            except OSError:
+                pass
+
+
+def measure_wrk(ctx: Ctx, wl: Workload, server, addr: str) -> dict:
+    a = ctx.args
+    pid = server.pid
+    url = f"http://{addr}/"
+
+    def wrk(seconds: int):
+        cmd = ["wrk", f"-c{wl.conns}", "-t1", f"-d{seconds}s", url]
+        proc, errpath = start_client(ctx, cmd, f"wrk-{wl.name}")
+        try:
+            out, _ = proc.communicate(timeout=seconds + 30)
+        finally:
+            stop(proc)
+        text = out.decode(errors="replace")
+        for line in text.splitlines():
+            parts = line.split()
+            if len(parts) >= 3 and parts[1] == "requests" and parts[2] == "in":
+                return int(parts[0]), text
+        raise RunError("error", f"wrk: no request count: {text.strip()[-200:]} {last_line(errpath)}")
+
+    if a.warmup > 0:
+        wrk(max(1, round(a.warmup)))
+    cpu0, sched0, threads0 = server_cpu(pid)
+    stat0 = stat_cpu_ns(pid)
+    t0 = time.perf_counter()
+    n, text = wrk(max(1, round(a.duration)))
+    cpu1, sched1, threads1 = server_cpu(pid)
+    stat1 = stat_cpu_ns(pid)
+    t1 = time.perf_counter()
+    if server.poll() is not None:
+        raise RunError("error", "server died during wrk")
+    errors = [ln.strip() for ln in text.splitlines() if "Socket errors" in ln or "Non-2xx" in ln]
+    return {
+        "status": "ok",
+        "value": (cpu1 - cpu0) / n / 1000.0,
+        "unit": "us/req",
+        "requests": n,
+        "window_s": t1 - t0,
+        "req_per_s": n / (t1 - t0),
+        "server_cpu_ns": cpu1 - cpu0,
+        "server_cpu_util": (cpu1 - cpu0) / 1e9 / (t1 - t0),
+        "stat_cpu_ns": stat1 - stat0,
+        "schedstat_ns": sched1 - sched0,
+        "threads": [threads0, threads1],
+        "client": "wrk",
+        "client_note": "; ".join(errors),
+    }
+
+
+def measure_idle(ctx: Ctx, wl: Workload, server, server_err: str, addr: str) -> dict:
+    pid = server.pid
+    time.sleep(0.5)
+    rss0 = rss_bytes(pid)
+    cmd = [LOADGEN, "client", "--mode", "idle", "--addr", addr, "--conns", str(wl.conns), "--hold", "120"]
+    client, client_err = start_client(ctx, cmd, f"idle-{wl.name}")
+    try:
+        line = read_line(client, 90)
+        if line != "READY":
+            why = f"server died: {last_line(server_err)}" if server.poll() is not None else last_line(client_err)
+            raise RunError("error", f"idle client: no READY ({line!r}): {why}")
+        time.sleep(0.5)
+        rss1 = rss_bytes(pid)
+    finally:
+        stop(client)
+    return {
+        "status": "ok",
+        "value": (rss1 - rss0) / wl.conns,
+        "unit": "bytes/conn",
+        "rss_before": rss0,
+        "rss_after": rss1,
+        "conns": wl.conns,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# setup
+
+
+def build_loadgen():
+    if os.path.exists(LOADGEN) and not os.environ.get("LOADGEN_REBUILD"):
+        src = os.path.join(LOADGEN_DIR, "src")
+        newest = max(os.path.getmtime(os.path.join(src, f)) for f in os.listdir(src))
+        newest = max(newest, os.path.getmtime(os.path.join(LOADGEN_DIR, "Cargo.toml")))
+        if os.path.getmtime(LOADGEN) >= newest:
+            return
+    print("building loadgen (cargo build --release) ...", file=sys.stderr, flush=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=LOADGEN_DIR, check=True, timeout=1800)
+
+
+def ensure_cert():
+    cert, key = os.path.join(TLS_DIR, "cert.pem"), os.path.join(TLS_DIR, "key.pem")
+    if os.path.exists(cert) and os.path.exists(key):
+        return
+    os.makedirs(TLS_DIR, exist_ok=True)
+    if not shutil.which("openssl"):
+        raise RunError("unsupported", "no openssl CLI to make a self-signed certificate")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", key, "-out", cert, "-days", "3650", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, timeout=60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def importable(python: str, module: str) -> tuple[bool, str]:
+    if module == "asyncio":
+        return True, ""
+    try:
+        r = subprocess.run([python, "-c", f"import {module}; print({module}.__name__)"],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return False, str(e)
+    if r.returncode == 0:
+        return True, ""
+    return False, (r.stderr.strip().splitlines() or ["import failed"])[-1]
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+
+def fmt_cell(samples: list[dict]) -> tuple[str, float | None]:
+    ok = [s["value"] for s in samples if s["status"] == "ok"]
+    if ok:
+        med = statistics.median(ok)
+        return (f"{med:.0f}" if samples[0].get("unit") == "bytes/conn" or med >= 1000 else f"{med:.2f}"), med
+    if not samples:
+        return "-", None
+    return samples[-1]["status"], None
+
+
+def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> str:
+    header = ["workload"] + loops + ["best peer", "ferroloop vs best peer"]
+    rows = []
+    notes = {}
+    for wl in workloads:
+        row = [wl.name + (" (B/conn)" if wl.client == "idle" else "")]
+        meds = {}
+        for loop in loops:
+            samples = [r for r in results if r["workload"] == wl.name and r["loop"] == loop]
+            text, med = fmt_cell(samples)
+            meds[loop] = med
+            row.append(text)
+            bad = [s for s in samples if s["status"] != "ok"]
+            if bad:
+                notes[(wl.name, loop)] = f"{bad[-1]['status']}: {bad[-1].get('note', '')}"
+        peers = [(meds[p], p) for p in PEERS if meds.get(p) is not None]
+        if peers:
+            best, who = min(peers)
+            row.append(f"{best:.0f} ({who})" if wl.client == "idle" or best >= 1000 else f"{best:.2f} ({who})")
+            fl = meds.get("ferroloop")
+            row.append(f"{(fl / best - 1) * 100:+.0f}%" if fl is not None and best > 0 else "-")
+        else:
+            row += ["-", "-"]
+        rows.append(row)
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header))]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in rows:
+        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+    lines.append("")
+    lines.append("cells: median server CPU us per request (idle_rss: server RSS bytes per idle connection);")
+    lines.append("'ferroloop vs best peer': + = ferroloop uses more CPU (or memory) than the best of uvloop/rloop/rsloop.")
+    for (w, l), n in notes.items():
+        lines.append(f"  {w} / {l}: {n}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--loops", default=",".join(ALL_LOOPS))
+    ap.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--duration", type=float, default=3.0, help="measured seconds per sample")
+    ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per sample")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"))
+    ap.add_argument("--python", default=sys.executable, help="interpreter for the Python servers")
+    default_rs = "/tmp/rsvenv/bin/python" if os.path.exists("/tmp/rsvenv/bin/python") else sys.executable
+    ap.add_argument("--rsloop-python", default=default_rs, help="interpreter for the rsloop server")
+    ap.add_argument("--http-client", choices=("wrk", "loadgen"), default="wrk" if shutil.which("wrk") else "loadgen")
+    ap.add_argument("--list", action="store_true", help="list the workloads")
+    a = ap.parse_args()
+
+    if a.list:
+        for w in WORKLOADS:
+            print(f"{w.name:16} {w.what}")
+        return
+    loops = [x for x in a.loops.split(",") if x]
+    for x in loops:
+        if x not in ALL_LOOPS:
+            ap.error(f"unknown loop {x!r}")
+    workloads = []
+    for x in a.workloads.split(","):
+        if x not in BY_NAME:
+            ap.error(f"unknown workload {x!r} (--list)")
+        workloads.append(BY_NAME[x])
+
+    # the driver itself stays off the server's CPU
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    if len(os.sched_getaffinity(0)) < 1 or os.cpu_count() < 2:
+        sys.exit("needs 2 CPUs")
+    # make finally blocks run on SIGTERM too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    build_loadgen()
+    ctx = Ctx(args=a, logdir=tempfile.mkdtemp(prefix="ferroloop-server-bench-"))
+    ctx.pythons = {loop: a.python for loop in PY_LOOPS}
+    ctx.pythons["rsloop"] = a.rsloop_python
+
+    missing = {}
+    for loop in loops:
+        if loop == "floor":
+            continue
+        ok, why = importable(ctx.pythons[loop], loop)
+        if not ok:
+            missing[loop] = f"not importable with {ctx.pythons[loop]}: {why}"
+    if any(w.server == "http" for w in workloads):
+        ok, why = importable(a.python, "httptools")
+        if not ok:
+            print(f"warning: httptools missing ({why}): the http workload will fail", file=sys.stderr)
+    tls_problem = None
+    if any(w.tls for w in workloads):
+        try:
+            ensure_cert()
+        except (RunError, subprocess.SubprocessError, OSError) as e:
+            tls_problem = str(e)
+
+    print(f"loops: {', '.join(loops)}; rounds {a.rounds}, warm-up {a.warmup} s, measured {a.duration} s; "
+          f"http client: {a.http_client}; logs: {ctx.logdir}", flush=True)
+    for loop, why in missing.items():
+        print(f"  {loop}: missing ({why})", flush=True)
+
+    results = []
+    try:
+        for rnd in range(a.rounds):
+            for wl in workloads:
+                k = rnd % len(loops)
+                order = loops[k:] + loops[:k]
+                for loop in order:
+                    rec = {"round": rnd, "workload": wl.name, "loop": loop, "server": wl.server, "client": wl.client,
+                           "conns": wl.conns, "size": wl.size, "duration": a.duration, "warmup": a.warmup}
+                    if loop in missing:
+                        rec.update(status="missing", note=missing[loop])
+                    elif wl.tls and tls_problem:
+                        rec.update(status="unsupported", note=tls_problem)
+                    else:
+                        rec.update(run_one(ctx, loop, wl))
+                    results.append(rec)
+                    val = f"{rec['value']:.2f} {rec['unit']}" if rec["status"] == "ok" else f"{rec['status']}: {rec.get('note', '')}"
+                    extra = f"  ({rec['req_per_s']:.0f} req/s, server CPU {rec['server_cpu_util'] * 100:.0f}%)" if "req_per_s" in rec else ""
+                    print(f"[round {rnd + 1}/{a.rounds}] {wl.name:15} {loop:10} {val}{extra}", flush=True)
+    finally:
+        for p in ctx.procs:
+            stop(p)
+        if a.json:
+            os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+            with open(a.json, "w") as f:
+                json.dump({"args": vars(a), "samples": results}, f, indent=1)
+    print()
+    print(report(results, loops, workloads))
+    if a.json:
+        print(f"\nsamples: {a.json}")
+
+
+def run_one(ctx: Ctx, loop: str, wl: Workload) -> dict:
+    for attempt in range(2):
+        try:
+            return measure(ctx, loop, wl)
+        except RunError as e:
+            if attempt == 0 and loop != "floor":
+                ok, _ = importable(ctx.pythons[loop], loop)
+                if not ok:  # e.g. the package is being reinstalled right now: wait once and retry
+                    time.sleep(30)
+                    continue
+            return {"status": e.status, "note": e.note}
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            return {"status": "error", "note": f"{type(e).__name__}: {e}"}
+    return {"status": "missing", "note": "not importable (after waiting 30 s)"}
+
+
+if __name__ == "__main__":
+    main()
