@@ -218,7 +218,13 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
             and not self._debug
             and type(sock) is socket.socket
         ):
-            acceptor = _core._Acceptor(self, protocol_factory, sock, server, backlog, rest)
+            # The transport is made natively unless a subclass has its own
+            # _make_socket_transport.
+            native = type(self)._make_socket_transport is Loop._make_socket_transport
+            acceptor = _core._Acceptor(
+                self, protocol_factory, sock, server, backlog, rest,
+                _SelectorSocketTransport if native else None, _PY312,
+            )
             self._add_reader(sock.fileno(), acceptor)
         else:
             _ASYNCIO_START_SERVING(self, protocol_factory, sock, sslcontext, server, backlog,
@@ -242,6 +248,12 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
         return _SelectorDatagramTransport(self, sock, protocol, address, waiter, extra)
 
     def _make_socket_transport(self, sock, protocol, waiter=None, *, extra=None, server=None):
+        if not self._debug and type(sock) is socket.socket:
+            # asyncio's __init__ chain, natively: the same attributes, calls and callbacks
+            # (see crates/ferroloop-py/src/net/stream_lifecycle.rs).
+            return _core._new_socket_transport(
+                self, _SelectorSocketTransport, sock, protocol, waiter, extra, server, _PY312
+            )
         if _PY312:
             self._ensure_fd_no_transport(sock)
         return _SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
@@ -296,10 +308,11 @@ class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
         try:
             super()._call_connection_lost(exc)
         finally:
-            # The native reader and writer hold the transport: break the cycle once the
-            # transport is done.
+            # The native reader, writer and close hold the transport: break the cycle once
+            # the transport is done.
             self.__dict__.pop("_read_ready", None)
             self.__dict__.pop("write", None)
+            self.__dict__.pop("close", None)
 
 
 class _SelectorDatagramTransport(selector_events._SelectorDatagramTransport):

@@ -143,6 +143,25 @@ pub fn accept(fd: RawFd) -> io::Result<(RawFd, SockAddr)> {
     Ok((conn, addr))
 }
 
+/// `setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, 1)`.
+pub fn set_nodelay(fd: RawFd) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `one` is a readable c_int for the call; an invalid fd only makes it fail.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `close(fd)`, for an fd this process owns and nothing else will close.
 pub fn close(fd: RawFd) {
     // SAFETY: closing an fd has no memory effects; the caller owns it.

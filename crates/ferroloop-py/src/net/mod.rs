@@ -8,7 +8,8 @@
 //! - [`buffer`]: the per-thread receive buffer and the buffer protocol.
 //! - [`sock_ops`]: `loop.sock_recv`, `sock_recv_into`, `sock_sendall`.
 //! - [`transport`]: what stream and datagram transports share.
-//! - [`stream`]: TCP and Unix stream transports (reads, writes).
+//! - [`stream`]: TCP and Unix stream transports: the reader callback and `write`.
+//! - [`stream_lifecycle`]: their construction, end of file, `close` and `connection_lost`.
 //! - [`datagram`]: UDP and Unix datagram transports (reads).
 //! - [`server`]: listening sockets: the accept loop and each accepted connection's set-up.
 
@@ -18,8 +19,10 @@ pub(crate) mod server;
 pub(crate) mod sock_ops;
 pub(crate) mod socket;
 pub(crate) mod stream;
+pub(crate) mod stream_lifecycle;
 pub(crate) mod transport;
 
 pub(crate) use datagram::DatagramReader;
 pub(crate) use server::Acceptor;
 pub(crate) use stream::TransportReader;
+pub(crate) use stream_lifecycle::{new_socket_transport, Step};

@@ -13,7 +13,8 @@
 //! system call), the `socket.socket` object made for that fd as `socket.accept()` makes it,
 //! the peer's address as `accept()` gives it, and `call_soon` of the connection step, which
 //! calls the protocol factory and `loop._make_socket_transport(conn, protocol, extra=
-//! {"peername": addr}, server=server)` in the next iteration, as the task's first step would.
+//! {"peername": addr}, server=server)` in the next iteration, as the task's first step would
+//! (natively, see `stream_lifecycle.rs`, when that method is ferroloop's own).
 //! As in asyncio outside debug mode, an exception there is dropped (the task swallowed it).
 //!
 //! Errors of `accept` are asyncio's: `EAGAIN` and `ECONNABORTED` end the batch; `EMFILE`,
@@ -28,12 +29,13 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyTuple, PyType};
 use pyo3::PyTraverseError;
 
 use ferroloop_core::sys::net;
 
-use super::socket::{fileno, retry_interrupted};
+use super::socket::{fileno, retry_interrupted, socket_kind};
+use super::stream_lifecycle::new_socket_transport;
 use crate::event_loop::Loop;
 use crate::handles::Args;
 
@@ -51,6 +53,13 @@ struct Serving {
     rest: Py<PyTuple>,
     /// `self._connection`, bound once: the callback of each accepted connection's step.
     on_connection: Option<Py<PyAny>>,
+    /// The listening socket's `(family, type, proto)`, which its connections get.
+    kind: (i32, i32, i32),
+    /// ferroloop's transport class when the loop's `_make_socket_transport` is ferroloop's
+    /// own: the connection step then makes the transport natively without calling it.
+    transport_class: Option<Py<PyType>>,
+    /// 3.12+: the transport is made after `_ensure_fd_no_transport`.
+    check_fd: bool,
 }
 
 /// The reader callback of a listening socket (see the module docs).
@@ -63,25 +72,31 @@ pub struct Acceptor {
 #[pymethods]
 impl Acceptor {
     #[new]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         event_loop: Py<Loop>,
         protocol_factory: Py<PyAny>,
-        sock: Py<PyAny>,
+        sock: Bound<'_, PyAny>,
         server: Py<PyAny>,
         backlog: usize,
         rest: Py<PyTuple>,
-    ) -> Self {
-        Acceptor {
+        transport_class: Option<Py<PyType>>,
+        check_fd: bool,
+    ) -> PyResult<Self> {
+        Ok(Acceptor {
             serving: Some(Serving {
                 event_loop,
                 protocol_factory,
-                sock,
+                kind: socket_kind(&sock)?,
+                sock: sock.unbind(),
                 server,
                 rest,
                 on_connection: None,
+                transport_class,
+                check_fd,
             }),
             backlog,
-        }
+        })
     }
 
     /// The name asyncio's messages give the method this replaces ("Exception in callback
@@ -135,14 +150,29 @@ impl Acceptor {
             protocol = Some(made.clone());
             let extra = PyDict::new(py);
             extra.set_item(intern!(py, "peername"), addr)?;
-            let kwargs = PyDict::new(py);
-            kwargs.set_item(intern!(py, "extra"), extra)?;
-            kwargs.set_item(intern!(py, "server"), serving.server.bind(py))?;
-            event_loop.call_method(
-                intern!(py, "_make_socket_transport"),
-                (conn, made),
-                Some(&kwargs),
-            )
+            let server = serving.server.bind(py);
+            match &serving.transport_class {
+                Some(class) if !event_loop.get().is_debug() => new_socket_transport(
+                    event_loop,
+                    class.bind(py),
+                    &conn,
+                    &made,
+                    &py.None().into_bound(py),
+                    extra.as_any(),
+                    server,
+                    serving.check_fd,
+                ),
+                _ => {
+                    let kwargs = PyDict::new(py);
+                    kwargs.set_item(intern!(py, "extra"), extra)?;
+                    kwargs.set_item(intern!(py, "server"), server)?;
+                    event_loop.call_method(
+                        intern!(py, "_make_socket_transport"),
+                        (conn, made),
+                        Some(&kwargs),
+                    )
+                }
+            }
         })();
         match outcome {
             Ok(_) => Ok(()),
@@ -178,6 +208,7 @@ impl Acceptor {
             visit.call(&serving.server)?;
             visit.call(&serving.rest)?;
             visit.call(&serving.on_connection)?;
+            visit.call(&serving.transport_class)?;
         }
         Ok(())
     }
@@ -230,7 +261,7 @@ impl Acceptor {
                     }
                 }
             };
-            let conn = match connection_socket(sock, fd) {
+            let conn = match connection_socket(sock, serving.kind, fd) {
                 Ok(conn) => conn,
                 Err(error) => {
                     net::close(fd);
@@ -263,21 +294,14 @@ impl Acceptor {
 /// (the fd is non-blocking already).
 fn connection_socket<'py>(
     listening: &Bound<'py, PyAny>,
+    (family, kind, proto): (i32, i32, i32),
     fd: std::os::fd::RawFd,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let py = listening.py();
-    let family = listening.getattr(intern!(py, "family"))?;
-    let kind: i32 = listening.getattr(intern!(py, "type"))?.extract()?;
-    let proto = listening.getattr(intern!(py, "proto"))?;
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     let kind = kind | libc::SOCK_NONBLOCK;
-    let kwargs = PyDict::new(py);
-    kwargs.set_item(intern!(py, "fileno"), fd)?;
-    let conn = listening
-        .get_type()
-        .call((family, kind, proto), Some(&kwargs))?;
+    let conn = listening.get_type().call1((family, kind, proto, fd))?;
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    conn.call_method1(intern!(py, "setblocking"), (false,))?;
+    conn.call_method1(pyo3::intern!(listening.py(), "setblocking"), (false,))?;
     Ok(conn)
 }
 

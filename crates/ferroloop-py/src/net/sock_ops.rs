@@ -43,7 +43,7 @@ static KW_CONTEXT: KeywordNames = KeywordNames::new(&["context"]);
 /// asyncio's `_ensure_fd_no_transport(fd)`, called only when the fd is a key of
 /// `loop._transports` (a `WeakValueDictionary`, whose entries are in `.data`): the method
 /// costs a `KeyError` raised and caught for every fd without a transport.
-fn ensure_fd_no_transport(slf: &Bound<'_, Loop>, fd: RawFd) -> PyResult<()> {
+pub(crate) fn ensure_fd_no_transport(slf: &Bound<'_, Loop>, fd: RawFd) -> PyResult<()> {
     let py = slf.py();
     let transports = slf.getattr(intern!(py, "_transports"))?;
     if let Ok(data) = transports.getattr(intern!(py, "data")) {

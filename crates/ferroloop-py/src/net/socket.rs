@@ -19,6 +19,60 @@ use crate::ffi::check_signals;
 
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
+/// `_socket.socket`'s own getters and methods: `socket.socket` wraps `family` and `type` in
+/// Python properties that convert to enums (thousands of instructions each), and `close` in
+/// a Python method.
+struct CSocket {
+    family: Py<PyAny>,
+    kind: Py<PyAny>,
+    proto: Py<PyAny>,
+    close: Py<PyAny>,
+}
+
+static C_SOCKET: PyOnceLock<CSocket> = PyOnceLock::new();
+
+fn c_socket(py: Python<'_>) -> PyResult<&CSocket> {
+    C_SOCKET.get_or_try_init(py, || {
+        let attributes = py
+            .import("_socket")?
+            .getattr("socket")?
+            .getattr("__dict__")?;
+        let getter = |name: &str| -> PyResult<Py<PyAny>> {
+            Ok(attributes.get_item(name)?.getattr("__get__")?.unbind())
+        };
+        Ok::<_, PyErr>(CSocket {
+            family: getter("family")?,
+            kind: getter("type")?,
+            proto: getter("proto")?,
+            close: attributes.get_item("close")?.unbind(),
+        })
+    })
+}
+
+/// `(family, type, proto)` of a socket object, as plain ints.
+pub(crate) fn socket_kind(sock: &Bound<'_, PyAny>) -> PyResult<(i32, i32, i32)> {
+    let py = sock.py();
+    let c = c_socket(py)?;
+    Ok((
+        c.family.bind(py).call1((sock,))?.extract()?,
+        c.kind.bind(py).call1((sock,))?.extract()?,
+        c.proto.bind(py).call1((sock,))?.extract()?,
+    ))
+}
+
+/// `sock.close()` of an exact `socket.socket`: what `socket.socket.close` does (mark it
+/// closed; close the fd unless `makefile()` objects still use it), without its two Python
+/// frames.
+pub(crate) fn close_socket(sock: &Bound<'_, PyAny>) -> PyResult<()> {
+    let py = sock.py();
+    sock.setattr(intern!(py, "_closed"), true)?;
+    let io_refs: isize = sock.getattr(intern!(py, "_io_refs"))?.extract()?;
+    if io_refs <= 0 {
+        c_socket(py)?.close.bind(py).call1((sock,))?;
+    }
+    Ok(())
+}
+
 /// `type(sock) is socket.socket`.
 pub(crate) fn is_plain_socket(sock: &Bound<'_, PyAny>) -> PyResult<bool> {
     let socket_type = SOCKET_TYPE.import(sock.py(), "socket", "socket")?;

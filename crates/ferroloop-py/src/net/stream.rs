@@ -24,7 +24,9 @@ use pyo3::PyTraverseError;
 
 use super::buffer::{byte_buffer, recv_bytes};
 use super::socket::{fileno, is_plain_socket, send};
+use super::stream_lifecycle;
 use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
+use crate::event_loop::Loop;
 
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -58,13 +60,13 @@ fn is_data_received_path(callback: &Bound<'_, PyAny>) -> PyResult<bool> {
 /// The reader callback of one socket transport (see the module docs).
 #[pyclass(module = "ferroloop._core", name = "_TransportReader")]
 pub struct TransportReader {
-    transport: TransportRef,
+    pub(crate) transport: TransportRef,
 }
 
 #[pymethods]
 impl TransportReader {
     #[new]
-    fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
+    pub(crate) fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
         TransportReader {
             transport: TransportRef::new(transport, attributes),
         }
@@ -115,6 +117,13 @@ impl TransportReader {
         };
         // SAFETY: `data` is a bytes object (recv_bytes makes one).
         if unsafe { ffi::PyBytes_Size(data.as_ptr()) } == 0 {
+            let native = !attributes.contains(intern!(py, "_read_ready__on_eof"))?
+                && get!(py, transport, attributes, "_loop")?
+                    .cast::<Loop>()
+                    .is_ok_and(|event_loop| !event_loop.get().is_debug());
+            if native {
+                return stream_lifecycle::on_eof(&transport, &attributes);
+            }
             transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
             return Ok(());
         }
@@ -174,6 +183,12 @@ impl TransportReader {
         drop(buffer);
         transport.call_method1(intern!(py, "_write_rest"), (data, sent))?;
         Ok(())
+    }
+
+    /// `transport.close()` (the transport's instance attribute `close` is this bound method,
+    /// on transports made by `_new_socket_transport`): asyncio's `_SelectorTransport.close`.
+    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
+        stream_lifecycle::close(slf)
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

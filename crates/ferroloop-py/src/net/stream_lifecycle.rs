@@ -1,0 +1,480 @@
+//! A stream transport's life outside its data path, natively: construction, the start of
+//! reading, end of file, `close()` and `connection_lost`.
+//!
+//! The transport is still asyncio's `_SelectorSocketTransport` (ferroloop's subclass of the
+//! running version's class): [`new_socket_transport`] makes the instance and gives it every
+//! attribute asyncio's `__init__` chain gives it, with the same values, makes the same calls
+//! (`server._attach`, `loop._transports[fd] = transport`, `TCP_NODELAY`) and schedules the same
+//! callbacks in the same order (`connection_made`, the start of reading, the waiter's result).
+//! Every method that is not replaced here, and every other case (debug mode, another socket
+//! type), is asyncio's own code working on those attributes.
+//!
+//! Replaced: `_read_ready__on_eof` (inside the native reader), `close` (an instance attribute,
+//! as `write`), and the `_call_connection_lost` that `close` schedules, whose callable names
+//! itself `_SelectorSocketTransport._call_connection_lost` as asyncio's bound method does, so
+//! that "Exception in callback ..." reads the same. A `_call_connection_lost` scheduled by
+//! asyncio's own code (the write path's flush, `abort`, `_force_close`) is the Python method.
+//! `tests/test_stream_transport.py` compares the attributes and every step with a transport
+//! made by asyncio's `__init__`.
+
+use pyo3::exceptions::PyConnectionError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyTuple, PyType};
+
+use ferroloop_core::reactor::Interest;
+use ferroloop_core::sys::net;
+
+use super::sock_ops::ensure_fd_no_transport;
+use super::socket::{close_socket, fileno, socket_kind};
+use super::stream::TransportReader;
+use super::transport::{fatal_error, get, is_exit};
+use crate::errors::os_error;
+use crate::event_loop::Loop;
+use crate::handles::Args;
+
+/// What differs between the supported asyncio versions, read once from asyncio itself.
+struct Asyncio {
+    /// `collections.deque` (3.12+) or `bytearray` (`_buffer_factory`, up to 3.11).
+    buffer_factory: Py<PyAny>,
+    /// 3.12+: `_write_ready` is an instance attribute, `_write_sendmsg` or `_write_send`.
+    write_ready: Option<&'static str>,
+    /// 3.13: `server._attach(transport)` / `_detach(transport)`; before, no argument.
+    server_takes_transport: bool,
+    transport_socket: Py<PyType>,
+    buffered_protocol: Py<PyType>,
+    set_result_unless_cancelled: Py<PyAny>,
+    /// `object.__new__`.
+    object_new: Py<PyAny>,
+    /// `socket.socket`, whose objects' `close` is done natively.
+    socket_type: Py<PyType>,
+}
+
+static ASYNCIO: PyOnceLock<Asyncio> = PyOnceLock::new();
+
+fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
+    ASYNCIO.get_or_try_init(py, || {
+        let selector_events = py.import("asyncio.selector_events")?;
+        let transport = selector_events.getattr("_SelectorTransport")?;
+        let buffer_factory = match transport.getattr("_buffer_factory") {
+            Ok(factory) => factory,
+            Err(_) => py.import("collections")?.getattr("deque")?,
+        };
+        let socket_transport = selector_events.getattr("_SelectorSocketTransport")?;
+        let write_ready = if socket_transport.hasattr("_write_sendmsg")? {
+            Some(if selector_events.getattr("_HAS_SENDMSG")?.is_truthy()? {
+                "_write_sendmsg"
+            } else {
+                "_write_send"
+            })
+        } else {
+            None
+        };
+        let version: (u8, u8) = py
+            .import("sys")?
+            .getattr("version_info")?
+            .extract::<(u8, u8, u8, String, u8)>()
+            .map(|v| (v.0, v.1))?;
+        Ok::<_, PyErr>(Asyncio {
+            buffer_factory: buffer_factory.unbind(),
+            write_ready,
+            server_takes_transport: version >= (3, 13),
+            transport_socket: py
+                .import("asyncio.trsock")?
+                .getattr("TransportSocket")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            buffered_protocol: py
+                .import("asyncio.protocols")?
+                .getattr("BufferedProtocol")?
+                .cast_into::<PyType>()?
+                .unbind(),
+            set_result_unless_cancelled: py
+                .import("asyncio.futures")?
+                .getattr("_set_result_unless_cancelled")?
+                .unbind(),
+            object_new: py
+                .import("builtins")?
+                .getattr("object")?
+                .getattr("__new__")?
+                .unbind(),
+            socket_type: py
+                .import("socket")?
+                .getattr("socket")?
+                .cast_into::<PyType>()?
+                .unbind(),
+        })
+    })
+}
+
+/// asyncio: `loop._transports[fd] = transport`. `_transports` is a `WeakValueDictionary`,
+/// whose `__setitem__` makes a `KeyedRef` with a removal callback (three Python frames); a
+/// plain weak reference in its `data` is what its lookups (`[]`, `get`, `in`) read the same
+/// way, and it is replaced when the fd number is reused.
+fn register_transport(
+    event_loop: &Bound<'_, Loop>,
+    fd: i32,
+    transport: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = event_loop.py();
+    let transports = event_loop.getattr(intern!(py, "_transports"))?;
+    match transports
+        .getattr(intern!(py, "data"))
+        .ok()
+        .and_then(|data| data.cast_into::<PyDict>().ok())
+    {
+        Some(data) => data.set_item(fd, pyo3::types::PyWeakrefReference::new(transport)?),
+        None => transports.set_item(fd, transport),
+    }
+}
+
+/// `sock.getsockname()` (or `getpeername`), `None` on `OSError`, as asyncio's `__init__`.
+fn address_or_none<'py>(
+    sock: &Bound<'py, PyAny>,
+    method: &Bound<'py, pyo3::types::PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = sock.py();
+    match sock.call_method0(method) {
+        Ok(address) => Ok(address),
+        Err(error) if error.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
+            Ok(py.None().into_bound(py))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// `ferroloop._core._new_socket_transport(loop, cls, sock, protocol, waiter, extra, server,
+/// check_fd)`: asyncio's `cls(loop, sock, protocol, waiter, extra, server)` for an exact
+/// `socket.socket` outside debug mode (see the module docs). `check_fd`: 3.12+'s
+/// `_ensure_fd_no_transport(sock)` first.
+#[pyfunction]
+#[pyo3(name = "_new_socket_transport")]
+#[allow(clippy::too_many_arguments)]
+pub fn new_socket_transport<'py>(
+    event_loop: &Bound<'py, Loop>,
+    cls: &Bound<'py, PyType>,
+    sock: &Bound<'py, PyAny>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: &Bound<'py, PyAny>,
+    extra: &Bound<'py, PyAny>,
+    server: &Bound<'py, PyAny>,
+    check_fd: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = event_loop.py();
+    let asyncio = asyncio(py)?;
+    let fd = fileno(sock)?;
+    if check_fd {
+        ensure_fd_no_transport(event_loop, fd)?;
+    }
+    let transport = asyncio.object_new.bind(py).call1((cls,))?;
+    let attributes = transport
+        .getattr(intern!(py, "__dict__"))?
+        .cast_into::<PyDict>()?;
+    let reader = Bound::new(
+        py,
+        TransportReader::new(transport.clone().unbind(), attributes.clone().unbind()),
+    )?;
+    attributes.set_item(intern!(py, "_read_ready"), &reader)?;
+    attributes.set_item(intern!(py, "write"), reader.getattr(intern!(py, "write"))?)?;
+    attributes.set_item(intern!(py, "close"), reader.getattr(intern!(py, "close"))?)?;
+    // _SelectorSocketTransport.__init__, then _SelectorTransport.__init__.
+    attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
+    // _FlowControlMixin.__init__ and BaseTransport.__init__ (slots, not __dict__ entries);
+    // _set_write_buffer_limits() with no argument: 64 KiB and a quarter of it.
+    let extra = if extra.is_none() {
+        PyDict::new(py).into_any()
+    } else {
+        extra.clone()
+    };
+    transport.setattr(intern!(py, "_extra"), &extra)?;
+    transport.setattr(intern!(py, "_loop"), event_loop)?;
+    transport.setattr(intern!(py, "_protocol_paused"), false)?;
+    transport.setattr(intern!(py, "_high_water"), 64 * 1024)?;
+    transport.setattr(intern!(py, "_low_water"), 16 * 1024)?;
+    // trsock.TransportSocket(sock): its __init__ only sets its one slot.
+    let wrapped = asyncio
+        .object_new
+        .bind(py)
+        .call1((asyncio.transport_socket.bind(py),))?;
+    wrapped.setattr(intern!(py, "_sock"), sock)?;
+    extra.set_item(intern!(py, "socket"), wrapped)?;
+    extra.set_item(
+        intern!(py, "sockname"),
+        address_or_none(sock, intern!(py, "getsockname"))?,
+    )?;
+    if !extra.contains(intern!(py, "peername"))? {
+        extra.set_item(
+            intern!(py, "peername"),
+            address_or_none(sock, intern!(py, "getpeername"))?,
+        )?;
+    }
+    attributes.set_item(intern!(py, "_sock"), sock)?;
+    attributes.set_item(intern!(py, "_sock_fd"), fd)?;
+    attributes.set_item(intern!(py, "_protocol_connected"), false)?;
+    // _SelectorSocketTransport.set_protocol, then _SelectorTransport.set_protocol.
+    let read_path = if protocol.is_instance(asyncio.buffered_protocol.bind(py))? {
+        intern!(py, "_read_ready__get_buffer")
+    } else {
+        intern!(py, "_read_ready__data_received")
+    };
+    attributes.set_item(intern!(py, "_read_ready_cb"), transport.getattr(read_path)?)?;
+    attributes.set_item(intern!(py, "_protocol"), protocol)?;
+    attributes.set_item(intern!(py, "_protocol_connected"), true)?;
+    attributes.set_item(intern!(py, "_server"), server)?;
+    attributes.set_item(
+        intern!(py, "_buffer"),
+        asyncio.buffer_factory.bind(py).call0()?,
+    )?;
+    attributes.set_item(intern!(py, "_conn_lost"), 0)?;
+    attributes.set_item(intern!(py, "_closing"), false)?;
+    attributes.set_item(intern!(py, "_paused"), false)?;
+    if !server.is_none() {
+        if asyncio.server_takes_transport {
+            server.call_method1(intern!(py, "_attach"), (&transport,))?;
+        } else {
+            server.call_method0(intern!(py, "_attach"))?;
+        }
+    }
+    register_transport(event_loop, fd, &transport)?;
+    // The rest of _SelectorSocketTransport.__init__.
+    attributes.set_item(intern!(py, "_eof"), false)?;
+    attributes.set_item(intern!(py, "_empty_waiter"), py.None())?;
+    if let Some(name) = asyncio.write_ready {
+        attributes.set_item(intern!(py, "_write_ready"), transport.getattr(name)?)?;
+    }
+    // base_events._set_nodelay(sock).
+    let (family, kind, proto) = socket_kind(sock)?;
+    if (family == libc::AF_INET || family == libc::AF_INET6)
+        && kind == libc::SOCK_STREAM
+        && proto == libc::IPPROTO_TCP
+    {
+        net::set_nodelay(fd).map_err(os_error)?;
+    }
+    let soon = |callback: Bound<'py, PyAny>, args: Option<Args>| {
+        Loop::schedule_soon(event_loop, callback, args, None, "call_soon").map(drop)
+    };
+    soon(
+        protocol.getattr(intern!(py, "connection_made"))?,
+        Some(Args::One(transport.clone().unbind())),
+    )?;
+    let start = Bound::new(
+        py,
+        Step {
+            reader: reader.clone().unbind(),
+            kind: StepKind::StartReading,
+        },
+    )?;
+    soon(start.into_any(), None)?;
+    if !waiter.is_none() {
+        soon(
+            asyncio.set_result_unless_cancelled.bind(py).clone(),
+            Some(Args::Tuple(
+                PyTuple::new(py, [waiter.clone(), py.None().into_bound(py)])?.unbind(),
+            )),
+        )?;
+    }
+    Ok(transport)
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum StepKind {
+    /// asyncio: `self._add_reader(self._sock_fd, self._read_ready)`, scheduled by `__init__`.
+    StartReading,
+    /// asyncio: `self._call_connection_lost(None)`, scheduled by `close()`.
+    ConnectionLost,
+}
+
+/// A callback a native stream transport schedules, named as asyncio's bound method.
+#[pyclass(module = "ferroloop._core", name = "_TransportStep")]
+pub struct Step {
+    reader: Py<TransportReader>,
+    kind: StepKind,
+}
+
+#[pymethods]
+impl Step {
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        match self.kind {
+            StepKind::StartReading => "_SelectorTransport._add_reader",
+            StepKind::ConnectionLost => "_SelectorSocketTransport._call_connection_lost",
+        }
+    }
+
+    #[pyo3(signature = (*args))]
+    fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        let reader = self.reader.bind(py);
+        let Some((transport, attributes)) = reader.borrow().transport.bind(py) else {
+            return Ok(());
+        };
+        match self.kind {
+            StepKind::StartReading => start_reading(reader, &transport, &attributes),
+            StepKind::ConnectionLost => {
+                let exc = match args.len() {
+                    0 => py.None().into_bound(py),
+                    _ => args.get_item(0)?,
+                };
+                call_connection_lost(&transport, &attributes, &exc)
+            }
+        }
+    }
+
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.reader)
+    }
+}
+
+/// asyncio's `_SelectorTransport._add_reader(fd, self._read_ready)`: unless reading was paused
+/// or the transport is closing, register the reader.
+fn start_reading(
+    reader: &Bound<'_, TransportReader>,
+    transport: &Bound<'_, PyAny>,
+    attributes: &Bound<'_, PyDict>,
+) -> PyResult<()> {
+    let py = reader.py();
+    if get!(py, transport, attributes, "_paused")?.is_truthy()?
+        || get!(py, transport, attributes, "_closing")?.is_truthy()?
+    {
+        return Ok(());
+    }
+    let fd: i32 = get!(py, transport, attributes, "_sock_fd")?.extract()?;
+    let event_loop = get!(py, transport, attributes, "_loop")?;
+    let callback = get!(py, transport, attributes, "_read_ready")?;
+    match event_loop.cast::<Loop>() {
+        Ok(event_loop) => {
+            Loop::set_io_handle_fd(event_loop, fd, callback, None, None, Interest::READ, false)?;
+        }
+        Err(_) => {
+            event_loop.call_method1(intern!(py, "_add_reader"), (fd, callback))?;
+        }
+    }
+    Ok(())
+}
+
+/// asyncio's `_read_ready__on_eof` (outside debug mode, which logs first).
+pub(crate) fn on_eof(transport: &Bound<'_, PyAny>, attributes: &Bound<'_, PyDict>) -> PyResult<()> {
+    let py = transport.py();
+    let protocol = get!(py, transport, attributes, "_protocol")?;
+    let keep_open = match protocol.call_method0(intern!(py, "eof_received")) {
+        Ok(keep_open) => keep_open,
+        Err(error) if is_exit(&error, py) => return Err(error),
+        Err(error) => {
+            return fatal_error(
+                transport,
+                error,
+                intern!(py, "Fatal error: protocol.eof_received() call failed."),
+            )
+        }
+    };
+    if keep_open.is_truthy()? {
+        let fd = get!(py, transport, attributes, "_sock_fd")?;
+        get!(py, transport, attributes, "_loop")?
+            .call_method1(intern!(py, "_remove_reader"), (fd,))?;
+    } else {
+        transport.call_method0(intern!(py, "close"))?;
+    }
+    Ok(())
+}
+
+/// asyncio's `_SelectorTransport.close()`.
+pub(crate) fn close(reader: &Bound<'_, TransportReader>) -> PyResult<()> {
+    let py = reader.py();
+    let Some((transport, attributes)) = reader.borrow().transport.bind(py) else {
+        return Ok(());
+    };
+    if get!(py, transport, attributes, "_closing")?.is_truthy()? {
+        return Ok(());
+    }
+    attributes.set_item(intern!(py, "_closing"), true)?;
+    let event_loop = get!(py, transport, attributes, "_loop")?;
+    let fd = get!(py, transport, attributes, "_sock_fd")?;
+    event_loop.call_method1(intern!(py, "_remove_reader"), (&fd,))?;
+    if get!(py, transport, attributes, "_buffer")?.len()? == 0 {
+        let lost = get!(py, transport, attributes, "_conn_lost")?.add(1)?;
+        attributes.set_item(intern!(py, "_conn_lost"), lost)?;
+        event_loop.call_method1(intern!(py, "_remove_writer"), (&fd,))?;
+        let step = Bound::new(
+            py,
+            Step {
+                reader: reader.clone().unbind(),
+                kind: StepKind::ConnectionLost,
+            },
+        )?;
+        let args = Some(Args::One(py.None()));
+        match event_loop.cast::<Loop>() {
+            Ok(event_loop) => {
+                Loop::schedule_soon(event_loop, step.into_any(), args, None, "call_soon")?;
+            }
+            Err(_) => {
+                event_loop.call_method1(intern!(py, "call_soon"), (step, py.None()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// asyncio's `_SelectorSocketTransport._call_connection_lost(exc)` and its base's, then
+/// ferroloop's own step: the native callbacks let go of the transport.
+fn call_connection_lost(
+    transport: &Bound<'_, PyAny>,
+    attributes: &Bound<'_, PyDict>,
+    exc: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = transport.py();
+    let asyncio = asyncio(py)?;
+    let outcome = if get!(py, transport, attributes, "_protocol_connected")?.is_truthy()? {
+        get!(py, transport, attributes, "_protocol")?
+            .call_method1(intern!(py, "connection_lost"), (exc,))
+            .map(drop)
+    } else {
+        Ok(())
+    };
+    // The `finally:` clause: runs whatever connection_lost did.
+    let cleanup = (|| -> PyResult<()> {
+        let sock = get!(py, transport, attributes, "_sock")?;
+        if sock.get_type().is(asyncio.socket_type.bind(py)) {
+            close_socket(&sock)?;
+        } else {
+            sock.call_method0(intern!(py, "close"))?;
+        }
+        attributes.set_item(intern!(py, "_sock"), py.None())?;
+        attributes.set_item(intern!(py, "_protocol"), py.None())?;
+        transport.setattr(intern!(py, "_loop"), py.None())?;
+        let server = get!(py, transport, attributes, "_server")?;
+        if !server.is_none() {
+            if asyncio.server_takes_transport {
+                server.call_method1(intern!(py, "_detach"), (transport,))?;
+            } else {
+                server.call_method0(intern!(py, "_detach"))?;
+            }
+            attributes.set_item(intern!(py, "_server"), py.None())?;
+        }
+        Ok(())
+    })();
+    let outcome = match (outcome, cleanup) {
+        (_, Err(error)) => Err(error),
+        (outcome, Ok(())) => outcome,
+    };
+    let finish = (|| -> PyResult<()> {
+        outcome?;
+        let waiter = get!(py, transport, attributes, "_empty_waiter")?;
+        if !waiter.is_none() {
+            waiter.call_method1(
+                intern!(py, "set_exception"),
+                (PyConnectionError::new_err("Connection is closed by peer").into_value(py),),
+            )?;
+        }
+        Ok(())
+    })();
+    for name in [
+        intern!(py, "_read_ready"),
+        intern!(py, "write"),
+        intern!(py, "close"),
+    ] {
+        if attributes.contains(name)? {
+            attributes.del_item(name)?;
+        }
+    }
+    finish
+}

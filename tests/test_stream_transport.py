@@ -1,0 +1,331 @@
+"""Stream transports' life outside the data path: construction, the start of reading, end of
+file, close and connection_lost. ferroloop makes its transports natively (outside debug mode)
+with every attribute asyncio's ``__init__`` gives them; the tests compare those attributes with
+asyncio's own ``__init__`` and every observable step with asyncio's loop."""
+
+import asyncio
+import socket
+import sys
+
+import pytest
+
+import ferroloop
+from ferroloop import _loop as ferro_loop_module
+
+
+def _pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def _tcp_pair():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    client.setblocking(False)
+    server.setblocking(False)
+    return server, client
+
+
+def _state(transport):
+    """Every attribute of a transport, instance dict and slots, as (name, kind-of-value)."""
+
+    def kind(value):
+        if hasattr(value, "__self__") and hasattr(value, "__func__"):
+            return ("bound", value.__func__.__qualname__, value.__self__ is transport)
+        if isinstance(value, (bool, int, type(None), str, tuple)):
+            return value
+        return type(value).__name__
+
+    names = set(vars(transport)) - {"_read_ready", "write", "close"}
+    state = {name: kind(getattr(transport, name)) for name in names}
+    for slot in ("_extra", "_loop", "_protocol_paused", "_high_water", "_low_water"):
+        state[slot] = kind(getattr(transport, slot))
+    extra = transport._extra
+    state["extra"] = {k: kind(v) for k, v in extra.items()}
+    state["extra.socket._sock"] = extra["socket"]._sock is transport._sock
+    return state
+
+
+@pytest.mark.parametrize("make_socks", [_pair, _tcp_pair], ids=["unix", "tcp"])
+@pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
+@pytest.mark.nodebug
+def test_native_construction_matches_asyncios_init(make_socks, buffered):
+    loop = ferroloop.new_event_loop()
+    try:
+        base = asyncio.BufferedProtocol if buffered else asyncio.Protocol
+
+        class P(base):
+            def get_buffer(self, n):
+                return bytearray(n)
+
+            def buffer_updated(self, n):
+                pass
+
+        made = []
+        for native in (True, False):
+            s1, s2 = make_socks()
+            waiter = loop.create_future()
+            if native:
+                t = loop._make_socket_transport(s1, P(), waiter, extra={"x": 1})
+                assert "close" in vars(t), "expected the native construction"
+            else:
+                # asyncio's own __init__ chain (ferroloop's subclass, as in debug mode).
+                t = ferro_loop_module._SelectorSocketTransport(loop, s1, P(), waiter, {"x": 1})
+                assert "close" not in vars(t)
+            made.append((t, s1, s2, waiter))
+        (native_t, *_), (python_t, *_) = made
+        native_state = _state(native_t)
+        python_state = _state(python_t)
+        # The two sockets differ: compare the shape of the addresses, not their values.
+        for state in (native_state, python_state):
+            state["_sock_fd"] = "fd"
+            for key in ("sockname", "peername"):
+                state["extra"][key] = type(state["extra"][key]).__name__
+        assert native_state == python_state
+        assert loop._transports[native_t._sock_fd] is native_t
+        assert isinstance(native_t, asyncio.selector_events._SelectorSocketTransport)
+        loop.run_until_complete(asyncio.sleep(0))
+        for t, s1, s2, waiter in made:
+            assert waiter.done() and waiter.result() is None
+            t.close()
+            s2.close()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        loop.close()
+
+
+class Trace(asyncio.Protocol):
+    def __init__(self, trace, eof_result=None, eof_error=None, lost_error=None):
+        self.trace = trace
+        self.eof_result = eof_result
+        self.eof_error = eof_error
+        self.lost_error = lost_error
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.trace.append("made")
+
+    def data_received(self, data):
+        self.trace.append(("data", data))
+
+    def eof_received(self):
+        self.trace.append("eof")
+        if self.eof_error:
+            raise self.eof_error
+        return self.eof_result
+
+    def connection_lost(self, exc):
+        self.trace.append(("lost", type(exc).__name__ if exc else None))
+        if self.lost_error:
+            raise self.lost_error
+
+
+def _ticks(loop, trace, n):
+    count = [0]
+
+    def tick():
+        trace.append(("tick", count[0]))
+        count[0] += 1
+        if count[0] < n:
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+
+
+@pytest.mark.nodebug
+def test_steps_of_a_connection(loop):
+    # connection_made, the start of reading and the waiter's result are scheduled by the
+    # transport's construction, in that order; EOF closes it; connection_lost comes one
+    # iteration after close().
+    trace = []
+    a, b = _pair()
+    b.send(b"hello")
+    b.shutdown(socket.SHUT_WR)
+    waiter = loop.create_future()
+    waiter.add_done_callback(lambda f: trace.append("waiter"))
+    _ticks(loop, trace, 6)
+    t = loop._make_socket_transport(a, Trace(trace), waiter)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert trace[:9] == [
+        ("tick", 0),
+        "made",
+        # the start of reading ran too; the waiter's done callback is one iteration later
+        ("tick", 1),
+        "waiter",
+        ("data", b"hello"),
+        ("tick", 2),
+        "eof",
+        ("tick", 3),
+        ("lost", None),
+    ], trace
+    assert t.is_closing()
+    assert t._sock is None and t._protocol is None
+    assert t.get_extra_info("socket") is not None
+    b.close()
+
+
+@pytest.mark.nodebug
+def test_eof_received_true_keeps_the_transport_half_open(loop):
+    trace = []
+    a, b = _pair()
+    b.shutdown(socket.SHUT_WR)
+    t = loop._make_socket_transport(a, Trace(trace, eof_result=True))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert trace == ["made", "eof"]
+    assert not t.is_closing()
+    assert not t.is_reading() or loop._selector.get_map().get(a.fileno()) is None
+    t.write(b"still open")
+    assert b.recv(100) == b"still open"
+    t.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert trace[-1] == ("lost", None)
+    b.close()
+
+
+@pytest.mark.expect_errors
+@pytest.mark.nodebug
+def test_eof_received_error_is_fatal(loop, loop_errors):
+    trace = []
+    a, b = _pair()
+    b.shutdown(socket.SHUT_WR)
+    loop._make_socket_transport(a, Trace(trace, eof_error=ValueError("eof!")))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert trace == ["made", "eof", ("lost", "ValueError")]
+    (ctx,) = loop_errors
+    assert ctx["message"] == "Fatal error: protocol.eof_received() call failed."
+    assert isinstance(ctx["exception"], ValueError)
+    b.close()
+
+
+@pytest.mark.expect_errors
+@pytest.mark.nodebug
+def test_connection_lost_error_reported_as_asyncio(loop, loop_errors):
+    trace = []
+    a, b = _pair()
+    t = loop._make_socket_transport(a, Trace(trace, lost_error=KeyError("lost!")))
+    loop.run_until_complete(asyncio.sleep(0))
+    t.close()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    (ctx,) = loop_errors
+    assert ctx["message"] == (
+        "Exception in callback _SelectorSocketTransport._call_connection_lost(None)"
+    )
+    assert isinstance(ctx["exception"], KeyError)
+    # The finally clause ran: the socket is closed, the server detached.
+    assert a.fileno() == -1
+    assert t._sock is None
+    b.close()
+
+
+@pytest.mark.nodebug
+def test_close_twice_and_write_after_close(loop):
+    trace = []
+    a, b = _pair()
+    t = loop._make_socket_transport(a, Trace(trace))
+    loop.run_until_complete(asyncio.sleep(0))
+    t.close()
+    t.close()
+    assert t.is_closing()
+    loop.run_until_complete(asyncio.sleep(0))
+    assert trace.count(("lost", None)) == 1
+    b.close()
+
+
+@pytest.mark.nodebug
+def test_close_with_buffered_data_flushes_first(loop):
+    trace = []
+    a, b = _pair()
+    t = loop._make_socket_transport(a, Trace(trace))
+    loop.run_until_complete(asyncio.sleep(0))
+    big = b"x" * (4 * 1024 * 1024)
+    t.write(big)
+    assert t.get_write_buffer_size() > 0
+    t.close()
+    assert ("lost", None) not in trace
+    got = bytearray()
+
+    async def drain():
+        while len(got) < len(big):
+            await asyncio.sleep(0)
+            try:
+                got.extend(b.recv(1 << 20))
+            except BlockingIOError:
+                pass
+
+    loop.run_until_complete(asyncio.wait_for(drain(), 10))
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert bytes(got) == big
+    assert trace[-1] == ("lost", None)
+    assert trace.count(("lost", None)) == 1
+    b.close()
+
+
+@pytest.mark.nodebug
+def test_pause_reading_before_start(loop):
+    # pause_reading() between construction and the scheduled start of reading: no reader.
+    trace = []
+    a, b = _pair()
+    b.send(b"early")
+    t = loop._make_socket_transport(a, Trace(trace))
+    t.pause_reading()
+    loop.run_until_complete(asyncio.sleep(0.02))
+    assert trace == ["made"]
+    t.resume_reading()
+    loop.run_until_complete(asyncio.sleep(0.02))
+    assert trace == ["made", ("data", b"early")]
+    t.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    b.close()
+
+
+@pytest.mark.nodebug
+def test_abort_and_server_detach(loop):
+    made = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append(transport)
+
+        def connection_lost(self, exc):
+            made.append(("lost", exc))
+
+    server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    c = socket.create_connection(("127.0.0.1", port))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    (t,) = made
+    assert server._active_count == 1
+    t.abort()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert made[1] == ("lost", None)
+    assert server._active_count == 0
+    c.close()
+    server.close()
+    loop.run_until_complete(server.wait_closed())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="Server.close_clients is 3.13+")
+@pytest.mark.nodebug
+def test_close_clients(loop):
+    lost = []
+
+    class P(asyncio.Protocol):
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    loop.run_until_complete(asyncio.sleep(0.05))
+    server.close()
+    server.close_clients()
+    loop.run_until_complete(server.wait_closed())
+    assert lost == [None, None, None]
+    for c in clients:
+        c.close()
