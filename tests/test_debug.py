@@ -1,4 +1,5 @@
 import asyncio
+import os
 import gc
 import logging
 import sys
@@ -7,6 +8,8 @@ import time
 import warnings
 
 import pytest
+
+import ferroloop
 
 from conftest import run_python
 
@@ -364,6 +367,9 @@ def test_set_debug_while_running(loop):
     assert seen[0] > 0 and seen[1] == 0
 
 
+_FERROLOOP_DIR = os.path.dirname(ferroloop.__file__) + os.sep
+
+
 def test_task_source_traceback_names_the_caller(loop):
     # asyncio's Task records where create_task was called; no ferroloop frame may appear.
     loop.set_debug(True)
@@ -383,7 +389,7 @@ def test_task_source_traceback_names_the_caller(loop):
     # asyncio.create_task -> loop.create_task: the last frame is asyncio's tasks.py.
     assert t2._source_traceback[-1].filename == asyncio.tasks.__file__
     for frame in t1._source_traceback + t2._source_traceback:
-        assert "ferroloop" not in frame.filename, frame
+        assert not frame.filename.startswith(_FERROLOOP_DIR), frame
     assert f"created at {__file__}:{line1}>" in repr(t1)
 
 
@@ -401,4 +407,4 @@ def test_task_factory_source_traceback_has_no_ferroloop_frame(loop):
 
     t = loop.run_until_complete(main())
     for frame in t._source_traceback:
-        assert "ferroloop" not in frame.filename, frame
+        assert not frame.filename.startswith(_FERROLOOP_DIR), frame

@@ -100,6 +100,17 @@ def test_native_construction_matches_asyncios_init(make_socks, buffered):
         loop.close()
 
 
+def _close(loop, t, peer):
+    t.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    peer.close()
+
+
+def _active(server):
+    clients = getattr(server, "_clients", None)
+    return len(clients) if clients is not None else server._active_count
+
+
 class Trace(asyncio.Protocol):
     def __init__(self, trace, eof_result=None, eof_error=None, lost_error=None):
         self.trace = trace
@@ -213,8 +224,10 @@ def test_connection_lost_error_reported_as_asyncio(loop, loop_errors):
     t.close()
     loop.run_until_complete(asyncio.sleep(0.01))
     (ctx,) = loop_errors
+    # 3.13 shows a callback's arguments only in debug mode.
+    args = "()" if sys.version_info >= (3, 13) else "(None)"
     assert ctx["message"] == (
-        "Exception in callback _SelectorSocketTransport._call_connection_lost(None)"
+        f"Exception in callback _SelectorSocketTransport._call_connection_lost{args}"
     )
     assert isinstance(ctx["exception"], KeyError)
     # The finally clause ran: the socket is closed, the server detached.
@@ -275,7 +288,12 @@ def test_pause_reading_before_start(loop):
     t = loop._make_socket_transport(a, Trace(trace))
     t.pause_reading()
     loop.run_until_complete(asyncio.sleep(0.02))
-    assert trace == ["made"]
+    if sys.version_info >= (3, 11):
+        assert trace == ["made"]
+    else:
+        # 3.10's transport starts reading even when paused meanwhile.
+        assert trace == ["made", ("data", b"early")]
+        return _close(loop, t, b)
     t.resume_reading()
     loop.run_until_complete(asyncio.sleep(0.02))
     assert trace == ["made", ("data", b"early")]
@@ -300,11 +318,11 @@ def test_abort_and_server_detach(loop):
     c = socket.create_connection(("127.0.0.1", port))
     loop.run_until_complete(asyncio.sleep(0.05))
     (t,) = made
-    assert server._active_count == 1
+    assert _active(server) == 1
     t.abort()
     loop.run_until_complete(asyncio.sleep(0.01))
     assert made[1] == ("lost", None)
-    assert server._active_count == 0
+    assert _active(server) == 0
     c.close()
     server.close()
     loop.run_until_complete(server.wait_closed())

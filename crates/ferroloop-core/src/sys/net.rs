@@ -168,6 +168,26 @@ pub fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// `sendto(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, <IPv4 address, port>)`.
+pub fn send_to_ipv4(fd: RawFd, data: &[u8], host: [u8; 4], port: u16) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid sockaddr_in (plain integers).
+    let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    sin.sin_family = libc::AF_INET as libc::sa_family_t;
+    sin.sin_port = port.to_be();
+    sin.sin_addr.s_addr = u32::from_ne_bytes(host);
+    // SAFETY: `data` and `sin` are valid for the call; the kernel only reads them.
+    result(unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            SEND_FLAGS,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    })
+}
+
 /// True for the errors that mean "not now, wait for readiness" (`EAGAIN`/`EWOULDBLOCK`).
 #[inline]
 pub fn would_block(error: &io::Error) -> bool {
@@ -245,6 +265,19 @@ mod tests {
         let err = unsafe { recv(conn, buf.as_mut_ptr(), 1) }.unwrap_err();
         assert!(would_block(&err));
         close(conn);
+    }
+
+    #[test]
+    fn send_to_ipv4_reaches_the_address() {
+        use std::net::UdpSocket;
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = b.local_addr().unwrap().port();
+        assert_eq!(send_to_ipv4(a.as_raw_fd(), b"ping", [127, 0, 0, 1], port).unwrap(), 4);
+        let mut buf = [0u8; 8];
+        let (n, from) = b.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"ping");
+        assert_eq!(from, a.local_addr().unwrap());
     }
 
     #[test]

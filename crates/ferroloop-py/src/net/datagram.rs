@@ -1,4 +1,5 @@
-//! The read path of asyncio's datagram transport, natively (see [`DatagramReader`]).
+//! The read path of asyncio's datagram transport, natively (see [`DatagramReader`]), and its
+//! `sendto` when the datagram goes out at once.
 
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -7,12 +8,32 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use pyo3::PyTraverseError;
 
-use super::buffer::{recvfrom_bytes, SCRATCH_SIZE};
-use super::socket::{fileno, is_plain_socket};
+use ferroloop_core::sys::net;
+
+use super::buffer::{byte_buffer, recvfrom_bytes, SCRATCH_SIZE};
+use super::socket::{fileno, is_plain_socket, retry_interrupted, socket_kind};
 use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
 use crate::gil_cell::GilCell;
 
 static ASYNCIO_DATAGRAM_READ_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_SENDTO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// Whether asyncio's `sendto` drops an empty datagram (up to 3.12; 3.13 sends it).
+static DROPS_EMPTY: PyOnceLock<bool> = PyOnceLock::new();
+
+/// Where a datagram goes.
+enum Destination {
+    /// The connected peer: `send`.
+    Peer,
+    Ipv4([u8; 4], u16),
+}
+
+/// `("a.b.c.d", port)` as an IPv4 address and port, if it is exactly that (anything else,
+/// a host name included, is left to `socket.sendto`).
+fn ipv4_destination(addr: &Bound<'_, PyAny>) -> Option<Destination> {
+    let (host, port): (String, u16) = addr.extract().ok()?;
+    let host: std::net::Ipv4Addr = host.parse().ok()?;
+    Some(Destination::Ipv4(host.octets(), port))
+}
 
 /// An IPv4 sender: address and port.
 type Ipv4Sender = ([u8; 4], u16);
@@ -131,6 +152,107 @@ impl DatagramReader {
         get!(py, transport, attributes, "_protocol")?
             .call_method1(intern!(py, "datagram_received"), (data, address))?;
         Ok(())
+    }
+
+    /// `transport.sendto(data, addr=None)` (an instance attribute of the transport): asyncio's
+    /// `_SelectorDatagramTransport.sendto` when the datagram can go out at once on a plain
+    /// socket: connected (`send`), or to an IPv4 `(host, port)` on an IPv4 socket. A send that
+    /// would block buffers the datagram with `_buffer_datagram`, as asyncio does; every other
+    /// case is asyncio's own `sendto`. A socket connected to an unnamed Unix peer (a
+    /// `socketpair`) sends with `send`, as uvloop does, where asyncio calls `sendto(data, None)`
+    /// and fails (see docs/deviations.md).
+    #[pyo3(signature = (data, addr=None))]
+    fn sendto(
+        &self,
+        py: Python<'_>,
+        data: &Bound<'_, PyAny>,
+        addr: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let Some((transport, attributes)) = self.transport.bind(py) else {
+            return Ok(());
+        };
+        let none = py.None().into_bound(py);
+        let addr = addr.unwrap_or(&none);
+        let asyncio = || -> PyResult<()> {
+            asyncio_method(py, &ASYNCIO_SENDTO, "_SelectorDatagramTransport", "sendto")?
+                .call1((&transport, data, addr))?;
+            Ok(())
+        };
+        let Some(buffer) = byte_buffer(data) else {
+            return asyncio();
+        };
+        if buffer.len() == 0 {
+            let drops_empty = *DROPS_EMPTY.get_or_try_init(py, || {
+                Ok::<_, PyErr>(
+                    py.import("sys")?
+                        .getattr("version_info")?
+                        .lt((3, 13))?,
+                )
+            })?;
+            if drops_empty {
+                return Ok(());
+            }
+        }
+        let address = get!(py, transport, attributes, "_address")?;
+        let addr = if address.is_truthy()? {
+            // asyncio: `addr not in (None, self._address)` raises.
+            if !addr.is_none() && !addr.is(&address) && !addr.eq(&address)? {
+                return asyncio();
+            }
+            &address
+        } else {
+            addr
+        };
+        if get!(py, transport, attributes, "_conn_lost")?.is_truthy()?
+            || get!(py, transport, attributes, "_buffer")?.len()? != 0
+        {
+            return asyncio();
+        }
+        let sock = get!(py, transport, attributes, "_sock")?;
+        if !is_plain_socket(&sock)? {
+            return asyncio();
+        }
+        let peername = transport
+            .getattr(intern!(py, "_extra"))?
+            .get_item(intern!(py, "peername"))?;
+        let unnamed_peer = addr.is_none()
+            && peername
+                .cast::<pyo3::types::PyString>()
+                .is_ok_and(|name| name.to_str().is_ok_and(str::is_empty));
+        let destination = if peername.is_truthy()? || unnamed_peer {
+            Destination::Peer
+        } else if socket_kind(&sock)?.0 == libc::AF_INET {
+            match ipv4_destination(addr) {
+                Some(destination) => destination,
+                None => return asyncio(),
+            }
+        } else {
+            return asyncio();
+        };
+        let fd = fileno(&sock)?;
+        let sent = retry_interrupted(py, || match destination {
+            Destination::Peer => net::send(fd, buffer.as_slice()),
+            Destination::Ipv4(host, port) => net::send_to_ipv4(fd, buffer.as_slice(), host, port),
+        });
+        drop(buffer);
+        match sent {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                transport.call_method1(intern!(py, "_buffer_datagram"), (data, addr))?;
+                Ok(())
+            }
+            Err(error) if is_exit(&error, py) => Err(error),
+            Err(error) if error.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
+                get!(py, transport, attributes, "_protocol")?
+                    .call_method1(intern!(py, "error_received"), (error.into_value(py),))?;
+                Ok(())
+            }
+            Err(error) => fatal_error(
+                &transport,
+                error,
+                intern!(py, "Fatal write error on datagram transport"),
+            ),
+        }
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -42,6 +42,9 @@ struct Asyncio {
     write_ready: Option<&'static str>,
     /// 3.13: `server._attach(transport)` / `_detach(transport)`; before, no argument.
     server_takes_transport: bool,
+    /// 3.11+: the transport's `_add_reader` does nothing while reading is paused (3.10's
+    /// only checks `_closing`).
+    start_checks_paused: bool,
     transport_socket: Py<PyType>,
     buffered_protocol: Py<PyType>,
     set_result_unless_cancelled: Py<PyAny>,
@@ -76,7 +79,13 @@ fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
             .getattr("version_info")?
             .extract::<(u8, u8, u8, String, u8)>()
             .map(|v| (v.0, v.1))?;
+        let start_checks_paused = transport
+            .getattr("_add_reader")?
+            .getattr("__code__")?
+            .getattr("co_names")?
+            .contains("is_reading")?;
         Ok::<_, PyErr>(Asyncio {
+            start_checks_paused,
             buffer_factory: buffer_factory.unbind(),
             write_ready,
             server_takes_transport: version >= (3, 13),
@@ -325,17 +334,17 @@ impl Step {
     }
 }
 
-/// asyncio's `_SelectorTransport._add_reader(fd, self._read_ready)`: unless reading was paused
-/// or the transport is closing, register the reader.
+/// asyncio's `_SelectorTransport._add_reader(fd, self._read_ready)`: unless the transport is
+/// closing (or, from 3.11, reading was paused), register the reader.
 fn start_reading(
     reader: &Bound<'_, TransportReader>,
     transport: &Bound<'_, PyAny>,
     attributes: &Bound<'_, PyDict>,
 ) -> PyResult<()> {
     let py = reader.py();
-    if get!(py, transport, attributes, "_paused")?.is_truthy()?
-        || get!(py, transport, attributes, "_closing")?.is_truthy()?
-    {
+    let paused = asyncio(py)?.start_checks_paused
+        && get!(py, transport, attributes, "_paused")?.is_truthy()?;
+    if paused || get!(py, transport, attributes, "_closing")?.is_truthy()? {
         return Ok(());
     }
     let fd: i32 = get!(py, transport, attributes, "_sock_fd")?.extract()?;

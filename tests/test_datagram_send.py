@@ -1,0 +1,192 @@
+"""Datagram transports' ``sendto``: ferroloop sends natively when the datagram goes out at
+once and keeps asyncio's buffering, errors and messages otherwise; tested on both loops."""
+
+import asyncio
+import socket
+import sys
+
+import pytest
+
+PY313 = sys.version_info >= (3, 13)
+
+
+class Collect(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.datagrams = []
+        self.errors = []
+        self.lost = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.datagrams.append((data, addr))
+
+    def error_received(self, exc):
+        self.errors.append(exc)
+
+    def connection_lost(self, exc):
+        self.lost.append(exc)
+
+
+def _udp_peer():
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind(("127.0.0.1", 0))
+    peer.settimeout(5)
+    return peer
+
+
+def test_sendto_addresses(loop):
+    peer = _udp_peer()
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(Collect, local_addr=("127.0.0.1", 0))
+    )
+    here = transport.get_extra_info("sockname")
+    transport.sendto(b"one", peer.getsockname())
+    transport.sendto(bytearray(b"two"), peer.getsockname())
+    transport.sendto(memoryview(b"three"), peer.getsockname())
+    # A host name goes through socket.sendto's resolution, as on asyncio.
+    transport.sendto(b"four", ("localhost", peer.getsockname()[1]))
+    got = [peer.recvfrom(100) for _ in range(4)]
+    assert [d for d, _ in got] == [b"one", b"two", b"three", b"four"]
+    assert {a for _, a in got} == {here}
+    peer.sendto(b"back", here)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert proto.datagrams == [(b"back", peer.getsockname())]
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    peer.close()
+
+
+def test_sendto_connected(loop):
+    peer = _udp_peer()
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(Collect, remote_addr=peer.getsockname())
+    )
+    transport.sendto(b"a")
+    transport.sendto(b"b", peer.getsockname())
+    with pytest.raises(ValueError) as info:
+        transport.sendto(b"c", ("127.0.0.1", 1))
+    assert str(info.value) == f"Invalid address: must be None or {peer.getsockname()}"
+    assert [peer.recv(10) for _ in range(2)] == [b"a", b"b"]
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    peer.close()
+
+
+def test_sendto_bad_data(loop):
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(Collect, local_addr=("127.0.0.1", 0))
+    )
+    with pytest.raises(TypeError) as info:
+        transport.sendto("text", ("127.0.0.1", 9))
+    assert str(info.value) == "data argument must be a bytes-like object, not 'str'"
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+def test_sendto_empty_datagram(loop):
+    peer = _udp_peer()
+    peer.settimeout(0.3)
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(Collect, local_addr=("127.0.0.1", 0))
+    )
+    transport.sendto(b"", peer.getsockname())
+    if PY313:
+        assert peer.recv(10) == b""
+    else:
+        # Dropped before 3.13.
+        with pytest.raises(socket.timeout):
+            peer.recv(10)
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    peer.close()
+
+
+def test_sendto_error_received(loop):
+    # A connected socket whose peer is gone: ECONNREFUSED comes back through error_received.
+    peer = _udp_peer()
+    address = peer.getsockname()
+    peer.close()
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(Collect, remote_addr=address)
+    )
+
+    async def provoke():
+        for _ in range(50):
+            transport.sendto(b"x")
+            await asyncio.sleep(0.01)
+            if proto.errors:
+                return
+
+    loop.run_until_complete(provoke())
+    assert proto.errors and all(isinstance(e, ConnectionRefusedError) for e in proto.errors)
+    assert not transport.is_closing()
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+def test_sendto_would_block_buffers_in_order(loop, loop_name):
+    # A socketpair of datagram sockets with a small send buffer: sends that would block are
+    # buffered with asyncio's accounting and go out in order once the peer reads.
+    if loop_name == "asyncio":
+        pytest.skip("asyncio cannot send to an unnamed Unix peer (see test_unnamed_unix_peer)")
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    a.setblocking(False)
+    transport, proto = loop.run_until_complete(loop.create_datagram_endpoint(Collect, sock=a))
+    count = 200
+    sent = [bytes([i % 256]) * 500 for i in range(count)]
+    for data in sent:
+        transport.sendto(data)
+    buffered = transport.get_write_buffer_size()
+    assert buffered > 0
+    queued = len(transport._buffer)
+    header = 8 if PY313 else 0
+    assert buffered == sum(len(d) + header for d, _ in transport._buffer)
+    assert queued < count
+    got = []
+
+    async def read_all():
+        b.setblocking(False)
+        while len(got) < count:
+            try:
+                got.append(b.recv(1000))
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+
+    loop.run_until_complete(asyncio.wait_for(read_all(), 10))
+    assert got == sent
+    assert transport.get_write_buffer_size() == 0
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    b.close()
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+def test_unnamed_unix_peer(loop_name, loop_factory, debug):
+    # asyncio calls sock.sendto(data, None) for a socket connected to an unnamed Unix peer
+    # and fails with a TypeError (a fatal error: the transport closes); ferroloop sends with
+    # send(), as uvloop does (docs/deviations.md).
+    loop = loop_factory()
+    loop.set_debug(debug)
+    errors = []
+    loop.set_exception_handler(lambda loop, ctx: errors.append(ctx))
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    transport, proto = loop.run_until_complete(loop.create_datagram_endpoint(Collect, sock=a))
+    assert transport.get_extra_info("peername") == ""
+    transport.sendto(b"to the peer")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    if loop_name == "asyncio":
+        assert [type(c["exception"]) for c in errors] == [TypeError]
+        assert transport.is_closing()
+    else:
+        assert errors == []
+        assert b.recv(100) == b"to the peer"
+        b.send(b"back")
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert proto.datagrams == [(b"back", "")] or proto.datagrams == [(b"back", None)]
+        transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    b.close()
