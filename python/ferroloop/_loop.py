@@ -276,7 +276,29 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
     def add_signal_handler(self, sig, callback, *args):
         self._check_closed()
         self._make_self_pipe()
-        return _BORROWED_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
+        result = _BORROWED_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
+        # asyncio's call made the self-pipe the wakeup fd with CPython's default, a warning when
+        # it is full: the C signal handler then schedules the report with Py_AddPendingCall,
+        # which is not async-signal-safe (a signal that lands while the interpreter pops a
+        # pending call deadlocks the process), and each report is a traceback on stderr, system
+        # calls for the storm that filled the pipe to interrupt. A byte that does not fit is
+        # dropped silently instead, as uvloop does (asyncio drops it too, after the warning).
+        # asyncio.unix_events' own `signal`, which asyncio's code uses (tests patch it).
+        unix_events.signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
+        return result
+
+    def _read_from_self(self):
+        # asyncio's reads until the socket is empty: under a storm of signals each system call
+        # lets one more in, whose byte keeps that loop going, away from the other fds, for as
+        # long as the storm lasts. One read per readiness report (4096 bytes, more than the
+        # socket holds with the default buffer sizes); what comes later is read on the next
+        # iteration, after the other ready fds.
+        try:
+            data = self._ssock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            self._process_self_data(data)
 
 
 class _SelectorSocketTransport(selector_events._SelectorSocketTransport):

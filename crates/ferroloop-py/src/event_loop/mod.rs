@@ -857,9 +857,12 @@ impl Loop {
         Ok(())
     }
 
-    /// Wake the loop if it is blocked in its poll (asyncio's self-pipe write).
+    /// Wake the loop if it is blocked in its poll (asyncio's self-pipe write). Only a parked
+    /// loop needs the eventfd write (see `LoopShared::wake_if_parked`); asyncio's
+    /// `_handle_signal` calls this once per signal from the loop's own thread, where a system
+    /// call per signal is one more chance for a storm of signals to interrupt the loop.
     fn _write_to_self(&self) {
-        let _ = self.shared.waker.wake();
+        self.shared.wake_if_parked();
     }
 
     #[pyo3(signature = (fd, callback, *args))]
