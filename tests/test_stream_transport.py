@@ -347,3 +347,106 @@ def test_close_clients(loop):
     assert lost == [None, None, None]
     for c in clients:
         c.close()
+
+
+class BufferedTrace(asyncio.BufferedProtocol):
+    def __init__(self, trace, get_buffer=None, updated_error=None):
+        self.trace = trace
+        self.buf = bytearray(8)
+        self.get_buffer_impl = get_buffer
+        self.updated_error = updated_error
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        self.trace.append(("get_buffer", sizehint))
+        if self.get_buffer_impl is not None:
+            return self.get_buffer_impl()
+        return self.buf
+
+    def buffer_updated(self, nbytes):
+        self.trace.append(("updated", bytes(self.buf[:nbytes])))
+        if self.updated_error:
+            raise self.updated_error
+
+    def eof_received(self):
+        self.trace.append("eof")
+
+    def connection_lost(self, exc):
+        self.trace.append(("lost", type(exc).__name__ if exc else None))
+
+
+@pytest.mark.nodebug
+def test_buffered_protocol_reads_in_chunks_of_its_buffer(loop):
+    trace = []
+    a, b = _pair()
+    b.send(b"0123456789abcdef!")
+    b.shutdown(socket.SHUT_WR)
+    loop._make_socket_transport(a, BufferedTrace(trace))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert trace == [
+        ("get_buffer", -1),
+        ("updated", b"01234567"),
+        ("get_buffer", -1),
+        ("updated", b"89abcdef"),
+        ("get_buffer", -1),
+        ("updated", b"!"),
+        ("get_buffer", -1),
+        "eof",
+        ("lost", None),
+    ]
+    b.close()
+
+
+def _buffered_failure(loop, loop_errors, protocol):
+    a, b = _pair()
+    b.send(b"data")
+    loop._make_socket_transport(a, protocol)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    b.close()
+    return [(c["message"], type(c["exception"]).__name__, str(c["exception"])) for c in loop_errors]
+
+
+@pytest.mark.expect_errors
+@pytest.mark.nodebug
+def test_buffered_get_buffer_errors(loop, loop_errors):
+    def boom():
+        raise ValueError("no buffer")
+
+    trace = []
+    got = _buffered_failure(loop, loop_errors, BufferedTrace(trace, get_buffer=boom))
+    assert got == [("Fatal error: protocol.get_buffer() call failed.", "ValueError", "no buffer")]
+    assert trace[-1] == ("lost", "ValueError")
+
+
+@pytest.mark.expect_errors
+@pytest.mark.nodebug
+def test_buffered_empty_buffer(loop, loop_errors):
+    got = _buffered_failure(loop, loop_errors, BufferedTrace([], get_buffer=bytearray))
+    assert got == [
+        (
+            "Fatal error: protocol.get_buffer() call failed.",
+            "RuntimeError",
+            "get_buffer() returned an empty buffer",
+        )
+    ]
+
+
+@pytest.mark.expect_errors
+@pytest.mark.nodebug
+def test_buffered_read_only_buffer(loop, loop_errors):
+    # socket.recv_into's own error for a buffer it cannot write.
+    got = _buffered_failure(loop, loop_errors, BufferedTrace([], get_buffer=lambda: b"12345678"))
+    assert len(got) == 1
+    message, kind, _ = got[0]
+    assert (message, kind) == ("Fatal read error on socket transport", "TypeError")
+
+
+@pytest.mark.expect_errors
+@pytest.mark.nodebug
+def test_buffered_updated_error(loop, loop_errors):
+    got = _buffered_failure(
+        loop, loop_errors, BufferedTrace([], updated_error=KeyError("updated"))
+    )
+    assert got == [("Fatal error: protocol.buffer_updated() call failed.", "KeyError", "'updated'")]

@@ -273,7 +273,10 @@ mod tests {
         let a = UdpSocket::bind("127.0.0.1:0").unwrap();
         let b = UdpSocket::bind("127.0.0.1:0").unwrap();
         let port = b.local_addr().unwrap().port();
-        assert_eq!(send_to_ipv4(a.as_raw_fd(), b"ping", [127, 0, 0, 1], port).unwrap(), 4);
+        assert_eq!(
+            send_to_ipv4(a.as_raw_fd(), b"ping", [127, 0, 0, 1], port).unwrap(),
+            4
+        );
         let mut buf = [0u8; 8];
         let (n, from) = b.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"ping");

@@ -183,11 +183,7 @@ impl DatagramReader {
         };
         if buffer.len() == 0 {
             let drops_empty = *DROPS_EMPTY.get_or_try_init(py, || {
-                Ok::<_, PyErr>(
-                    py.import("sys")?
-                        .getattr("version_info")?
-                        .lt((3, 13))?,
-                )
+                py.import("sys")?.getattr("version_info")?.lt((3, 13))
             })?;
             if drops_empty {
                 return Ok(());

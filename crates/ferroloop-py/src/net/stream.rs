@@ -7,9 +7,12 @@
 //! `Protocol` (`_read_ready_cb` is `_read_ready__data_received`) and its socket is a plain
 //! `socket.socket`, the reader does what `_read_ready__data_received` does: the `recv` of up
 //! to `max_size` bytes, `protocol.data_received(data)`, `_read_ready__on_eof()` at end of
-//! file, `_fatal_error(exc, message)` with asyncio's messages on errors. For anything else (a
-//! `BufferedProtocol`, an SSL transport's protocol, a patched method) it calls
-//! `_read_ready_cb()`, asyncio's own code.
+//! file, `_fatal_error(exc, message)` with asyncio's messages on errors. For a
+//! `BufferedProtocol` (`_read_ready__get_buffer`; asyncio's `SSLProtocol` is one since 3.11)
+//! it does what that method does: `get_buffer(-1)`, one `recv_into`, `buffer_updated(n)`. For
+//! anything else (a patched method, another socket type) it calls `_read_ready_cb()`,
+//! asyncio's own code. End of file, `close()` and `connection_lost` are in
+//! `stream_lifecycle.rs`.
 //!
 //! What this saves per read: two Python frames, a `socket.recv` that allocates `max_size`
 //! (256 KiB) and shrinks the result, and the attribute lookups between them.
@@ -22,13 +25,16 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 use pyo3::PyTraverseError;
 
-use super::buffer::{byte_buffer, recv_bytes};
-use super::socket::{fileno, is_plain_socket, send};
+use pyo3::exceptions::PyRuntimeError;
+
+use super::buffer::{byte_buffer, recv_bytes, Buffer};
+use super::socket::{fileno, is_plain_socket, recv_into, send};
 use super::stream_lifecycle;
 use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
 use crate::event_loop::Loop;
 
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static GET_BUFFER_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 extern "C" {
@@ -38,22 +44,133 @@ extern "C" {
     fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
 }
 
-/// True if `callback` is asyncio's `_read_ready__data_received` bound to a transport.
-fn is_data_received_path(callback: &Bound<'_, PyAny>) -> PyResult<bool> {
-    let function = asyncio_method(
-        callback.py(),
+/// Which of asyncio's read paths `_read_ready_cb` is.
+#[derive(PartialEq)]
+enum ReadPath {
+    /// `_read_ready__data_received` (a `Protocol`).
+    DataReceived,
+    /// `_read_ready__get_buffer` (a `BufferedProtocol`).
+    GetBuffer,
+    /// Something else (an SSL transport's protocol, a patched method).
+    Other,
+}
+
+/// Which read path `callback` is, when it is one of asyncio's methods bound to a transport.
+fn read_path(callback: &Bound<'_, PyAny>) -> PyResult<ReadPath> {
+    let py = callback.py();
+    let data_received = asyncio_method(
+        py,
         &DATA_RECEIVED_PATH,
         "_SelectorSocketTransport",
         "_read_ready__data_received",
     )?;
+    let get_buffer = asyncio_method(
+        py,
+        &GET_BUFFER_PATH,
+        "_SelectorSocketTransport",
+        "_read_ready__get_buffer",
+    )?;
     // SAFETY: the GIL is held; `callback` is alive. PyMethod_Function is called only on a
     // bound method (exact type checked first) and returns a borrowed reference.
-    unsafe {
+    let function = unsafe {
         let raw = callback.as_ptr();
         if ffi::Py_TYPE(raw) != std::ptr::addr_of_mut!(PyMethod_Type) {
-            return Ok(false);
+            return Ok(ReadPath::Other);
         }
-        Ok(PyMethod_Function(raw) == function.as_ptr())
+        PyMethod_Function(raw)
+    };
+    Ok(if function == data_received.as_ptr() {
+        ReadPath::DataReceived
+    } else if function == get_buffer.as_ptr() {
+        ReadPath::GetBuffer
+    } else {
+        ReadPath::Other
+    })
+}
+
+/// End of file on a transport: natively outside debug mode, unless `_read_ready__on_eof` was
+/// patched on the instance.
+fn read_eof(transport: &Bound<'_, PyAny>, attributes: &Bound<'_, PyDict>) -> PyResult<()> {
+    let py = transport.py();
+    let native = !attributes.contains(intern!(py, "_read_ready__on_eof"))?
+        && get!(py, transport, attributes, "_loop")?
+            .cast::<Loop>()
+            .is_ok_and(|event_loop| !event_loop.get().is_debug());
+    if native {
+        return stream_lifecycle::on_eof(transport, attributes);
+    }
+    transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
+    Ok(())
+}
+
+/// asyncio's `_read_ready__get_buffer` on a plain socket: `protocol.get_buffer(-1)`, one
+/// `recv_into` of the buffer, `protocol.buffer_updated(n)`, with asyncio's messages.
+fn read_into_protocol_buffer(
+    transport: &Bound<'_, PyAny>,
+    attributes: &Bound<'_, PyDict>,
+    sock: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = transport.py();
+    let protocol = get!(py, transport, attributes, "_protocol")?;
+    let buffer = protocol
+        .call_method1(intern!(py, "get_buffer"), (-1,))
+        .and_then(|buf| {
+            if buf.len()? == 0 {
+                return Err(PyRuntimeError::new_err(
+                    "get_buffer() returned an empty buffer",
+                ));
+            }
+            Ok(buf)
+        });
+    let buffer = match buffer {
+        Ok(buffer) => buffer,
+        Err(error) if is_exit(&error, py) => return Err(error),
+        Err(error) => {
+            return fatal_error(
+                transport,
+                error,
+                intern!(py, "Fatal error: protocol.get_buffer() call failed."),
+            )
+        }
+    };
+    // `sock.recv_into(buf)`; a buffer that is not writable gets socket's own error.
+    let received = match Buffer::get(&buffer, ffi::PyBUF_WRITABLE) {
+        Ok(view) => fileno(sock).and_then(|fd| recv_into(py, fd, &view)),
+        Err(_) => match sock.call_method1(intern!(py, "recv_into"), (&buffer,)) {
+            Ok(nbytes) => nbytes.extract::<usize>().map(Some),
+            Err(error)
+                if error.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
+                    || error.is_instance_of::<pyo3::exceptions::PyInterruptedError>(py) =>
+            {
+                Ok(None)
+            }
+            Err(error) => Err(error),
+        },
+    };
+    let nbytes = match received {
+        Ok(Some(nbytes)) => nbytes,
+        Ok(None) => return Ok(()),
+        Err(error) if is_exit(&error, py) => return Err(error),
+        Err(error) => {
+            return fatal_error(
+                transport,
+                error,
+                intern!(py, "Fatal read error on socket transport"),
+            )
+        }
+    };
+    drop(buffer);
+    if nbytes == 0 {
+        return read_eof(transport, attributes);
+    }
+    match protocol.call_method1(intern!(py, "buffer_updated"), (nbytes,)) {
+        Ok(_) => Ok(()),
+        Err(error) if is_exit(&error, py) => Err(error),
+        Err(error) => fatal_error(
+            transport,
+            error,
+            intern!(py, "Fatal error: protocol.buffer_updated() call failed."),
+        ),
     }
 }
 
@@ -83,7 +200,17 @@ impl TransportReader {
             return Ok(());
         };
         let callback = get!(py, transport, attributes, "_read_ready_cb")?;
-        if !is_data_received_path(&callback)? {
+        let path = read_path(&callback)?;
+        if path == ReadPath::GetBuffer {
+            if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
+                return Ok(());
+            }
+            let sock = get!(py, transport, attributes, "_sock")?;
+            if is_plain_socket(&sock)? {
+                return read_into_protocol_buffer(&transport, &attributes, &sock);
+            }
+        }
+        if path != ReadPath::DataReceived {
             callback.call0()?;
             return Ok(());
         }
@@ -117,15 +244,7 @@ impl TransportReader {
         };
         // SAFETY: `data` is a bytes object (recv_bytes makes one).
         if unsafe { ffi::PyBytes_Size(data.as_ptr()) } == 0 {
-            let native = !attributes.contains(intern!(py, "_read_ready__on_eof"))?
-                && get!(py, transport, attributes, "_loop")?
-                    .cast::<Loop>()
-                    .is_ok_and(|event_loop| !event_loop.get().is_debug());
-            if native {
-                return stream_lifecycle::on_eof(&transport, &attributes);
-            }
-            transport.call_method0(intern!(py, "_read_ready__on_eof"))?;
-            return Ok(());
+            return read_eof(&transport, &attributes);
         }
         let protocol = get!(py, transport, attributes, "_protocol")?;
         match protocol.call_method1(intern!(py, "data_received"), (data,)) {
