@@ -190,3 +190,64 @@ def test_unnamed_unix_peer(loop_name, loop_factory, debug):
         transport.close()
     loop.run_until_complete(asyncio.sleep(0))
     b.close()
+
+
+def _ticks(loop, trace, n):
+    count = [0]
+
+    def tick():
+        trace.append(("tick", count[0]))
+        count[0] += 1
+        if count[0] < n:
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+
+
+@pytest.mark.nodebug
+def test_datagrams_per_readiness_report(loop, loop_name):
+    # asyncio delivers one datagram per iteration; ferroloop reads until the socket has no
+    # more (at most 32 per readiness report), as uvloop does (docs/deviations.md).
+    trace = []
+
+    class P(Collect):
+        def datagram_received(self, data, addr):
+            trace.append(data)
+
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+    )
+    peer = _udp_peer()
+    for i in range(3):
+        peer.sendto(b"%d" % i, transport.get_extra_info("sockname"))
+    _ticks(loop, trace, 5)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    datagrams = [b"0", b"1", b"2"]
+    if loop_name == "asyncio":
+        assert trace[:7] == [("tick", 0), b"0", ("tick", 1), b"1", ("tick", 2), b"2", ("tick", 3)]
+    else:
+        assert trace[:5] == [("tick", 0), *datagrams, ("tick", 1)]
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    peer.close()
+
+
+@pytest.mark.nodebug
+def test_close_in_datagram_received_ends_delivery(loop):
+    got = []
+
+    class P(Collect):
+        def datagram_received(self, data, addr):
+            got.append(data)
+            self.transport.close()
+
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(P, local_addr=("127.0.0.1", 0))
+    )
+    peer = _udp_peer()
+    for i in range(3):
+        peer.sendto(b"%d" % i, transport.get_extra_info("sockname"))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert got == [b"0"]
+    assert proto.lost == [None]
+    peer.close()
