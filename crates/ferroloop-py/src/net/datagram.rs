@@ -64,6 +64,27 @@ pub struct DatagramReader {
 }
 
 impl DatagramReader {
+    /// Whether the socket is a plain IPv4 one (`socket.socket`, `AF_INET`), checked once.
+    fn is_ipv4(&self, sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let py = sock.py();
+        if let Some(ipv4) = *self.ipv4.borrow(py) {
+            return Ok(ipv4);
+        }
+        let ipv4 = is_plain_socket(sock)? && socket_kind(sock)?.0 == libc::AF_INET;
+        *self.ipv4.borrow_mut(py) = Some(ipv4);
+        Ok(ipv4)
+    }
+
+    /// The destination of `addr` when it is the very address tuple of a recent sender (an
+    /// echo answers with the tuple it was given): no parsing.
+    fn recent_sender(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> Option<Destination> {
+        self.senders
+            .borrow(py)
+            .iter()
+            .find(|(_, tuple)| tuple.as_ptr() == addr.as_ptr())
+            .map(|((host, port), _)| Destination::Ipv4(*host, *port))
+    }
+
     /// `("a.b.c.d", port)`, as `socket`'s `makesockaddr` builds it (`inet_ntop`).
     fn address<'py>(&self, py: Python<'py>, sender: Ipv4Sender) -> PyResult<Bound<'py, PyAny>> {
         if let Some((_, address)) = self.senders.borrow(py).iter().find(|(s, _)| *s == sender) {
@@ -108,16 +129,7 @@ impl DatagramReader {
             return Ok(());
         }
         let sock = get!(py, transport, attributes, "_sock")?;
-        let known = *self.ipv4.borrow(py);
-        let ipv4 = match known {
-            Some(ipv4) => ipv4,
-            None => {
-                let ipv4 = is_plain_socket(&sock)?
-                    && sock.getattr(intern!(py, "family"))?.extract::<i32>()? == libc::AF_INET;
-                *self.ipv4.borrow_mut(py) = Some(ipv4);
-                ipv4
-            }
-        };
+        let ipv4 = self.is_ipv4(&sock)?;
         let size = match get!(py, transport, attributes, "max_size")?.extract::<usize>() {
             Ok(size) if ipv4 && size <= SCRATCH_SIZE => size,
             _ => {
@@ -232,8 +244,11 @@ impl DatagramReader {
                 .is_ok_and(|name| name.to_str().is_ok_and(str::is_empty));
         let destination = if peername.is_truthy()? || unnamed_peer {
             Destination::Peer
-        } else if socket_kind(&sock)?.0 == libc::AF_INET {
-            match ipv4_destination(addr) {
+        } else if self.is_ipv4(&sock)? {
+            match self
+                .recent_sender(py, addr)
+                .or_else(|| ipv4_destination(addr))
+            {
                 Some(destination) => destination,
                 None => return asyncio(),
             }
