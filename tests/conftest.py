@@ -10,6 +10,7 @@
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -98,6 +99,48 @@ def loop_errors(loop):
 
 def is_ferroloop(loop):
     return isinstance(loop, ferroloop.Loop)
+
+
+def ticker(loop, trace, n):
+    """Record ``("tick", i)`` in ``trace`` once per loop iteration, ``n`` times: a clock of
+    iterations for tests of callback order."""
+    count = [0]
+
+    def tick():
+        trace.append(("tick", count[0]))
+        count[0] += 1
+        if count[0] < n:
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+
+
+def socket_pair():
+    """A connected pair of non-blocking Unix stream sockets."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+def tcp_pair():
+    """A connected pair of non-blocking TCP sockets over loopback."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    listener.close()
+    client.setblocking(False)
+    server.setblocking(False)
+    return server, client
+
+
+def active_connections(server):
+    """The number of connections an ``asyncio.Server`` holds (a set of transports from 3.13,
+    a count before)."""
+    clients = getattr(server, "_clients", None)
+    return len(clients) if clients is not None else server._active_count
 
 
 def run_python(code, *args, env=None, timeout=30, input=None, xargs=()):

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from conftest import ticker
+
 PY313 = sys.version_info >= (3, 13)
 
 
@@ -192,16 +194,6 @@ def test_unnamed_unix_peer(loop_name, loop_factory, debug):
     b.close()
 
 
-def _ticks(loop, trace, n):
-    count = [0]
-
-    def tick():
-        trace.append(("tick", count[0]))
-        count[0] += 1
-        if count[0] < n:
-            loop.call_soon(tick)
-
-    loop.call_soon(tick)
 
 
 @pytest.mark.nodebug
@@ -220,7 +212,7 @@ def test_datagrams_per_readiness_report(loop, loop_name):
     peer = _udp_peer()
     for i in range(3):
         peer.sendto(b"%d" % i, transport.get_extra_info("sockname"))
-    _ticks(loop, trace, 5)
+    ticker(loop, trace, 5)
     loop.run_until_complete(asyncio.sleep(0.05))
     datagrams = [b"0", b"1", b"2"]
     if loop_name == "asyncio":

@@ -9,13 +9,9 @@ import warnings
 
 import pytest
 
-from conftest import run_python
+from conftest import active_connections, run_python, ticker
 
 
-def _active(server):
-    """The number of connections a server holds (a set of transports from 3.13)."""
-    clients = getattr(server, "_clients", None)
-    return len(clients) if clients is not None else server._active_count
 
 
 class Recorder(asyncio.Protocol):
@@ -44,17 +40,6 @@ class Recorder(asyncio.Protocol):
         self.trace.append(("lost", self.name, exc))
 
 
-def _ticker(loop, trace, until):
-    """A callback that runs once per iteration and records its number."""
-    count = [0]
-
-    def tick():
-        trace.append(("tick", count[0]))
-        count[0] += 1
-        if count[0] < until:
-            loop.call_soon(tick)
-
-    loop.call_soon(tick)
 
 
 @pytest.mark.nodebug
@@ -75,7 +60,7 @@ def test_accept_order_of_steps(loop):
     port = server.sockets[0].getsockname()[1]
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(2)]
     try:
-        _ticker(loop, trace, 5)
+        ticker(loop, trace, 5)
         loop.run_until_complete(asyncio.sleep(0.05))
         expected = [
             ("tick", 0),
@@ -209,11 +194,11 @@ def test_many_connections_in_one_burst(loop):
     loop.run_until_complete(asyncio.sleep(0.1))
     assert len(made) == count
     assert len({t.get_extra_info("peername") for t in made}) == count
-    assert _active(server) == count
+    assert active_connections(server) == count
     for c in clients:
         c.close()
     loop.run_until_complete(asyncio.sleep(0.05))
-    assert _active(server) == 0
+    assert active_connections(server) == 0
     server.close()
     loop.run_until_complete(server.wait_closed())
 

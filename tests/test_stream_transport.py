@@ -12,24 +12,11 @@ import pytest
 import ferroloop
 from ferroloop import _loop as ferro_loop_module
 
-
-def _pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
+from conftest import active_connections, socket_pair, tcp_pair, ticker
 
 
-def _tcp_pair():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    client = socket.create_connection(listener.getsockname())
-    server, _ = listener.accept()
-    listener.close()
-    client.setblocking(False)
-    server.setblocking(False)
-    return server, client
+
+
 
 
 def _state(transport):
@@ -52,7 +39,7 @@ def _state(transport):
     return state
 
 
-@pytest.mark.parametrize("make_socks", [_pair, _tcp_pair], ids=["unix", "tcp"])
+@pytest.mark.parametrize("make_socks", [socket_pair, tcp_pair], ids=["unix", "tcp"])
 @pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
 @pytest.mark.nodebug
 def test_native_construction_matches_asyncios_init(make_socks, buffered):
@@ -106,9 +93,6 @@ def _close(loop, t, peer):
     peer.close()
 
 
-def _active(server):
-    clients = getattr(server, "_clients", None)
-    return len(clients) if clients is not None else server._active_count
 
 
 class Trace(asyncio.Protocol):
@@ -137,16 +121,6 @@ class Trace(asyncio.Protocol):
             raise self.lost_error
 
 
-def _ticks(loop, trace, n):
-    count = [0]
-
-    def tick():
-        trace.append(("tick", count[0]))
-        count[0] += 1
-        if count[0] < n:
-            loop.call_soon(tick)
-
-    loop.call_soon(tick)
 
 
 @pytest.mark.nodebug
@@ -155,12 +129,12 @@ def test_steps_of_a_connection(loop):
     # transport's construction, in that order; EOF closes it; connection_lost comes one
     # iteration after close().
     trace = []
-    a, b = _pair()
+    a, b = socket_pair()
     b.send(b"hello")
     b.shutdown(socket.SHUT_WR)
     waiter = loop.create_future()
     waiter.add_done_callback(lambda f: trace.append("waiter"))
-    _ticks(loop, trace, 6)
+    ticker(loop, trace, 6)
     t = loop._make_socket_transport(a, Trace(trace), waiter)
     loop.run_until_complete(asyncio.sleep(0.05))
     assert trace[:9] == [
@@ -184,7 +158,7 @@ def test_steps_of_a_connection(loop):
 @pytest.mark.nodebug
 def test_eof_received_true_keeps_the_transport_half_open(loop):
     trace = []
-    a, b = _pair()
+    a, b = socket_pair()
     b.shutdown(socket.SHUT_WR)
     t = loop._make_socket_transport(a, Trace(trace, eof_result=True))
     loop.run_until_complete(asyncio.sleep(0.05))
@@ -203,7 +177,7 @@ def test_eof_received_true_keeps_the_transport_half_open(loop):
 @pytest.mark.nodebug
 def test_eof_received_error_is_fatal(loop, loop_errors):
     trace = []
-    a, b = _pair()
+    a, b = socket_pair()
     b.shutdown(socket.SHUT_WR)
     loop._make_socket_transport(a, Trace(trace, eof_error=ValueError("eof!")))
     loop.run_until_complete(asyncio.sleep(0.05))
@@ -218,7 +192,7 @@ def test_eof_received_error_is_fatal(loop, loop_errors):
 @pytest.mark.nodebug
 def test_connection_lost_error_reported_as_asyncio(loop, loop_errors):
     trace = []
-    a, b = _pair()
+    a, b = socket_pair()
     t = loop._make_socket_transport(a, Trace(trace, lost_error=KeyError("lost!")))
     loop.run_until_complete(asyncio.sleep(0))
     t.close()
@@ -239,7 +213,7 @@ def test_connection_lost_error_reported_as_asyncio(loop, loop_errors):
 @pytest.mark.nodebug
 def test_close_twice_and_write_after_close(loop):
     trace = []
-    a, b = _pair()
+    a, b = socket_pair()
     t = loop._make_socket_transport(a, Trace(trace))
     loop.run_until_complete(asyncio.sleep(0))
     t.close()
@@ -253,7 +227,7 @@ def test_close_twice_and_write_after_close(loop):
 @pytest.mark.nodebug
 def test_close_with_buffered_data_flushes_first(loop):
     trace = []
-    a, b = _pair()
+    a, b = socket_pair()
     t = loop._make_socket_transport(a, Trace(trace))
     loop.run_until_complete(asyncio.sleep(0))
     big = b"x" * (4 * 1024 * 1024)
@@ -283,7 +257,7 @@ def test_close_with_buffered_data_flushes_first(loop):
 def test_pause_reading_before_start(loop):
     # pause_reading() between construction and the scheduled start of reading: no reader.
     trace = []
-    a, b = _pair()
+    a, b = socket_pair()
     b.send(b"early")
     t = loop._make_socket_transport(a, Trace(trace))
     t.pause_reading()
@@ -318,11 +292,11 @@ def test_abort_and_server_detach(loop):
     c = socket.create_connection(("127.0.0.1", port))
     loop.run_until_complete(asyncio.sleep(0.05))
     (t,) = made
-    assert _active(server) == 1
+    assert active_connections(server) == 1
     t.abort()
     loop.run_until_complete(asyncio.sleep(0.01))
     assert made[1] == ("lost", None)
-    assert _active(server) == 0
+    assert active_connections(server) == 0
     c.close()
     server.close()
     loop.run_until_complete(server.wait_closed())
@@ -380,7 +354,7 @@ class BufferedTrace(asyncio.BufferedProtocol):
 @pytest.mark.nodebug
 def test_buffered_protocol_reads_in_chunks_of_its_buffer(loop):
     trace = []
-    a, b = _pair()
+    a, b = socket_pair()
     b.send(b"0123456789abcdef!")
     b.shutdown(socket.SHUT_WR)
     loop._make_socket_transport(a, BufferedTrace(trace))
@@ -400,7 +374,7 @@ def test_buffered_protocol_reads_in_chunks_of_its_buffer(loop):
 
 
 def _buffered_failure(loop, loop_errors, protocol):
-    a, b = _pair()
+    a, b = socket_pair()
     b.send(b"data")
     loop._make_socket_transport(a, protocol)
     loop.run_until_complete(asyncio.sleep(0.05))
