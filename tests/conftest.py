@@ -124,16 +124,16 @@ def socket_pair():
 
 
 def tcp_pair():
-    """A connected pair of non-blocking TCP sockets over loopback."""
+    """A connected pair of non-blocking TCP sockets over loopback: (client, server)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen()
+    listener.listen(1)
     client = socket.create_connection(listener.getsockname())
     server, _ = listener.accept()
     listener.close()
     client.setblocking(False)
     server.setblocking(False)
-    return server, client
+    return client, server
 
 
 def active_connections(server):

@@ -11,24 +11,7 @@ import weakref
 
 import pytest
 
-
-def _pair():
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
-
-
-def _tcp_pair():
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-    a = socket.create_connection(listener.getsockname())
-    b, _ = listener.accept()
-    listener.close()
-    a.setblocking(False)
-    b.setblocking(False)
-    return a, b
+from conftest import socket_pair, tcp_pair
 
 
 def _watched(loop, fd):
@@ -41,7 +24,7 @@ def _watched(loop, fd):
 
 
 def test_recv_returns_available_data_at_once_and_waits_otherwise(loop):
-    a, b = _pair()
+    a, b = socket_pair()
 
     async def main():
         a.send(b"ready")
@@ -66,7 +49,7 @@ def test_recv_returns_available_data_at_once_and_waits_otherwise(loop):
 
 
 def test_recv_of_zero_bytes(loop):
-    a, b = _pair()
+    a, b = socket_pair()
     try:
         a.send(b"x")
         assert loop.run_until_complete(loop.sock_recv(b, 0)) == b""
@@ -77,7 +60,7 @@ def test_recv_of_zero_bytes(loop):
 
 
 def test_recv_larger_than_the_scratch_buffer(loop):
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     data = bytes(range(256)) * 1024
 
     async def main():
@@ -96,7 +79,7 @@ def test_recv_larger_than_the_scratch_buffer(loop):
 
 
 def test_recv_into_bytearray_and_memoryview_slices(loop):
-    a, b = _pair()
+    a, b = socket_pair()
 
     async def main():
         buf = bytearray(10)
@@ -118,7 +101,7 @@ def test_recv_into_bytearray_and_memoryview_slices(loop):
 
 @pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview"])
 def test_sendall_of_more_than_the_socket_buffer_waits_and_delivers_everything(loop, kind):
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
     payload = bytes(range(256)) * 20_000  # 5 MB: several waits for writability
     data = {"bytes": payload, "bytearray": bytearray(payload), "memoryview": memoryview(payload)}[kind]
 
@@ -143,7 +126,7 @@ def test_sendall_of_more_than_the_socket_buffer_waits_and_delivers_everything(lo
 
 
 def test_sendall_of_nothing(loop):
-    a, b = _pair()
+    a, b = socket_pair()
     try:
         assert loop.run_until_complete(loop.sock_sendall(a, b"")) is None
     finally:
@@ -152,7 +135,7 @@ def test_sendall_of_nothing(loop):
 
 
 def test_cancelled_recv_stops_watching_and_loses_no_data(loop):
-    a, b = _pair()
+    a, b = socket_pair()
 
     async def main():
         waiting = loop.create_task(loop.sock_recv(b, 100))
@@ -173,7 +156,7 @@ def test_cancelled_recv_stops_watching_and_loses_no_data(loop):
 
 
 def test_cancelled_sendall_stops_watching(loop):
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
 
     async def main():
         sender = loop.create_task(loop.sock_sendall(a, b"x" * 20_000_000))
@@ -195,7 +178,7 @@ def test_cancelled_sendall_stops_watching(loop):
 def test_a_reader_added_over_a_waiting_recv_replaces_it(loop):
     """add_reader on the fd cancels the wait's handle: the wait's done callback must then
     leave the new reader alone (asyncio's `handle.cancelled()` check)."""
-    a, b = _pair()
+    a, b = socket_pair()
     calls = []
 
     async def main():
@@ -221,7 +204,7 @@ def test_a_reader_added_over_a_waiting_recv_replaces_it(loop):
 
 
 def test_sock_methods_are_coroutines(loop):
-    a, b = _pair()
+    a, b = socket_pair()
 
     async def main():
         a.send(b"x")
@@ -266,7 +249,7 @@ _BAD_CALLS = {
 @pytest.mark.parametrize("call", sorted(_BAD_CALLS))
 def test_bad_calls_raise_what_asyncio_raises(loop, call):
     method, which, arg = _BAD_CALLS[call]
-    a, b = _pair()
+    a, b = socket_pair()
     closed = socket.socket()
     closed.close()
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -286,7 +269,7 @@ def test_bad_calls_raise_what_asyncio_raises(loop, call):
 
 
 def test_an_error_while_waiting_reaches_the_awaiting_task(loop):
-    a, b = _tcp_pair()
+    a, b = tcp_pair()
 
     async def main():
         waiting = loop.create_task(loop.sock_recv(b, 100))
@@ -307,7 +290,7 @@ def test_an_error_while_waiting_reaches_the_awaiting_task(loop):
 
 
 def test_sendall_to_a_closed_peer(loop):
-    a, b = _pair()
+    a, b = socket_pair()
     b.close()
 
     async def main():
@@ -370,7 +353,7 @@ def test_blocking_socket_in_debug_mode(loop):
 
 
 def test_fd_of_a_transport_is_refused_when_the_call_has_to_wait(loop):
-    a, b = _pair()
+    a, b = socket_pair()
 
     async def main():
         transport, _ = await loop.create_connection(asyncio.Protocol, sock=b)
@@ -398,7 +381,7 @@ def test_a_wait_pending_at_close_is_freed(loop_factory, ending):
     loop.set_exception_handler(lambda loop, context: None)  # "Task was destroyed..."
 
     def run():
-        a, b = _pair()
+        a, b = socket_pair()
 
         async def main():
             loop.create_task(loop.sock_recv(b, 10))
@@ -421,7 +404,7 @@ def test_a_wait_pending_at_close_is_freed(loop_factory, ending):
 
 def test_sock_echo_between_many_tasks(loop):
     """A small echo service on sock_* (many waits on both sides, several sockets at once)."""
-    pairs = [_tcp_pair() for _ in range(4)]
+    pairs = [tcp_pair() for _ in range(4)]
     message = bytes(range(256)) * 8
 
     async def serve(sock):
@@ -454,7 +437,7 @@ def test_data_arriving_after_a_recv_leaves_the_loop_waiting(loop):
     """After a sock_recv, no reader is left (asyncio removes it): data that arrives then is
     not waited for, and must not make every poll return at once (ferroloop keeps the kernel's
     registration of a finished recv until the socket waits again or a poll reports it)."""
-    a, b = _pair()
+    a, b = socket_pair()
 
     async def first_recv():
         loop.call_later(0.01, a.send, b"one")
@@ -483,13 +466,13 @@ def test_data_arriving_after_a_recv_leaves_the_loop_waiting(loop):
 def test_recv_on_a_new_socket_with_the_number_of_a_closed_one(loop):
     """A socket let go right after a recv, and another one given its fd number: the new
     socket's wait must reach the kernel (the old registration died with the old socket)."""
-    a, b = _pair()
+    a, b = socket_pair()
 
     async def main():
         loop.call_later(0.01, a.send, b"old")
         assert await loop.sock_recv(b, 100) == b"old"
         await asyncio.sleep(0)
-        c, d = _pair()
+        c, d = socket_pair()
         # Give b's number to the new socket: dup2 closes b's socket and reuses the number in
         # one step (a close followed by a reuse could let another thread take the number).
         # b's fileno() is -1 from now on, as after close().
@@ -514,8 +497,8 @@ def test_recv_on_a_new_socket_with_the_number_of_a_closed_one(loop):
 def test_two_sockets_alternating_waits(loop):
     """Waits of two sockets (and a plain reader on a third fd) interleaved: each gets its
     own data."""
-    pairs = [_pair() for _ in range(2)]
-    extra_a, extra_b = _pair()
+    pairs = [socket_pair() for _ in range(2)]
+    extra_a, extra_b = socket_pair()
     seen = []
 
     async def reader(i, sock):
