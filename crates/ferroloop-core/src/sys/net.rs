@@ -112,6 +112,22 @@ impl SockAddr {
     }
 }
 
+/// `getsockname(fd)`: the socket's own address.
+pub fn local_address(fd: RawFd) -> io::Result<SockAddr> {
+    let mut addr = SockAddr {
+        // SAFETY: all-zero is a valid sockaddr_storage (plain integers).
+        storage: unsafe { std::mem::zeroed() },
+        len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+    };
+    let storage = (&mut addr.storage as *mut libc::sockaddr_storage).cast();
+    // SAFETY: `storage` is writable for `addr.len` bytes, and the kernel updates `addr.len`.
+    // An invalid fd only makes the call fail.
+    if unsafe { libc::getsockname(fd, storage, &mut addr.len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(addr)
+}
+
 /// `recvfrom(fd, buf, len, MSG_DONTWAIT)`: the byte count and the sender.
 ///
 /// # Safety
@@ -288,6 +304,16 @@ mod tests {
         // SAFETY: `buf` is writable for its length.
         let n = unsafe { recv(y.as_raw_fd(), buf.as_mut_ptr(), buf.len()) }.unwrap();
         assert_eq!(&buf[..n], &data[..5_000]);
+    }
+
+    #[test]
+    fn local_address_of_an_ipv4_socket() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let addr = local_address(socket.as_raw_fd()).unwrap();
+        assert_eq!(addr.ipv4(), Some(([127, 0, 0, 1], port)));
+        let err = local_address(-1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
     }
 
     #[test]

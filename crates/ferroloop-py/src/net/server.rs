@@ -34,7 +34,7 @@ use pyo3::PyTraverseError;
 
 use ferroloop_core::sys::net;
 
-use super::socket::{fileno, retry_interrupted, socket_kind};
+use super::socket::{fileno, ipv4_address, retry_interrupted, socket_kind};
 use super::stream_lifecycle::new_socket_transport;
 use crate::event_loop::Loop;
 use crate::handles::Args;
@@ -269,9 +269,7 @@ impl Acceptor {
                 }
             };
             let addr = match peer.ipv4() {
-                Some((host, port)) => (std::net::Ipv4Addr::from(host).to_string(), port)
-                    .into_pyobject(py)?
-                    .into_any(),
+                Some(address) => ipv4_address(py, address)?,
                 // Other families: the same address, from the connection itself.
                 None => conn.call_method0(intern!(py, "getpeername"))?,
             };

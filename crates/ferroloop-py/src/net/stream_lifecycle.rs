@@ -17,6 +17,8 @@
 //! `tests/test_stream_transport.py` compares the attributes and every step with a transport
 //! made by asyncio's `__init__`.
 
+use std::sync::Mutex;
+
 use pyo3::exceptions::PyConnectionError;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -27,7 +29,7 @@ use ferroloop_core::reactor::Interest;
 use ferroloop_core::sys::net;
 
 use super::sock_ops::ensure_fd_no_transport;
-use super::socket::{close_socket, fileno, socket_kind};
+use super::socket::{close_socket, fileno, ipv4_address, socket_kind};
 use super::stream::TransportReader;
 use super::transport::{fatal_error, get, is_exit};
 use crate::errors::os_error;
@@ -153,6 +155,29 @@ fn address_or_none<'py>(
     }
 }
 
+/// `sock.getsockname()` of an `AF_INET` socket, `None` on `OSError`, as asyncio's `__init__`
+/// asks for it, without `socket`'s `inet_ntop` (a `sprintf`). The connections of one server
+/// share a local address, so the last one's tuple is reused: it is immutable, and one tuple
+/// for many transports saves each idle connection a tuple, a string and an int.
+fn local_ipv4_address(py: Python<'_>, fd: i32) -> PyResult<Bound<'_, PyAny>> {
+    type Ipv4Address = ([u8; 4], u16);
+    static LAST: Mutex<Option<(Ipv4Address, Py<PyAny>)>> = Mutex::new(None);
+    let Some(address) = net::local_address(fd).ok().and_then(|addr| addr.ipv4()) else {
+        return Ok(py.None().into_bound(py));
+    };
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((key, tuple)) = last.as_ref() {
+        if *key == address {
+            return Ok(tuple.bind(py).clone());
+        }
+    }
+    let tuple = ipv4_address(py, address)?;
+    let previous = last.replace((address, tuple.clone().unbind()));
+    drop(last);
+    drop(previous);
+    Ok(tuple)
+}
+
 /// `ferroloop._core._new_socket_transport(loop, cls, sock, protocol, waiter, extra, server,
 /// check_fd)`: asyncio's `cls(loop, sock, protocol, waiter, extra, server)` for an exact
 /// `socket.socket` outside debug mode (see the module docs). `check_fd`: 3.12+'s
@@ -208,10 +233,12 @@ pub fn new_socket_transport<'py>(
         .call1((asyncio.transport_socket.bind(py),))?;
     wrapped.setattr(intern!(py, "_sock"), sock)?;
     extra.set_item(intern!(py, "socket"), wrapped)?;
-    extra.set_item(
-        intern!(py, "sockname"),
-        address_or_none(sock, intern!(py, "getsockname"))?,
-    )?;
+    let (family, kind, proto) = socket_kind(sock)?;
+    let sockname = match family {
+        libc::AF_INET => local_ipv4_address(py, fd)?,
+        _ => address_or_none(sock, intern!(py, "getsockname"))?,
+    };
+    extra.set_item(intern!(py, "sockname"), sockname)?;
     if !extra.contains(intern!(py, "peername"))? {
         extra.set_item(
             intern!(py, "peername"),
@@ -253,7 +280,6 @@ pub fn new_socket_transport<'py>(
         attributes.set_item(intern!(py, "_write_ready"), transport.getattr(name)?)?;
     }
     // base_events._set_nodelay(sock).
-    let (family, kind, proto) = socket_kind(sock)?;
     if (family == libc::AF_INET || family == libc::AF_INET6)
         && kind == libc::SOCK_STREAM
         && proto == libc::IPPROTO_TCP
