@@ -9,8 +9,8 @@
 //! Every method that is not replaced here, and every other case (debug mode, another socket
 //! type), is asyncio's own code working on those attributes.
 //!
-//! Replaced: `_read_ready__on_eof` (inside the native reader), `close` (an instance attribute,
-//! as `write`), and the `_call_connection_lost` that `close` schedules, whose callable names
+//! Replaced: `_read_ready__on_eof` (inside the native reader), `close` (a C method of the
+//! class, as `write`: `stream_methods.rs`), and the `_call_connection_lost` that `close` schedules, whose callable names
 //! itself `_SelectorSocketTransport._call_connection_lost` as asyncio's bound method does, so
 //! that "Exception in callback ..." reads the same. A `_call_connection_lost` scheduled by
 //! asyncio's own code (the write path's flush, `abort`, `_force_close`) is the Python method.
@@ -210,8 +210,6 @@ pub fn new_socket_transport<'py>(
         TransportReader::new(transport.clone().unbind(), attributes.clone().unbind()),
     )?;
     attributes.set_item(intern!(py, "_read_ready"), &reader)?;
-    attributes.set_item(intern!(py, "write"), reader.getattr(intern!(py, "write"))?)?;
-    attributes.set_item(intern!(py, "close"), reader.getattr(intern!(py, "close"))?)?;
     // _SelectorSocketTransport.__init__, then _SelectorTransport.__init__.
     attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
     // _FlowControlMixin.__init__ and BaseTransport.__init__ (slots, not __dict__ entries);
@@ -502,14 +500,8 @@ fn call_connection_lost(
         }
         Ok(())
     })();
-    for name in [
-        intern!(py, "_read_ready"),
-        intern!(py, "write"),
-        intern!(py, "close"),
-    ] {
-        if attributes.contains(name)? {
-            attributes.del_item(name)?;
-        }
+    if attributes.contains(intern!(py, "_read_ready"))? {
+        attributes.del_item(intern!(py, "_read_ready"))?;
     }
     finish
 }
