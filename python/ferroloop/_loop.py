@@ -332,9 +332,9 @@ class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
         try:
             super()._call_connection_lost(exc)
         finally:
-            # The native reader holds the transport: break the cycle once the transport is
-            # done (write and close then are asyncio's).
-            self.__dict__.pop("_read_ready", None)
+            # The native reader and asyncio's bound methods in __dict__ hold the transport:
+            # break the cycles once it is done (net/stream_lifecycle.rs, release_callbacks).
+            _core._release_stream_callbacks(self.__dict__)
 
 
 _core._install_stream_methods(_SelectorSocketTransport)

@@ -27,5 +27,5 @@ pub(crate) mod transport;
 pub(crate) use datagram::DatagramReader;
 pub(crate) use server::Acceptor;
 pub(crate) use stream::TransportReader;
-pub(crate) use stream_lifecycle::{new_socket_transport, Step};
+pub(crate) use stream_lifecycle::{new_socket_transport, release_callbacks, Step};
 pub(crate) use stream_methods::install_stream_methods;
