@@ -150,6 +150,7 @@ class _Switch:
         self.original_policy = original
         self._asyncio_policy = original
         self._anyio_options = None
+        self._kept_loops = []
         hook = getattr(config.hook, "pytest_asyncio_loop_factories", None)
         # pytest-asyncio >= 1.4: its loop-factory hook. Registered only when it exists, as
         # pytest-asyncio takes any implementation of it as the configuration of its loops.
@@ -195,10 +196,35 @@ class _Switch:
 
     # -- the policy, around every test ------------------------------------------------------
 
+    @contextlib.contextmanager
     def _around(self, item):
-        if self.item_loop(item) == FERROLOOP:
-            return _policy(self.policy)
-        return contextlib.nullcontext()
+        if self.item_loop(item) != FERROLOOP:
+            yield
+            return
+        with _policy(self.policy):
+            self._keep_current_loop()
+            try:
+                yield
+            finally:
+                self._keep_current_loop()
+
+    def _keep_current_loop(self):
+        """Hold the loop our policy has as the thread's current loop until the session ends.
+
+        A loop that a test or plugin leaves unclosed as the current loop (pytest-asyncio
+        before 1.4 does, through asyncio.get_event_loop()) stays alive with asyncio's loop,
+        whose reference cycles leave it to the garbage collector at the end of the session;
+        a ferroloop loop would be freed, with its "unclosed event loop" ResourceWarning, in
+        whichever later test replaces it (asyncio.run does), failing that test under
+        ``filterwarnings = error``. Kept here, it goes at the end of the session as asyncio's.
+        """
+        local = getattr(self.policy, "_local", None)
+        loop = getattr(local, "_loop", None)
+        if loop is not None and not any(kept is loop for kept in self._kept_loops):
+            self._kept_loops.append(loop)
+
+    def pytest_unconfigure(self, config):
+        self._kept_loops.clear()
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
