@@ -56,7 +56,11 @@ SAMPLE_TESTS = {
     ),
     "plain": (
         None,
-        {"test_with_asyncio_run.py::test_marked_both": ["asyncio.run, marked ferroloop_both"]},
+        {
+            "test_with_asyncio_run.py::test_marked_both": ["asyncio.run, marked ferroloop_both"],
+            "test_with_asyncio_run.py::test_coroutine_run_by_conftest_hook": [
+                "coroutine test, conftest hook"],
+        },
         {
             "test_with_asyncio_run.py::test_asyncio_run": ["asyncio.run"],
             "test_with_asyncio_run.py::test_runner": RUNNER,

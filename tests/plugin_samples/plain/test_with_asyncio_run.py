@@ -1,5 +1,6 @@
 """A project whose tests run their coroutines themselves: asyncio.run, asyncio.Runner,
-asyncio.new_event_loop, with no pytest plugin for asyncio."""
+asyncio.new_event_loop, and coroutine tests run by conftest's own hook, with no pytest plugin
+for asyncio."""
 
 import asyncio
 import sys
@@ -33,3 +34,7 @@ def test_new_event_loop():
 @pytest.mark.ferroloop_both
 def test_marked_both():
     asyncio.run(main("asyncio.run, marked ferroloop_both"))
+
+
+async def test_coroutine_run_by_conftest_hook():
+    samplelib.record("coroutine test, conftest hook")

@@ -7,6 +7,16 @@ import pytest_asyncio
 import samplelib
 
 
+# First: under --ferroloop=both it runs (once) with ferroloop's policy and sets up
+# pytest-asyncio's session-wide event_loop_policy fixture, which must still be asyncio's for the
+# [asyncio] tests after it.
+def test_sync_asyncio_run():
+    async def main():
+        samplelib.record("asyncio.run in a sync test")
+
+    asyncio.run(main())
+
+
 @pytest_asyncio.fixture
 async def fixture_loop():
     samplelib.record("async fixture")
@@ -34,10 +44,3 @@ class TestInClass:
         loop = await asyncio.get_running_loop().run_in_executor(None, asyncio.new_event_loop)
         samplelib.record("new_event_loop in a thread", loop)
         loop.close()
-
-
-def test_sync_asyncio_run():
-    async def main():
-        samplelib.record("asyncio.run in a sync test")
-
-    asyncio.run(main())
