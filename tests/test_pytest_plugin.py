@@ -240,3 +240,32 @@ def test_entry_point_is_registered():
     eps = entry_points()
     group = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", [])
     assert {ep.name: ep.value for ep in group}.get("ferroloop") == "ferroloop.pytest_plugin"
+
+
+def test_pytest_asyncio_project_loop_factories(tmp_path):
+    """A project with its own pytest_asyncio_loop_factories: --ferroloop keeps its factory
+    names (so mark.asyncio(loop_factories=[...]) still selects) and maps them to ferroloop;
+    --ferroloop=both adds a `ferroloop` factory beside the project's."""
+    spec = importlib.util.find_spec("pytest_asyncio")
+    if spec is None:
+        pytest.skip("pytest_asyncio is not installed: `pip install pytest-asyncio`")
+    import pytest_asyncio.plugin
+
+    if not hasattr(pytest_asyncio.plugin, "PytestAsyncioSpecs"):
+        pytest.skip("pytest-asyncio before 1.4 has no pytest_asyncio_loop_factories hook")
+    kind = "pytest_asyncio_factories"
+    every = "test_with_loop_factories.py::test_every_factory"
+    selected = "test_with_loop_factories.py::test_selected_factory"
+
+    def loops(run):
+        return sorted((r["test"], r["loop"] == FERROLOOP_LOOP) for r in run.records)
+
+    plain = run_sample(kind, tmp_path)
+    assert loops(plain) == [(every, False), (selected, False)]
+    assert all(r["loop"].startswith("asyncio.") for r in plain.records)
+    ferro = run_sample(kind, tmp_path, "--ferroloop")
+    assert loops(ferro) == [(every, True), (selected, True)]
+    both = run_sample(kind, tmp_path, "--ferroloop=both")
+    assert loops(both) == [(every + "[ferroloop]", True), (every + "[selector]", False),
+                           (selected, False)]
+    assert both.counts() == {"passed": 3}
