@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import unittest
 import warnings
 from collections.abc import Mapping
 
@@ -287,7 +288,7 @@ class _Switch:
         outcome = yield
         if not self.both or not isinstance(obj, type):
             return
-        if not issubclass(obj, __import__("unittest").IsolatedAsyncioTestCase):
+        if not issubclass(obj, unittest.IsolatedAsyncioTestCase):
             return
         result = outcome.get_result()
         if result is None or isinstance(result, list) or type(result).__name__ != "UnitTestCase":
