@@ -30,5 +30,14 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     metrics::register(m)?;
     watchdog::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // What `python -m ferroloop --info` reports: a debug build is much slower.
+    m.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     Ok(())
 }
