@@ -19,15 +19,15 @@ def read(*parts):
 
 
 def toml_section(text, name):
-    """The body of ``[name]`` in a TOML file (enough for these flat sections; no tomllib on 3.10)."""
+    """The body of ``[name]`` in a TOML file (enough for flat sections; 3.10 has no tomllib)."""
     m = re.search(rf"^\[{re.escape(name)}\]\n(.*?)(?=^\[|\Z)", text, re.M | re.S)
     assert m, f"no [{name}] section"
     return m.group(1)
 
 
 def cargo_workspace_version():
-    m = re.search(r'^version\s*=\s*"([^"]+)"', toml_section(read("Cargo.toml"), "workspace.package"),
-                  re.M)
+    section = toml_section(read("Cargo.toml"), "workspace.package")
+    m = re.search(r'^version\s*=\s*"([^"]+)"', section, re.M)
     assert m, "no version in Cargo.toml's [workspace.package]"
     return m.group(1)
 
