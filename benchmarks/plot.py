@@ -109,7 +109,7 @@ def order_loops(loops) -> list[str]:
 
 
 def _ratio(value, base):
-    if value is None or base is None or base <= 0:
+    if value is None or base is None or value <= 0 or base <= 0:
         return None
     return value / base
 
@@ -234,6 +234,7 @@ def render(chart: Chart, path: str) -> None:
     present = [chart.ratios[name].get(loop) for name in names for loop in loops]
     present = [r for r in present if r]
     lo, hi = min(present + [1.0]), max(present + [1.0])
+    labelled = set()
     for i, loop in enumerate(loops):
         for j, name in enumerate(names):
             y = j + (i - (n - 1) / 2) * bar_h
@@ -242,7 +243,8 @@ def render(chart: Chart, path: str) -> None:
                 ax.text(1.0, y, f" {loop}: no result", va="center", fontsize=7, color="#666666")
                 continue
             ax.barh(y, r - 1, left=1, height=bar_h * 0.9, color=COLORS.get(loop, "#b07cc6"),
-                    label=loop if j == 0 else None, edgecolor="none")
+                    label=None if loop in labelled else loop, edgecolor="none")
+            labelled.add(loop)
             ax.text(r, y, f" {fmt_ratio(r)} ",
                     va="center", ha="left" if r >= 1 else "right", fontsize=7,
                     fontweight="bold" if loop == "ferroloop" else "normal")
@@ -258,9 +260,11 @@ def render(chart: Chart, path: str) -> None:
     ax.set_yticks(range(len(names)), [workload_label(chart, w) for w in names])
     ax.invert_yaxis()
     what = "CPU time per operation" if chart.kind == "scheduling" else "server CPU time per request"
-    ax.set_xlabel(f"{what} (memory per connection/handle where marked) relative to uvloop, "
-                  "log scale\n< 1 = less than uvloop: faster (better)   ·   "
-                  "> 1 = more than uvloop: slower (worse)")
+    if chart.memory:
+        what += " (memory where marked)"
+    ax.set_xlabel(f"{what} relative to {BASELINE}'s, log scale\n"
+                  f"< 1 = less than {BASELINE}: faster (better)   ·   "
+                  f"> 1 = more than {BASELINE}: slower (worse)")
     title = {"scheduling": "benchmarks/run.py: scheduling workloads",
              "server": "benchmarks/server/run.py: servers over loopback"}[chart.kind]
     ax.set_title(f"{title}\neach loop's cost relative to {BASELINE}'s (the black line): "
