@@ -34,7 +34,7 @@ use pyo3::PyTraverseError;
 
 use ferroloop_core::sys::net;
 
-use super::socket::{fileno, ipv4_address, retry_interrupted, socket_kind};
+use super::socket::{fileno, ipv4_address, new_socket_object, retry_interrupted, socket_kind};
 use super::stream_lifecycle::new_socket_transport;
 use crate::event_loop::Loop;
 use crate::handles::Args;
@@ -285,7 +285,9 @@ fn connection_socket<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     let kind = kind | libc::SOCK_NONBLOCK;
-    let conn = listening.get_type().call1((family, kind, proto, fd))?;
+    // `listening` is a plain `socket.socket`: `_start_serving` makes an acceptor for no
+    // other type, so the connection is one too.
+    let conn = new_socket_object(listening.py(), (family, kind, proto), fd)?;
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
     conn.call_method1(pyo3::intern!(listening.py(), "setblocking"), (false,))?;
     Ok(conn)

@@ -27,6 +27,10 @@ struct CSocket {
     kind: Py<PyAny>,
     proto: Py<PyAny>,
     close: Py<PyAny>,
+    /// `_socket.socket.__new__` and `__init__`, and `socket.socket.__init__` (Python).
+    new: Py<PyAny>,
+    init: Py<PyAny>,
+    python_init: Py<PyAny>,
 }
 
 static C_SOCKET: PyOnceLock<CSocket> = PyOnceLock::new();
@@ -45,6 +49,12 @@ fn c_socket(py: Python<'_>) -> PyResult<&CSocket> {
             kind: getter("type")?,
             proto: getter("proto")?,
             close: attributes.get_item("close")?.unbind(),
+            new: attributes.get_item("__new__")?.unbind(),
+            init: attributes.get_item("__init__")?.unbind(),
+            python_init: SOCKET_TYPE
+                .import(py, "socket", "socket")?
+                .getattr("__init__")?
+                .unbind(),
         })
     })
 }
@@ -161,4 +171,29 @@ pub(crate) fn ipv4_address(
 ) -> PyResult<Bound<'_, PyAny>> {
     let host = std::net::Ipv4Addr::from(host).to_string();
     Ok((host, port).into_pyobject(py)?.into_any())
+}
+
+/// `socket.socket(family, kind, proto, fd)` for an fd this process owns, as `socket.accept()`
+/// makes its connection's object, without the Python frame of `socket.socket.__init__`: the
+/// object from `_socket.socket`'s `__new__` and `__init__`, then the two slots the Python
+/// `__init__` sets (the same on 3.10-3.13). A patched `socket.socket.__init__` is called as
+/// it is.
+pub(crate) fn new_socket_object(
+    py: Python<'_>,
+    (family, kind, proto): (i32, i32, i32),
+    fd: RawFd,
+) -> PyResult<Bound<'_, PyAny>> {
+    let c = c_socket(py)?;
+    let cls = SOCKET_TYPE.import(py, "socket", "socket")?;
+    if !cls
+        .getattr(intern!(py, "__init__"))?
+        .is(c.python_init.bind(py))
+    {
+        return cls.call1((family, kind, proto, fd));
+    }
+    let sock = c.new.bind(py).call1((cls,))?;
+    c.init.bind(py).call1((&sock, family, kind, proto, fd))?;
+    sock.setattr(intern!(py, "_io_refs"), 0)?;
+    sock.setattr(intern!(py, "_closed"), false)?;
+    Ok(sock)
 }

@@ -410,6 +410,26 @@ pub(crate) fn on_eof(transport: &Bound<'_, PyAny>, attributes: &Bound<'_, PyDict
     Ok(())
 }
 
+/// `loop._remove_reader(fd)` / `_remove_writer(fd)`: ferroloop's own, called directly, on
+/// ferroloop's loop with an int fd (what transports pass).
+fn remove_io(
+    event_loop: &Bound<'_, PyAny>,
+    fd: &Bound<'_, PyAny>,
+    interest: Interest,
+) -> PyResult<()> {
+    let py = event_loop.py();
+    if let (Ok(event_loop), Ok(fd)) = (event_loop.cast::<Loop>(), fd.extract::<i32>()) {
+        Loop::clear_io_handle_fd(event_loop, fd, interest, false)?;
+        return Ok(());
+    }
+    let method = match interest {
+        Interest::READ => intern!(py, "_remove_reader"),
+        _ => intern!(py, "_remove_writer"),
+    };
+    event_loop.call_method1(method, (fd,))?;
+    Ok(())
+}
+
 /// asyncio's `_SelectorTransport.close()`.
 pub(crate) fn close(reader: &Bound<'_, TransportReader>) -> PyResult<()> {
     let py = reader.py();
@@ -422,11 +442,11 @@ pub(crate) fn close(reader: &Bound<'_, TransportReader>) -> PyResult<()> {
     attributes.set_item(intern!(py, "_closing"), true)?;
     let event_loop = get!(py, transport, attributes, "_loop")?;
     let fd = get!(py, transport, attributes, "_sock_fd")?;
-    event_loop.call_method1(intern!(py, "_remove_reader"), (&fd,))?;
+    remove_io(&event_loop, &fd, Interest::READ)?;
     if get!(py, transport, attributes, "_buffer")?.len()? == 0 {
         let lost = get!(py, transport, attributes, "_conn_lost")?.add(1)?;
         attributes.set_item(intern!(py, "_conn_lost"), lost)?;
-        event_loop.call_method1(intern!(py, "_remove_writer"), (&fd,))?;
+        remove_io(&event_loop, &fd, Interest::WRITE)?;
         let step = Bound::new(
             py,
             Step {
