@@ -131,6 +131,33 @@ class EchoClient(asyncio.Protocol):
             self.done.set_result(None)
 
 
+class BufferedEchoClient(asyncio.BufferedProtocol):
+    """EchoClient as a BufferedProtocol (the transport reads into its buffer)."""
+
+    def __init__(self, expected):
+        self.expected = expected
+        self.received = bytearray()
+        self.buffer = bytearray(16384)
+        self.done = asyncio.get_running_loop().create_future()
+        self.lost = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        return self.buffer
+
+    def buffer_updated(self, nbytes):
+        self.received += self.buffer[:nbytes]
+        if len(self.received) >= self.expected and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc):
+        self.lost = exc
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 async def proto_echo(unix):
     loop = asyncio.get_running_loop()
     if unix:
@@ -142,13 +169,12 @@ async def proto_echo(unix):
 
     async def one(i):
         data = payload(300_000, i)
+        kind = BufferedEchoClient if i == 2 else EchoClient
         if unix:
-            transport, client = await loop.create_unix_connection(
-                lambda: EchoClient(len(data)), path
-            )
+            transport, client = await loop.create_unix_connection(lambda: kind(len(data)), path)
         else:
             transport, client = await loop.create_connection(
-                lambda: EchoClient(len(data)), "127.0.0.1", port
+                lambda: kind(len(data)), "127.0.0.1", port
             )
         for part in chunks(data, i):
             transport.write(part)
