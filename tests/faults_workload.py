@@ -416,8 +416,19 @@ async def subprocess_echo():
         proc = await asyncio.create_subprocess_exec(
             "cat", stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
         )
-        out, _ = await proc.communicate(data)
-        results.append([len(out), digest(out) == digest(data), proc.returncode])
+
+        async def feed(proc=proc):
+            # Small writes, each drained: many write calls for the faults to hit.
+            for part in chunks(data, 40, largest=8192):
+                proc.stdin.write(part)
+                await proc.stdin.drain()
+            proc.stdin.close()
+            await proc.stdin.wait_closed()
+
+        feeder = asyncio.ensure_future(feed())
+        out = await proc.stdout.read()
+        await feeder
+        results.append([len(out), digest(out) == digest(data), await proc.wait()])
     return results
 
 
