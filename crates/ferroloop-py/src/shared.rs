@@ -4,7 +4,7 @@
 //! through untracked handles (see `handles.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ferroloop_core::metrics::Probe;
 use ferroloop_core::reactor::Waker;
@@ -27,7 +27,10 @@ pub struct LoopShared {
     /// polls; cleared by the first waker (so one eventfd write per park, however many threads
     /// post callbacks while the loop waits to get the GIL back) or by the loop after the poll.
     pub parked: AtomicBool,
-    pub waker: Arc<Waker>,
+    /// The eventfd that interrupts the poll; `None` once the loop is closed. Behind a lock so
+    /// that a thread about to wake the loop never writes to the fd after `close()` released it
+    /// (and its number went to another file).
+    waker: Mutex<Option<Arc<Waker>>>,
     /// A weak reference to the loop object (set once, right after construction).
     pub loop_weakref: PyOnceLock<Py<PyAny>>,
     /// Metrics counters and the watchdog's view of the loop (see `metrics.rs`, `watchdog.rs`).
@@ -75,7 +78,7 @@ impl LoopShared {
             debug: AtomicBool::new(false),
             timer_cancelled: AtomicUsize::new(0),
             parked: AtomicBool::new(false),
-            waker,
+            waker: Mutex::new(Some(waker)),
             loop_weakref: PyOnceLock::new(),
             probe: Probe::new(),
             snapshots: GilCell::new(Snapshots::default()),
@@ -220,8 +223,24 @@ impl LoopShared {
     #[inline]
     pub fn wake_if_parked(&self) {
         if self.parked.load(Ordering::Relaxed) && self.parked.swap(false, Ordering::SeqCst) {
-            let _ = self.waker.wake();
+            let waker = self
+                .waker
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(waker) = waker.as_ref() {
+                let _ = waker.wake();
+            }
         }
+    }
+
+    /// Release the waker's eventfd (the loop is closing).
+    pub fn close_waker(&self) {
+        let taken = self
+            .waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        drop(taken);
     }
 
     pub fn loop_object(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {

@@ -59,11 +59,11 @@ pub fn new() -> io::Result<(Poller, Registrar, Arc<Waker>)> {
     let registry = poll.registry().try_clone()?;
     Ok((
         Poller {
-            poll,
+            poll: Some(poll),
             events: Events::with_capacity(1024),
         },
         Registrar {
-            registry,
+            registry: Some(registry),
             fds: FdMap::default(),
             pending: Vec::new(),
         },
@@ -73,7 +73,9 @@ pub fn new() -> io::Result<(Poller, Registrar, Arc<Waker>)> {
 
 /// The blocking half: waits for readiness.
 pub struct Poller {
-    poll: Poll,
+    /// `None` once closed: the epoll fd is released with the loop's `close()`, as asyncio's
+    /// selector is.
+    poll: Option<Poll>,
     /// mio's event buffer, reused across polls.
     events: Events,
 }
@@ -87,7 +89,8 @@ pub struct Poller {
 /// and added back within one iteration (asyncio's `sock_recv` does that on every wait) then
 /// costs one `epoll_ctl` instead of two.
 pub struct Registrar {
-    registry: Registry,
+    /// `None` once closed (see [`Registrar::close`]).
+    registry: Option<Registry>,
     /// Per fd: the interest callers asked for and the one the kernel has.
     fds: FdMap<Slot>,
     /// Fds whose shrink is not applied yet (an fd may be listed after its slot stopped
@@ -227,6 +230,13 @@ impl Registrar {
         self.pending.clear();
     }
 
+    /// Release every registration and close the registrar's epoll fd: registering fails with
+    /// `EBADF` from now on.
+    pub fn close(&mut self) {
+        self.release_all();
+        self.registry = None;
+    }
+
     /// Apply the shrinks asked since the last flush. Call before every poll.
     pub fn flush(&mut self) {
         let mut pending = std::mem::take(&mut self.pending);
@@ -305,9 +315,10 @@ impl Registrar {
             // mio's `poll` reads this back as the event's token.
             u64: fd as u64,
         };
+        let registry = self.registry.as_ref().ok_or_else(closed)?;
         // SAFETY: a plain system call on mio's epoll fd (alive as long as `registry`) with a
         // valid event structure; the kernel copies it.
-        let result = unsafe { libc::epoll_ctl(self.registry.as_raw_fd(), op, fd, &mut event) };
+        let result = unsafe { libc::epoll_ctl(registry.as_raw_fd(), op, fd, &mut event) };
         if result < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -318,10 +329,11 @@ impl Registrar {
     #[cfg(not(target_os = "linux"))]
     fn ctl(&self, op: Op, fd: RawFd, interest: Interest) -> io::Result<()> {
         let token = Token(fd as usize);
+        let registry = self.registry.as_ref().ok_or_else(closed)?;
         match (op, interest.to_mio()) {
-            (Op::Delete, _) => self.registry.deregister(&mut SourceFd(&fd)),
-            (Op::Add, Some(new)) => self.registry.register(&mut SourceFd(&fd), token, new),
-            (Op::Modify, Some(new)) => self.registry.reregister(&mut SourceFd(&fd), token, new),
+            (Op::Delete, _) => registry.deregister(&mut SourceFd(&fd)),
+            (Op::Add, Some(new)) => registry.register(&mut SourceFd(&fd), token, new),
+            (Op::Modify, Some(new)) => registry.reregister(&mut SourceFd(&fd), token, new),
             (_, None) => Ok(()),
         }
     }
@@ -338,10 +350,11 @@ impl Registrar {
     #[inline]
     pub fn rearm(&mut self, fd: RawFd) {
         #[cfg(not(target_os = "linux"))]
-        if let Some(interest) = self.fds.get(&fd).and_then(|s| s.kernel.to_mio()) {
-            let _ = self
-                .registry
-                .reregister(&mut SourceFd(&fd), Token(fd as usize), interest);
+        if let (Some(interest), Some(registry)) = (
+            self.fds.get(&fd).and_then(|s| s.kernel.to_mio()),
+            self.registry.as_ref(),
+        ) {
+            let _ = registry.reregister(&mut SourceFd(&fd), Token(fd as usize), interest);
         }
         #[cfg(target_os = "linux")]
         let _ = fd;
@@ -356,11 +369,24 @@ enum Op {
     Delete,
 }
 
+/// The error of a closed poller or registrar.
+fn closed() -> io::Error {
+    io::Error::from_raw_os_error(libc::EBADF)
+}
+
 impl Poller {
+    /// Close the epoll fd: polling fails with `EBADF` from now on.
+    pub fn close(&mut self) {
+        self.poll = None;
+    }
+
     /// Wait for readiness for at most `timeout` (`None`: forever) and append what happened to
     /// `out`. A signal interrupting the wait is reported as `ErrorKind::Interrupted`.
     pub fn poll(&mut self, timeout: Option<Duration>, out: &mut Vec<IoEvent>) -> io::Result<()> {
-        self.poll.poll(&mut self.events, timeout)?;
+        self.poll
+            .as_mut()
+            .ok_or_else(closed)?
+            .poll(&mut self.events, timeout)?;
         for event in self.events.iter() {
             let token = event.token();
             if token == WAKER_TOKEN {

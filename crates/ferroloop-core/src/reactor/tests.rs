@@ -269,3 +269,19 @@ fn release_all_deregisters_parked_fds() {
     a.write_all(b"x").unwrap();
     assert!(poll_now(&mut p).is_empty());
 }
+
+#[test]
+fn closed_reactor_fails_with_ebadf() {
+    // That the fds are released is checked from Python (tests/test_leaks.py), in one thread:
+    // here other tests open and close fds in parallel.
+    let (mut p, mut r, _waker) = new().unwrap();
+    let (_a, b) = UnixStream::pair().unwrap();
+    r.set_interest(b.as_raw_fd(), Interest::READ).unwrap();
+    r.close();
+    p.close();
+    let error = r.set_interest(b.as_raw_fd(), Interest::READ).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EBADF));
+    let mut out = Vec::new();
+    let error = p.poll(Some(Duration::ZERO), &mut out).unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EBADF));
+}

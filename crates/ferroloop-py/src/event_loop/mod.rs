@@ -929,11 +929,17 @@ impl Loop {
             let ready: Vec<Ready> = state.ready.drain(..).collect();
             let timers: Vec<Timer> = state.timers.drain().collect();
             let io: Vec<(RawFd, IoHandles)> = state.io.drain().collect();
-            // Every registration, parked ones and removals still waiting for a poll included.
-            state.registrar.release_all();
+            // Every registration, parked ones and removals still waiting for a poll included;
+            // then the epoll fds and the eventfd go, as asyncio's close() closes its selector.
+            state.registrar.close();
             state.parked_owners.clear();
             (ready, timers, io)
         };
+        self.poller
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .close();
+        self.shared.close_waker();
         self.shared.clear_snapshots(py);
         self.shared.timer_cancelled.store(0, Ordering::Relaxed);
         let pools = {
