@@ -35,7 +35,7 @@ use pyo3::PyTraverseError;
 use ferroloop_core::sys::net;
 
 use super::socket::{fileno, ipv4_address, new_socket_object, retry_interrupted, socket_kind};
-use super::stream_lifecycle::new_socket_transport;
+use super::stream_lifecycle::make_socket_transport;
 use crate::event_loop::Loop;
 use crate::handles::Args;
 
@@ -141,10 +141,11 @@ impl Acceptor {
             extra.set_item(intern!(py, "peername"), addr)?;
             let server = serving.server.bind(py);
             match &serving.transport_class {
-                Some(class) if !event_loop.get().is_debug() => new_socket_transport(
+                Some(class) if !event_loop.get().is_debug() => make_socket_transport(
                     event_loop,
                     class.bind(py),
                     &conn,
+                    Some(serving.kind),
                     &made,
                     &py.None().into_bound(py),
                     extra.as_any(),

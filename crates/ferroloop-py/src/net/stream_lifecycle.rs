@@ -50,10 +50,12 @@ struct Asyncio {
     transport_socket: Py<PyType>,
     buffered_protocol: Py<PyType>,
     set_result_unless_cancelled: Py<PyAny>,
-    /// `object.__new__`.
-    object_new: Py<PyAny>,
     /// `socket.socket`, whose objects' `close` is done natively.
     socket_type: Py<PyType>,
+    /// `_set_write_buffer_limits()`'s defaults, 64 KiB and a quarter of it: one int object
+    /// each for every transport, as asyncio's constant-folded `64 * 1024` is.
+    high_water: Py<PyAny>,
+    low_water: Py<PyAny>,
 }
 
 static ASYNCIO: PyOnceLock<Asyncio> = PyOnceLock::new();
@@ -105,18 +107,33 @@ fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
                 .import("asyncio.futures")?
                 .getattr("_set_result_unless_cancelled")?
                 .unbind(),
-            object_new: py
-                .import("builtins")?
-                .getattr("object")?
-                .getattr("__new__")?
-                .unbind(),
             socket_type: py
                 .import("socket")?
                 .getattr("socket")?
                 .cast_into::<PyType>()?
                 .unbind(),
+            high_water: (64 * 1024i32).into_pyobject(py)?.into_any().unbind(),
+            low_water: (16 * 1024i32).into_pyobject(py)?.into_any().unbind(),
         })
     })
+}
+
+/// `object.__new__(cls)`: `object`'s own `tp_new`, without the argument tuple and checks of
+/// the `__new__` wrapper (`cls` is a class of asyncio's, a subclass of `object`).
+fn object_new<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    let args = PyTuple::empty(py);
+    // SAFETY: `PyBaseObject_Type` is CPython's static `object` type, whose `tp_new` is set;
+    // it returns a new reference or NULL with an exception set.
+    unsafe {
+        let new = (*std::ptr::addr_of!(pyo3::ffi::PyBaseObject_Type))
+            .tp_new
+            .ok_or_else(|| pyo3::exceptions::PyTypeError::new_err("object has no tp_new"))?;
+        Bound::from_owned_ptr_or_err(
+            py,
+            new(cls.as_type_ptr(), args.as_ptr(), std::ptr::null_mut()),
+        )
+    }
 }
 
 /// asyncio: `loop._transports[fd] = transport`. `_transports` is a `WeakValueDictionary`,
@@ -195,13 +212,32 @@ pub fn new_socket_transport<'py>(
     server: &Bound<'py, PyAny>,
     check_fd: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
+    make_socket_transport(
+        event_loop, cls, sock, None, protocol, waiter, extra, server, check_fd,
+    )
+}
+
+/// [`new_socket_transport`], for a socket whose `(family, type, proto)` the caller may know
+/// already (an accepted connection's are its listening socket's).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn make_socket_transport<'py>(
+    event_loop: &Bound<'py, Loop>,
+    cls: &Bound<'py, PyType>,
+    sock: &Bound<'py, PyAny>,
+    sock_kind: Option<(i32, i32, i32)>,
+    protocol: &Bound<'py, PyAny>,
+    waiter: &Bound<'py, PyAny>,
+    extra: &Bound<'py, PyAny>,
+    server: &Bound<'py, PyAny>,
+    check_fd: bool,
+) -> PyResult<Bound<'py, PyAny>> {
     let py = event_loop.py();
     let asyncio = asyncio(py)?;
     let fd = fileno(sock)?;
     if check_fd {
         ensure_fd_no_transport(event_loop, fd)?;
     }
-    let transport = asyncio.object_new.bind(py).call1((cls,))?;
+    let transport = object_new(cls)?;
     let attributes = transport
         .getattr(intern!(py, "__dict__"))?
         .cast_into::<PyDict>()?;
@@ -222,16 +258,16 @@ pub fn new_socket_transport<'py>(
     transport.setattr(intern!(py, "_extra"), &extra)?;
     transport.setattr(intern!(py, "_loop"), event_loop)?;
     transport.setattr(intern!(py, "_protocol_paused"), false)?;
-    transport.setattr(intern!(py, "_high_water"), 64 * 1024)?;
-    transport.setattr(intern!(py, "_low_water"), 16 * 1024)?;
+    transport.setattr(intern!(py, "_high_water"), asyncio.high_water.bind(py))?;
+    transport.setattr(intern!(py, "_low_water"), asyncio.low_water.bind(py))?;
     // trsock.TransportSocket(sock): its __init__ only sets its one slot.
-    let wrapped = asyncio
-        .object_new
-        .bind(py)
-        .call1((asyncio.transport_socket.bind(py),))?;
+    let wrapped = object_new(asyncio.transport_socket.bind(py))?;
     wrapped.setattr(intern!(py, "_sock"), sock)?;
     extra.set_item(intern!(py, "socket"), wrapped)?;
-    let (family, kind, proto) = socket_kind(sock)?;
+    let (family, kind, proto) = match sock_kind {
+        Some(known) => known,
+        None => socket_kind(sock)?,
+    };
     let sockname = match family {
         libc::AF_INET => local_ipv4_address(py, fd)?,
         _ => address_or_none(sock, intern!(py, "getsockname"))?,
