@@ -5,6 +5,7 @@ import asyncio
 import errno
 import gc
 import socket
+import sys
 import warnings
 
 import pytest
@@ -407,3 +408,70 @@ def test_accept_out_of_fds_pauses_and_retries(loop_name):
     proc = run_python(_EMFILE_PROGRAM, loop_name, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
+
+
+async def until(condition, timeout=5.0):
+    """Wait (polling each millisecond) until ``condition()`` holds; fail after ``timeout``."""
+    async def poll():
+        while not condition():
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(poll(), timeout)
+
+
+def test_server_counts_connections_and_wait_closed_waits_for_them(loop):
+    # ferroloop does asyncio's Server._attach/_detach natively for asyncio's own Server.
+    transports = []
+
+    class Keep(asyncio.Protocol):
+        def connection_made(self, transport):
+            transports.append(transport)
+
+    server = loop.run_until_complete(loop.create_server(Keep, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    loop.run_until_complete(until(lambda: len(transports) == 3))
+    assert active_connections(server) == 3
+    transports[0].close()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert active_connections(server) == 2
+    server.close()
+    closed = loop.create_task(server.wait_closed())
+    loop.run_until_complete(asyncio.sleep(0.01))
+    if sys.version_info >= (3, 12):  # 3.12+: wait_closed waits for the connections
+        assert not closed.done()
+    transports[1].abort()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert active_connections(server) == 1
+    if sys.version_info >= (3, 12):
+        assert not closed.done()
+    clients[2].close()  # the server sees EOF and closes the last one
+    loop.run_until_complete(asyncio.wait_for(closed, 5))
+    assert active_connections(server) == 0
+    for c in clients:
+        c.close()
+
+
+def test_patched_server_attach_and_detach_are_called(loop, monkeypatch):
+    calls = []
+    server_class = asyncio.base_events.Server
+    attach, detach = server_class._attach, server_class._detach
+
+    def spy_attach(self, *args):
+        calls.append("attach")
+        return attach(self, *args)
+
+    def spy_detach(self, *args):
+        calls.append("detach")
+        return detach(self, *args)
+
+    monkeypatch.setattr(server_class, "_attach", spy_attach)
+    monkeypatch.setattr(server_class, "_detach", spy_detach)
+    server = loop.run_until_complete(loop.create_server(asyncio.Protocol, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    loop.run_until_complete(until(lambda: calls == ["attach"]))
+    client.close()
+    loop.run_until_complete(until(lambda: calls == ["attach", "detach"]))
+    server.close()
+    loop.run_until_complete(server.wait_closed())

@@ -316,3 +316,118 @@ fn asyncio_accept_connection(py: Python<'_>, serving: &Serving, backlog: usize) 
     method.bind(py).call1(PyTuple::new(py, args)?)?;
     Ok(())
 }
+
+/// asyncio's `Server` class and its own `_attach`/`_detach` functions, looked up once.
+struct ServerClass {
+    class: Py<PyType>,
+    attach: Py<PyAny>,
+    detach: Py<PyAny>,
+    /// 3.13+: the server keeps its transports in `_clients` (`_attach(transport)`); before,
+    /// it counts them in `_active_count` (`_attach()`).
+    clients: bool,
+}
+
+static SERVER_CLASS: PyOnceLock<ServerClass> = PyOnceLock::new();
+
+fn server_class(py: Python<'_>) -> PyResult<&ServerClass> {
+    SERVER_CLASS.get_or_try_init(py, || {
+        let class = py
+            .import("asyncio.base_events")?
+            .getattr("Server")?
+            .cast_into::<PyType>()?;
+        let attach = class.getattr("_attach")?;
+        let clients = attach
+            .getattr("__code__")?
+            .getattr("co_argcount")?
+            .extract::<usize>()?
+            == 2;
+        Ok::<_, PyErr>(ServerClass {
+            detach: class.getattr("_detach")?.unbind(),
+            attach: attach.unbind(),
+            class: class.unbind(),
+            clients,
+        })
+    })
+}
+
+/// The server's class is asyncio's `Server` with `method` its own (not a subclass's or a
+/// patched one): its code is what the native version does.
+fn plain_server(server: &Bound<'_, PyAny>, method: &str) -> PyResult<bool> {
+    let py = server.py();
+    let class = server_class(py)?;
+    if !server.get_type().is(class.class.bind(py)) {
+        return Ok(false);
+    }
+    let (name, original) = match method {
+        "_attach" => (intern!(py, "_attach"), &class.attach),
+        _ => (intern!(py, "_detach"), &class.detach),
+    };
+    Ok(class.class.bind(py).getattr(name)?.is(original.bind(py)))
+}
+
+/// `server._attach(transport)` (3.13+) or `server._attach()`: natively for asyncio's own
+/// `Server` (`_active_count += 1`, or `_clients.add(transport)`); its `assert` and any other
+/// class are the Python method.
+pub(crate) fn attach_transport(
+    server: &Bound<'_, PyAny>,
+    transport: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = server.py();
+    let clients = server_class(py)?.clients;
+    if plain_server(server, "_attach")? && !server.getattr(intern!(py, "_sockets"))?.is_none() {
+        if clients {
+            server
+                .getattr(intern!(py, "_clients"))?
+                .call_method1(intern!(py, "add"), (transport,))?;
+        } else {
+            let count = server.getattr(intern!(py, "_active_count"))?.add(1)?;
+            server.setattr(intern!(py, "_active_count"), count)?;
+        }
+        return Ok(());
+    }
+    if clients {
+        server.call_method1(intern!(py, "_attach"), (transport,))?;
+    } else {
+        server.call_method0(intern!(py, "_attach"))?;
+    }
+    Ok(())
+}
+
+/// `server._detach(transport)` (3.13+) or `server._detach()`, natively for asyncio's own
+/// `Server` as [`attach_transport`]; `_wakeup()` is the Python method.
+pub(crate) fn detach_transport(
+    server: &Bound<'_, PyAny>,
+    transport: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = server.py();
+    let clients = server_class(py)?.clients;
+    if plain_server(server, "_detach")? {
+        let remaining = if clients {
+            let set = server.getattr(intern!(py, "_clients"))?;
+            set.call_method1(intern!(py, "discard"), (transport,))?;
+            Some(set.len()?)
+        } else {
+            let count: isize = server.getattr(intern!(py, "_active_count"))?.extract()?;
+            match count > 0 {
+                true => {
+                    server.setattr(intern!(py, "_active_count"), count - 1)?;
+                    Some((count - 1) as usize)
+                }
+                // asyncio's `assert self._active_count > 0`.
+                false => None,
+            }
+        };
+        if let Some(remaining) = remaining {
+            if remaining == 0 && server.getattr(intern!(py, "_sockets"))?.is_none() {
+                server.call_method0(intern!(py, "_wakeup"))?;
+            }
+            return Ok(());
+        }
+    }
+    if clients {
+        server.call_method1(intern!(py, "_detach"), (transport,))?;
+    } else {
+        server.call_method0(intern!(py, "_detach"))?;
+    }
+    Ok(())
+}

@@ -20,6 +20,7 @@
 use std::sync::Mutex;
 
 use pyo3::exceptions::PyConnectionError;
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -28,6 +29,7 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 use ferroloop_core::reactor::Interest;
 use ferroloop_core::sys::net;
 
+use super::server::{attach_transport, detach_transport};
 use super::sock_ops::ensure_fd_no_transport;
 use super::socket::{close_socket, fileno, ipv4_address, socket_kind};
 use super::stream::TransportReader;
@@ -42,8 +44,6 @@ struct Asyncio {
     buffer_factory: Py<PyAny>,
     /// 3.12+: `_write_ready` is an instance attribute, `_write_sendmsg` or `_write_send`.
     write_ready: Option<&'static str>,
-    /// 3.13: `server._attach(transport)` / `_detach(transport)`; before, no argument.
-    server_takes_transport: bool,
     /// 3.11+: the transport's `_add_reader` does nothing while reading is paused (3.10's
     /// only checks `_closing`).
     start_checks_paused: bool,
@@ -78,11 +78,6 @@ fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
         } else {
             None
         };
-        let version: (u8, u8) = py
-            .import("sys")?
-            .getattr("version_info")?
-            .extract::<(u8, u8, u8, String, u8)>()
-            .map(|v| (v.0, v.1))?;
         let start_checks_paused = transport
             .getattr("_add_reader")?
             .getattr("__code__")?
@@ -92,7 +87,6 @@ fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
             start_checks_paused,
             buffer_factory: buffer_factory.unbind(),
             write_ready,
-            server_takes_transport: version >= (3, 13),
             transport_socket: py
                 .import("asyncio.trsock")?
                 .getattr("TransportSocket")?
@@ -300,11 +294,7 @@ pub(crate) fn make_socket_transport<'py>(
     attributes.set_item(intern!(py, "_closing"), false)?;
     attributes.set_item(intern!(py, "_paused"), false)?;
     if !server.is_none() {
-        if asyncio.server_takes_transport {
-            server.call_method1(intern!(py, "_attach"), (&transport,))?;
-        } else {
-            server.call_method0(intern!(py, "_attach"))?;
-        }
+        attach_transport(server, &transport)?;
     }
     register_transport(event_loop, fd, &transport)?;
     // The rest of _SelectorSocketTransport.__init__.
@@ -532,11 +522,7 @@ fn call_connection_lost(
         transport.setattr(intern!(py, "_loop"), py.None())?;
         let server = get!(py, transport, attributes, "_server")?;
         if !server.is_none() {
-            if asyncio.server_takes_transport {
-                server.call_method1(intern!(py, "_detach"), (transport,))?;
-            } else {
-                server.call_method0(intern!(py, "_detach"))?;
-            }
+            detach_transport(&server, transport)?;
             attributes.set_item(intern!(py, "_server"), py.None())?;
         }
         Ok(())
@@ -570,13 +556,15 @@ fn call_connection_lost(
 #[pyo3(name = "_release_stream_callbacks")]
 pub fn release_callbacks(attributes: &Bound<'_, PyDict>) -> PyResult<()> {
     let py = attributes.py();
-    if attributes.contains(intern!(py, "_read_ready"))? {
-        attributes.del_item(intern!(py, "_read_ready"))?;
+    // SAFETY: a dict and an interned str; a missing key is a KeyError, cleared (the reader is
+    // not there in debug mode, nor the second time).
+    if unsafe { ffi::PyDict_DelItem(attributes.as_ptr(), intern!(py, "_read_ready").as_ptr()) } < 0
+    {
+        drop(PyErr::fetch(py));
     }
-    for name in [intern!(py, "_read_ready_cb"), intern!(py, "_write_ready")] {
-        if attributes.contains(name)? {
-            attributes.set_item(name, py.None())?;
-        }
+    attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
+    if asyncio(py)?.write_ready.is_some() {
+        attributes.set_item(intern!(py, "_write_ready"), py.None())?;
     }
     Ok(())
 }
