@@ -5,13 +5,14 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Mutex;
 
 use ferroloop_core::sys::net;
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyType;
+use pyo3::types::{PyString, PyType};
 
 use super::buffer::Buffer;
 use crate::errors::os_error;
@@ -164,13 +165,29 @@ pub(crate) fn send(py: Python<'_>, fd: RawFd, data: &[u8]) -> PyResult<Option<us
     retry_interrupted(py, || net::send(fd, data))
 }
 
-/// `("a.b.c.d", port)`, an `AF_INET` address as `socket`'s `makesockaddr` gives it.
+/// `("a.b.c.d", port)`, an `AF_INET` address as `socket`'s `makesockaddr` gives it. The
+/// host string of the previous address is reused when the host is the same (a server's
+/// clients often share one): strings are immutable, and each idle connection's peer name
+/// then costs a tuple and a port, not another string.
 pub(crate) fn ipv4_address(
     py: Python<'_>,
     (host, port): ([u8; 4], u16),
 ) -> PyResult<Bound<'_, PyAny>> {
-    let host = std::net::Ipv4Addr::from(host).to_string();
-    Ok((host, port).into_pyobject(py)?.into_any())
+    static LAST_HOST: Mutex<Option<([u8; 4], Py<PyString>)>> = Mutex::new(None);
+    let mut last = LAST_HOST
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let text = match last.as_ref() {
+        Some((cached, text)) if *cached == host => text.bind(py).clone(),
+        _ => {
+            let text = PyString::new(py, &std::net::Ipv4Addr::from(host).to_string());
+            let previous = last.replace((host, text.clone().unbind()));
+            drop(last);
+            drop(previous);
+            text
+        }
+    };
+    Ok((text, port).into_pyobject(py)?.into_any())
 }
 
 /// `socket.socket(family, kind, proto, fd)` for an fd this process owns, as `socket.accept()`
