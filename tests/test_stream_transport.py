@@ -456,8 +456,10 @@ def test_write_and_close_take_asyncios_arguments(loop):
         assert str(extra.value) == (
             "_SelectorSocketTransport.write() takes 2 positional arguments but 3 were given"
         )
+        # 3.12+'s _SelectorSocketTransport has a close of its own.
+        close_class = "_SelectorSocketTransport" if sys.version_info >= (3, 12) else "_SelectorTransport"
         assert str(close_extra.value) == (
-            "_SelectorTransport.close() takes 1 positional argument but 2 were given"
+            f"{close_class}.close() takes 1 positional argument but 2 were given"
         )
         with pytest.raises(TypeError, match="data argument must be a bytes-like object"):
             t.write("text")
@@ -466,3 +468,15 @@ def test_write_and_close_take_asyncios_arguments(loop):
     finally:
         _close(loop, t, b)
     assert t.is_closing() and t._sock is None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.12+'s close() releases them")
+def test_close_releases_the_callbacks_at_once_from_312(loop):
+    a, b = socket_pair()
+    t = loop._make_socket_transport(a, asyncio.Protocol())
+    loop.run_until_complete(asyncio.sleep(0))
+    assert t._read_ready_cb is not None and t._write_ready is not None
+    t.close()
+    assert t._read_ready_cb is None and t._write_ready is None
+    loop.run_until_complete(asyncio.sleep(0))
+    b.close()

@@ -47,6 +47,9 @@ struct Asyncio {
     /// 3.11+: the transport's `_add_reader` does nothing while reading is paused (3.10's
     /// only checks `_closing`).
     start_checks_paused: bool,
+    /// 3.12+: `_SelectorSocketTransport.close` sets `_read_ready_cb` and `_write_ready` to
+    /// `None` (breaking their cycles) before `_SelectorTransport.close`.
+    close_releases_callbacks: bool,
     transport_socket: Py<PyType>,
     buffered_protocol: Py<PyType>,
     set_result_unless_cancelled: Py<PyAny>,
@@ -78,6 +81,7 @@ fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
         } else {
             None
         };
+        let close_releases_callbacks = socket_transport.getattr("__dict__")?.contains("close")?;
         let start_checks_paused = transport
             .getattr("_add_reader")?
             .getattr("__code__")?
@@ -85,6 +89,7 @@ fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
             .contains("is_reading")?;
         Ok::<_, PyErr>(Asyncio {
             start_checks_paused,
+            close_releases_callbacks,
             buffer_factory: buffer_factory.unbind(),
             write_ready,
             transport_socket: py
@@ -456,12 +461,17 @@ fn remove_io(
     Ok(())
 }
 
-/// asyncio's `_SelectorTransport.close()`.
+/// asyncio's `_SelectorTransport.close()`, after what 3.12+'s `_SelectorSocketTransport.close()`
+/// does first.
 pub(crate) fn close(reader: &Bound<'_, TransportReader>) -> PyResult<()> {
     let py = reader.py();
     let Some((transport, attributes)) = reader.borrow().transport.bind(py) else {
         return Ok(());
     };
+    if asyncio(py)?.close_releases_callbacks {
+        attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
+        attributes.set_item(intern!(py, "_write_ready"), py.None())?;
+    }
     if get!(py, transport, attributes, "_closing")?.is_truthy()? {
         return Ok(());
     }
