@@ -51,6 +51,8 @@ EXCEPTIONS = (
     lambda: ZeroDivisionError("z", 2),
     lambda: asyncio.CancelledError("from callback"),
 )
+# Raised in callbacks: they propagate out of run_forever/run_until_complete.
+BASE_EXCEPTIONS = (lambda: KeyboardInterrupt("k"), lambda: SystemExit(3))
 CANCEL_MESSAGES = (None, "m1", "m2")
 
 
@@ -89,7 +91,7 @@ class Gen:
         kinds = [
             "soon", "soon", "soon", "later", "at", "threadsafe", "cancel", "cancel", "stop",
             "raise", "fut_result", "fut_exc", "fut_cancel", "done_cb", "task", "task_cancel",
-            "nested_run",
+            "nested_run", "raise_base",
         ]
         if self.npairs:
             kinds += ["write", "write", "add_reader", "add_reader", "remove_reader",
@@ -127,6 +129,10 @@ class Gen:
             return ("task_cancel", r.randrange(max(self.ntasks, 1)), r.choice(CANCEL_MESSAGES))
         if kind == "nested_run":
             return ("nested_run",)
+        if kind == "raise_base":
+            if in_task:  # a task would keep it as its outcome; in a callback it escapes
+                return ("raise", r.randrange(len(EXCEPTIONS)))
+            return ("raise_base", r.randrange(len(BASE_EXCEPTIONS)))
         pair = r.randrange(self.npairs)
         if kind == "write":
             return ("write", pair, r.choice((1, 10, 1000)))
@@ -318,6 +324,8 @@ class Runner:
             loop.stop()
         elif kind == "raise":
             raise EXCEPTIONS[a[1]]()
+        elif kind == "raise_base":
+            raise BASE_EXCEPTIONS[a[1]]()
         elif kind == "fut_result":
             self.futures[a[1]].set_result(a[2])
         elif kind == "fut_exc":
@@ -451,7 +459,7 @@ class Runner:
                 result = loop.run_until_complete(self.tasks[run[1]])
             else:
                 result = loop.run_until_complete(self.coro("main", run[1]))
-        except (Exception, asyncio.CancelledError) as exc:
+        except BaseException as exc:
             self.rec("run", "exc", describe(exc))
         else:
             self.rec("run", "ok", describe(result))
@@ -471,7 +479,7 @@ class Runner:
         for action in actions:
             try:
                 self.do(action)
-            except (Exception, asyncio.CancelledError) as exc:
+            except BaseException as exc:
                 self.rec("pre raised", describe(exc))
 
     def backstop(self):
@@ -487,7 +495,7 @@ class Runner:
             backstop = loop.call_later(BACKSTOP, self.backstop)
             try:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            except RuntimeError as exc:
+            except BaseException as exc:
                 self.rec("finish", describe(exc))
             backstop.cancel()
         for i, fut in enumerate(self.futures):
@@ -592,7 +600,8 @@ def test_generator_makes_varied_programs(n):
             seen.add(phase["run"][0])
     expected = {
         "soon", "later", "at", "threadsafe", "cancel", "stop", "raise", "fut_result",
-        "fut_exc", "fut_cancel", "done_cb", "task", "task_cancel", "nested_run", "write",
+        "fut_exc", "fut_cancel", "done_cb", "task", "task_cancel", "nested_run", "raise_base",
+        "write",
         "add_reader", "remove_reader", "add_writer", "remove_writer", "sleep0", "await_fut",
         "shield", "wait_for", "gather", "act", "return", "timers", "ruc_fut", "ruc_task",
         "ruc_coro", "forever",
