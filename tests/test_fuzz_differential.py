@@ -89,13 +89,35 @@ class Gen:
     def action(self, depth, in_task=False):
         r = self.rng
         kinds = [
-            "soon", "soon", "soon", "later", "at", "threadsafe", "cancel", "cancel", "stop",
-            "raise", "fut_result", "fut_exc", "fut_cancel", "done_cb", "task", "task_cancel",
-            "nested_run", "raise_base",
+            "soon",
+            "soon",
+            "soon",
+            "later",
+            "at",
+            "threadsafe",
+            "cancel",
+            "cancel",
+            "stop",
+            "raise",
+            "fut_result",
+            "fut_exc",
+            "fut_cancel",
+            "done_cb",
+            "task",
+            "task_cancel",
+            "nested_run",
+            "raise_base",
         ]
         if self.npairs:
-            kinds += ["write", "write", "add_reader", "add_reader", "remove_reader",
-                      "add_writer", "remove_writer"]
+            kinds += [
+                "write",
+                "write",
+                "add_reader",
+                "add_reader",
+                "remove_reader",
+                "add_writer",
+                "remove_writer",
+            ]
         kind = r.choice(kinds)
         if kind == "soon":
             return ("soon", self.cid(), self.body(depth))
@@ -152,8 +174,18 @@ class Gen:
         out = []
         for _ in range(r.randint(0, 4)):
             kind = r.choice(
-                ("sleep0", "sleep0", "await_fut", "await_fut", "shield", "wait_for", "gather",
-                 "raise", "act", "act")
+                (
+                    "sleep0",
+                    "sleep0",
+                    "await_fut",
+                    "await_fut",
+                    "shield",
+                    "wait_for",
+                    "gather",
+                    "raise",
+                    "act",
+                    "act",
+                )
             )
             if kind == "sleep0":
                 out.append(("sleep0",))
@@ -543,8 +575,8 @@ def check(program):
         i = first_difference(ref, got)
         for line in (
             f"program: {program!r}",
-            f"asyncio   from event {i}: {ref[i:i + 8]!r}",
-            f"ferroloop from event {i}: {got[i:i + 8]!r}",
+            f"asyncio   from event {i}: {ref[i : i + 8]!r}",
+            f"ferroloop from event {i}: {got[i : i + 8]!r}",
         ):
             note(line)
             print(line)  # also for a failure Hypothesis cannot reproduce (reported as flaky)
@@ -599,12 +631,38 @@ def test_generator_makes_varied_programs(n):
             walk(phase["pre"])
             seen.add(phase["run"][0])
     expected = {
-        "soon", "later", "at", "threadsafe", "cancel", "stop", "raise", "fut_result",
-        "fut_exc", "fut_cancel", "done_cb", "task", "task_cancel", "nested_run", "raise_base",
+        "soon",
+        "later",
+        "at",
+        "threadsafe",
+        "cancel",
+        "stop",
+        "raise",
+        "fut_result",
+        "fut_exc",
+        "fut_cancel",
+        "done_cb",
+        "task",
+        "task_cancel",
+        "nested_run",
+        "raise_base",
         "write",
-        "add_reader", "remove_reader", "add_writer", "remove_writer", "sleep0", "await_fut",
-        "shield", "wait_for", "gather", "act", "return", "timers", "ruc_fut", "ruc_task",
-        "ruc_coro", "forever",
+        "add_reader",
+        "remove_reader",
+        "add_writer",
+        "remove_writer",
+        "sleep0",
+        "await_fut",
+        "shield",
+        "wait_for",
+        "gather",
+        "act",
+        "return",
+        "timers",
+        "ruc_fut",
+        "ruc_task",
+        "ruc_coro",
+        "forever",
     }
     assert expected <= seen, expected - seen
 
