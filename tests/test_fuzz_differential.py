@@ -520,10 +520,14 @@ class Runner:
 
     def finish(self):
         loop = self.loop
-        pending = [t for t in self.tasks.values() if not t.done()]
-        for t in pending:
-            t.cancel()
-        if pending:
+        # Cancel what is left and run it to its end; again if a stop() left over or an
+        # exception escaping a callback cut the run short (at most a few rounds).
+        for _ in range(5):
+            pending = [t for t in self.tasks.values() if not t.done()]
+            if not pending:
+                break
+            for t in pending:
+                t.cancel()
             backstop = loop.call_later(BACKSTOP, self.backstop)
             try:
                 loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
