@@ -297,8 +297,10 @@ impl Handle {
             }
             return Ok(());
         };
-        if one_shot {
+        if one_shot && !handle.is_cancelled(py) {
             // Put them back while the error is reported: the report shows the handle's repr.
+            // Not if the callback cancelled its own handle: asyncio's cancel() has dropped
+            // them then, and the message reads "Exception in callback None()".
             let mut state = handle.state.borrow_mut(py);
             state.callback = Some(callback);
             state.args = args;

@@ -12,6 +12,7 @@ static ASYNCIO_TIMER_HANDLE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ASYNCIO_FUTURE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ASYNCIO_TASK: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static ASYNCIO_BASE_CREATE_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_BASE_CREATE_FUTURE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static HOOKS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 pub fn asyncio_handle(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
@@ -30,6 +31,20 @@ pub fn asyncio_future(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
 /// `asyncio.Task`, looked up in `asyncio.tasks` as `BaseEventLoop.create_task` does.
 pub fn asyncio_task(py: Python<'_>) -> PyResult<&Bound<'_, PyType>> {
     ASYNCIO_TASK.import(py, "asyncio.tasks", "Task")
+}
+
+/// `asyncio.base_events.BaseEventLoop.create_future`, the running version's own.
+pub fn asyncio_base_create_future(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    ASYNCIO_BASE_CREATE_FUTURE
+        .get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("asyncio.base_events")?
+                    .getattr("BaseEventLoop")?
+                    .getattr("create_future")?
+                    .unbind(),
+            )
+        })
+        .map(|f| f.bind(py))
 }
 
 /// `asyncio.base_events.BaseEventLoop.create_task`, the running version's own.

@@ -42,7 +42,9 @@ use crate::ffi::{check_signals, copy_context, current_frame, sole_owner, untrack
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
 use crate::net::sock_ops;
-use crate::python_hooks::{asyncio_base_create_task, asyncio_future, asyncio_task, call_hook};
+use crate::python_hooks::{
+    asyncio_base_create_future, asyncio_base_create_task, asyncio_future, asyncio_task, call_hook,
+};
 use crate::shared::LoopShared;
 
 static KW_LOOP: KeywordNames = KeywordNames::new(&["loop"]);
@@ -708,6 +710,12 @@ impl Loop {
     /// asyncio: `BaseEventLoop.create_future`.
     pub(crate) fn create_future<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
+        if slf.get().is_debug() {
+            // The running version's own method: a debug-mode future records the stack it was
+            // made on, whose last frame is then asyncio's create_future, as on asyncio's loop
+            // (its repr says "created at .../base_events.py:N").
+            return asyncio_base_create_future(py)?.call1((slf,));
+        }
         if let Some(kwargs) = slf.get().loop_kwargs(py) {
             return construct(asyncio_future(py)?, &PyTuple::empty(py), &kwargs);
         }
