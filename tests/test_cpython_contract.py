@@ -9,6 +9,7 @@ subprocesses.
 
 import asyncio
 import contextvars
+import functools
 import gc
 import os
 import subprocess
@@ -107,6 +108,11 @@ class Slotted:
     __slots__ = ("__weakref__",)
 
 
+def partial():
+    # A C type whose weak-reference list is a field inside the object on every version.
+    return functools.partial(print)
+
+
 _kept_refs = []
 
 
@@ -117,13 +123,16 @@ def _weakly_referenced(cls):
 
 
 def test_weaklist_offsets_are_as_the_shortcut_expects():
-    # 3.12+ keeps a plain class's weak references before the object header
-    # (Py_TPFLAGS_MANAGED_WEAKREF: a negative offset); earlier versions in a slot after it.
+    # 3.12+ keeps a Python class's weak references before the object header
+    # (Py_TPFLAGS_MANAGED_WEAKREF: a negative offset), also with `__slots__ = ("__weakref__",)`;
+    # earlier versions in a slot after it. C types keep a field inside the object.
     if PY312:
         assert _core._weaklist_offset(Plain()) < 0
+        assert _core._weaklist_offset(Slotted()) < 0
     else:
         assert _core._weaklist_offset(Plain()) > 0
-    assert _core._weaklist_offset(Slotted()) > 0
+        assert _core._weaklist_offset(Slotted()) > 0
+    assert _core._weaklist_offset(partial()) > 0
     assert _core._weaklist_offset(object()) == 0
     loop = ferroloop.new_event_loop()
     try:
@@ -138,7 +147,9 @@ def test_weaklist_offsets_are_as_the_shortcut_expects():
 # the sub-expressions of an assert (a temporary would not be the sole reference any more).
 
 
-@pytest.mark.parametrize("cls", [Plain, Slotted], ids=["managed-or-dict", "slot"])
+@pytest.mark.parametrize(
+    "cls", [Plain, Slotted, partial], ids=["python-class", "python-slots", "c-type"]
+)
 def test_sole_owner_sees_weak_references(cls):
     alone = _core._sole_owner(cls())
     weakly_referenced = _core._sole_owner(_weakly_referenced(cls))
