@@ -12,6 +12,8 @@ import asyncio as _asyncio
 import sys as _sys
 from asyncio import events as _asyncio_events
 
+# First: refuses an unsupported CPython, warns on one newer than the verified ones.
+from . import _compat  # noqa: F401
 from ._core import __version__
 from ._loop import Loop
 from ._metrics import LoopMetrics

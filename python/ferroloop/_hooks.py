@@ -8,6 +8,8 @@ import inspect
 import sys
 from asyncio import base_events, coroutines, format_helpers
 
+from . import _core
+
 # 3.13's _format_callback_source takes debug= (Handle._run passes the loop's debug flag;
 # 3.13.0 shows the callback's arguments only in debug mode).
 _SOURCE_TAKES_DEBUG = "debug" in inspect.signature(format_helpers._format_callback_source).parameters
@@ -60,3 +62,8 @@ def log_slow_callback(loop, handle, elapsed):
         base_events.logger.warning(
             "Executing %s took %.3f seconds", base_events._format_handle(handle), elapsed
         )
+
+
+# The native module calls these functions; it finds them here, registered at import, instead
+# of importing ``ferroloop._hooks`` by name.
+_core._register_hooks(sys.modules[__name__])

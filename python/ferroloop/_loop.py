@@ -20,7 +20,7 @@ import weakref
 from asyncio import base_events, constants, events, selector_events, trsock, unix_events
 from asyncio.log import logger
 
-from . import _core
+from . import _core, _hooks  # noqa: F401  (_hooks registers itself with _core)
 from ._metrics import MetricsMixin
 from ._watchdog import WatchdogMixin
 

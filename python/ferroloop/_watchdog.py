@@ -515,6 +515,9 @@ def _after_fork_in_child():
             thread._forget_after_fork()
 
 
+# The watchdog thread calls ``_report``: registered with the native module at import, which
+# never imports ``ferroloop._watchdog`` by name.
+_core._register_watchdog_report(_report)
 atexit.register(_stop_all)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

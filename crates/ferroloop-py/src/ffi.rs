@@ -1,6 +1,11 @@
-//! The one corner of the bindings that calls the CPython C API directly: running a callback
-//! inside a `contextvars.Context` with vectorcall, copying the current context, and checking
-//! for pending signals. PyO3 has no zero-overhead wrappers for these.
+//! The leaf of the bindings that calls the CPython C API directly (`pyo3::ffi`): running a
+//! callback inside a `contextvars.Context` with vectorcall, copying the current context,
+//! checking for pending signals, the buffer protocol, and the layout-based shortcuts
+//! (context and thread-state offsets, `sole_owner`). PyO3 has no zero-overhead wrappers for
+//! these. It imports nothing from the rest of the crate; the only other modules that use
+//! `pyo3::ffi` are the C method tables of `event_loop/fast.rs` and `net/stream_methods.rs`
+//! (`scripts/test` checks this). Every internal relied on here is listed, with its checks and
+//! the versions verified, in `docs/cpython-contract.md`.
 
 use std::ptr;
 
@@ -9,7 +14,67 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyTuple;
 
-use crate::handles::Args;
+/// A handle's positional arguments. A single argument (the common case: asyncio's futures
+/// schedule `callback(fut)`, user code `fut.set_result(x)`) is kept without a tuple.
+pub enum Args {
+    One(Py<PyAny>),
+    Tuple(Py<PyTuple>),
+}
+
+impl Args {
+    /// The arguments of a `*args` tuple; `None` when it is empty.
+    pub fn from_tuple(args: &Bound<'_, PyTuple>) -> Option<Args> {
+        match args.len() {
+            0 => None,
+            1 => args.get_item(0).ok().map(|arg| Args::One(arg.unbind())),
+            _ => Some(Args::Tuple(args.clone().unbind())),
+        }
+    }
+
+    /// Release the references (without pyo3's check for an attached thread).
+    #[inline]
+    pub fn drop_ref(self, py: Python<'_>) {
+        match self {
+            Args::One(arg) => arg.drop_ref(py),
+            Args::Tuple(args) => args.drop_ref(py),
+        }
+    }
+
+    pub fn clone_ref(&self, py: Python<'_>) -> Args {
+        match self {
+            Args::One(arg) => Args::One(arg.clone_ref(py)),
+            Args::Tuple(args) => Args::Tuple(args.clone_ref(py)),
+        }
+    }
+
+    /// asyncio's `_args`.
+    pub fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        match self {
+            Args::One(arg) => Ok(PyTuple::new(py, [arg])?.unbind()),
+            Args::Tuple(args) => Ok(args.clone_ref(py)),
+        }
+    }
+
+    /// The arguments as a vectorcall array: a pointer to the first one and their number,
+    /// valid while `self` is alive.
+    #[inline]
+    pub fn as_array(&self) -> (*const *mut ffi::PyObject, usize) {
+        match self {
+            // `Py<T>` is a transparent wrapper of the object pointer.
+            Args::One(arg) => (std::ptr::from_ref(arg).cast(), 1),
+            Args::Tuple(args) => {
+                let raw = args.as_ptr() as *mut ffi::PyTupleObject;
+                // SAFETY: a live tuple: its item array holds ob_size items.
+                unsafe {
+                    (
+                        (*raw).ob_item.as_ptr(),
+                        ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize,
+                    )
+                }
+            }
+        }
+    }
+}
 
 /// `contextvars.copy_context()`.
 ///
@@ -457,26 +522,235 @@ pub fn construct<'py>(
     }
 }
 
+/// `object.__new__(cls)`: `object`'s own `tp_new`, without the argument tuple and checks of
+/// the `__new__` wrapper (for a class that does not override `__new__`).
+pub fn object_new<'py>(cls: &Bound<'py, pyo3::types::PyType>) -> PyResult<Bound<'py, PyAny>> {
+    let py = cls.py();
+    let args = PyTuple::empty(py);
+    // SAFETY: `PyBaseObject_Type` is CPython's static `object` type, whose `tp_new` is set;
+    // it returns a new reference or NULL with an exception set.
+    unsafe {
+        let Some(new) = (*ptr::addr_of!(ffi::PyBaseObject_Type)).tp_new else {
+            return cls.call0();
+        };
+        Bound::from_owned_ptr_or_err(py, new(cls.as_type_ptr(), args.as_ptr(), ptr::null_mut()))
+    }
+}
+
+/// `del dict[key]` if the key is there; nothing otherwise (no `KeyError` object is made
+/// visible: the one CPython raises is cleared).
+pub fn dict_discard(dict: &Bound<'_, pyo3::types::PyDict>, key: &Bound<'_, PyAny>) {
+    // SAFETY: a live dict and key; on failure (a missing key) the error is cleared.
+    if unsafe { ffi::PyDict_DelItem(dict.as_ptr(), key.as_ptr()) } < 0 {
+        drop(PyErr::fetch(dict.py()));
+    }
+}
+
 /// True when `obj` is referenced by the caller alone and by no weak reference: nothing else
 /// can observe it, so it may be reused for something else.
+///
+/// The weak-reference list pointer lives at the type's `tp_weaklistoffset`: a positive offset
+/// into the object (3.10-3.13 for types with a `__weakref__` slot, pyo3's `weakref` classes),
+/// 0 when the type has no weak references, or negative on 3.12+ for a type with
+/// `Py_TPFLAGS_MANAGED_WEAKREF` (plain Python classes), whose list sits before the object
+/// header at that offset (CPython's own `_PyObject_GET_WEAKREFS_LISTPTR` adds the offset in
+/// both cases). An immortal object (3.12+) has a reference count far above 1, so it is never
+/// a sole owner. `tests/test_cpython_contract.py` checks each case on every version.
 #[inline]
 pub fn sole_owner(obj: &Bound<'_, PyAny>) -> bool {
-    // SAFETY: the GIL is held and `obj` is alive. The weak-reference list pointer lives at the
-    // type's `tp_weaklistoffset` (a positive offset into the object, or 0 when the type has
-    // no weak references); we only read it.
+    // SAFETY: the GIL is held and `obj` is alive. A non-zero `tp_weaklistoffset` is the
+    // (possibly negative) offset from the object's address of its weak-reference list
+    // pointer, which we only read. Type objects (whose static builtin types keep their weak
+    // references elsewhere on 3.12+) are never passed: only loop handles are.
     unsafe {
         let raw = obj.as_ptr();
         if ffi::Py_REFCNT(raw) != 1 {
             return false;
         }
         let offset = (*ffi::Py_TYPE(raw)).tp_weaklistoffset;
-        if offset > 0 {
-            let list =
-                ptr::read((raw as *const u8).add(offset as usize) as *const *mut ffi::PyObject);
+        if offset != 0 {
+            let list = ptr::read((raw as *const u8).offset(offset) as *const *mut ffi::PyObject);
             if !list.is_null() {
                 return false;
             }
         }
         true
     }
+}
+
+/// `PyCallable_Check` without the function call: the type has a `tp_call` slot.
+#[inline(always)]
+pub fn is_callable(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: a live object's type is a live type object.
+    unsafe { (*ffi::Py_TYPE(obj.as_ptr())).tp_call.is_some() }
+}
+
+/// `type(obj) is int` (`PyLong_CheckExact`).
+#[inline]
+pub fn is_exact_int(obj: &Bound<'_, PyAny>) -> bool {
+    // SAFETY: type check of a live object.
+    unsafe { ffi::PyLong_CheckExact(obj.as_ptr()) != 0 }
+}
+
+/// `len(data)` of a `bytes` object (`PyBytes_Size`); the caller checked the type.
+#[inline]
+pub fn bytes_len(data: &Bound<'_, PyAny>) -> isize {
+    // SAFETY: a live object; PyBytes_Size of a non-bytes sets an exception and returns -1,
+    // which we clear (callers only pass bytes).
+    let n = unsafe { ffi::PyBytes_Size(data.as_ptr()) };
+    if n < 0 {
+        drop(PyErr::take(data.py()));
+    }
+    n
+}
+
+/// `bytes(data[:len])` of raw memory (`PyBytes_FromStringAndSize`).
+///
+/// # Safety
+/// `data` is readable for `len` bytes.
+#[inline]
+pub unsafe fn bytes_from_raw<'py>(
+    py: Python<'py>,
+    data: *const u8,
+    len: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: the GIL is held; see above.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyBytes_FromStringAndSize(data.cast(), len as ffi::Py_ssize_t),
+        )
+    }
+}
+
+/// `memoryview(obj)` (`PyMemoryView_FromObject`).
+pub fn memoryview<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: the GIL is held; a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(obj.py(), ffi::PyMemoryView_FromObject(obj.as_ptr())) }
+}
+
+/// A new empty `contextvars.Context()` (`PyContext_New`).
+pub fn new_context(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    // SAFETY: the GIL is held; a new reference or NULL with an exception set.
+    unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyContext_New()) }
+}
+
+/// CPython's per-thread state, only ever compared by address here.
+pub type ThreadState = ffi::PyThreadState;
+
+/// The calling thread's `PyThreadState` (`PyThreadState_Get`).
+#[inline(always)]
+pub fn thread_state(_py: Python<'_>) -> *mut ThreadState {
+    // SAFETY: the GIL is held (`_py`), so the thread has a live thread state.
+    unsafe { ffi::PyThreadState_Get() }
+}
+
+/// An object from the address of a live one (a borrowed reference, taken as a new one).
+///
+/// # Safety
+/// `address` is the address of an object that something keeps alive during the call.
+#[inline]
+pub unsafe fn object_at(py: Python<'_>, address: usize) -> Bound<'_, PyAny> {
+    // SAFETY: see above.
+    unsafe { Bound::from_borrowed_ptr(py, address as *mut ffi::PyObject) }
+}
+
+/// Size of the object header (`PyObject`: reference count and type): the offset of a
+/// C object's first field.
+pub const OBJECT_HEADER_SIZE: usize = std::mem::size_of::<ffi::PyObject>();
+
+/// Buffer-protocol request flags (`PyBUF_SIMPLE`, `PyBUF_WRITABLE`).
+pub const BUFFER_SIMPLE: std::os::raw::c_int = ffi::PyBUF_SIMPLE;
+pub const BUFFER_WRITABLE: std::os::raw::c_int = ffi::PyBUF_WRITABLE;
+
+/// A buffer exported by a Python object, released on drop.
+pub struct Buffer {
+    view: ffi::Py_buffer,
+}
+
+impl Buffer {
+    /// `PyObject_GetBuffer(obj, flags)`.
+    pub fn get(obj: &Bound<'_, PyAny>, flags: std::os::raw::c_int) -> PyResult<Buffer> {
+        // SAFETY: the GIL is held; `view` is written by PyObject_GetBuffer on success and
+        // released once in `drop`; on failure an exception is set, which we fetch.
+        unsafe {
+            let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
+            if ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) < 0 {
+                return Err(PyErr::fetch(obj.py()));
+            }
+            Ok(Buffer {
+                view: view.assume_init(),
+            })
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.view.len as usize
+    }
+
+    /// The start of the exported bytes (writable if the buffer was asked for writable).
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.view.buf.cast()
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        if self.view.len == 0 {
+            return &[];
+        }
+        // SAFETY: an exported buffer is `len` readable bytes at `buf` while it is held.
+        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.len()) }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: `view` was filled by a successful PyObject_GetBuffer and is released once.
+        // Buffers are only held with the GIL (they live inside functions taking `py`).
+        unsafe { ffi::PyBuffer_Release(&mut self.view) }
+    }
+}
+
+/// `type(obj)` is exactly `bytes`, `bytearray` or `memoryview`.
+pub fn is_exact_byte_type(obj: &Bound<'_, PyAny>) -> bool {
+    let raw = obj.as_ptr();
+    // SAFETY: type checks of a live object.
+    unsafe {
+        ffi::PyBytes_CheckExact(raw) != 0
+            || ffi::PyByteArray_CheckExact(raw) != 0
+            || ptr::eq(ffi::Py_TYPE(raw), ptr::addr_of_mut!(ffi::PyMemoryView_Type))
+    }
+}
+
+extern "C" {
+    /// `PyMethod_Type` and `PyMethod_Function` of CPython's C API (bound methods), which
+    /// pyo3's ffi does not declare.
+    static mut PyMethod_Type: ffi::PyTypeObject;
+    fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
+}
+
+/// The function of a bound method (`PyMethod_Function`, compared by address only), or
+/// `None` when `obj` is not exactly a bound method.
+pub fn bound_method_function(obj: &Bound<'_, PyAny>) -> Option<*mut ffi::PyObject> {
+    // SAFETY: the GIL is held; `obj` is alive. PyMethod_Function is called only on a bound
+    // method (exact type checked first) and returns a borrowed reference.
+    unsafe {
+        let raw = obj.as_ptr();
+        if ffi::Py_TYPE(raw) != ptr::addr_of_mut!(PyMethod_Type) {
+            return None;
+        }
+        Some(PyMethod_Function(raw))
+    }
+}
+
+/// The layout facts probed at run time, for `_core._contract_probes()` (tests and
+/// `python -m ferroloop --info`): the offsets of `PyThreadState.context` and
+/// `PyContext.ctx_vars` (`None` if the probe failed), and each type's `tp_weaklistoffset`.
+pub fn context_offsets(py: Python<'_>) -> Option<(usize, usize)> {
+    *CONTEXT_FIELDS.get_or_init(py, || discover(py))
+}
+
+/// `type(obj).tp_weaklistoffset`.
+pub fn weaklist_offset(obj: &Bound<'_, PyAny>) -> isize {
+    // SAFETY: a live object's type is a live type object.
+    unsafe { (*ffi::Py_TYPE(obj.as_ptr())).tp_weaklistoffset }
 }

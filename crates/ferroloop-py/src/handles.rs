@@ -24,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::pyclass::CompareOp;
 use pyo3::types::{PyTuple, PyType};
 
+pub use crate::ffi::Args;
 use crate::ffi::{
     call_in_context, call_in_snapshot, context_with_vars, copy_of, snapshot_vars, SnapshotRun,
 };
@@ -39,68 +40,6 @@ pub enum Kind {
     Timer,
     /// `add_reader`, `add_writer`: runs on every readiness report.
     Io,
-}
-
-/// A handle's positional arguments. A single argument (the common case: asyncio's futures
-/// schedule `callback(fut)`, user code `fut.set_result(x)`) is kept without a tuple.
-pub enum Args {
-    One(Py<PyAny>),
-    Tuple(Py<PyTuple>),
-}
-
-impl Args {
-    /// The arguments of a `*args` tuple; `None` when it is empty.
-    pub fn from_tuple(args: &Bound<'_, PyTuple>) -> Option<Args> {
-        match args.len() {
-            0 => None,
-            1 => args.get_item(0).ok().map(|arg| Args::One(arg.unbind())),
-            _ => Some(Args::Tuple(args.clone().unbind())),
-        }
-    }
-
-    /// Release the references (without pyo3's check for an attached thread).
-    #[inline]
-    pub fn drop_ref(self, py: Python<'_>) {
-        match self {
-            Args::One(arg) => arg.drop_ref(py),
-            Args::Tuple(args) => args.drop_ref(py),
-        }
-    }
-
-    pub fn clone_ref(&self, py: Python<'_>) -> Args {
-        match self {
-            Args::One(arg) => Args::One(arg.clone_ref(py)),
-            Args::Tuple(args) => Args::Tuple(args.clone_ref(py)),
-        }
-    }
-
-    /// asyncio's `_args`.
-    pub fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
-        match self {
-            Args::One(arg) => Ok(PyTuple::new(py, [arg])?.unbind()),
-            Args::Tuple(args) => Ok(args.clone_ref(py)),
-        }
-    }
-
-    /// The arguments as a vectorcall array: a pointer to the first one and their number,
-    /// valid while `self` is alive.
-    #[inline]
-    pub fn as_array(&self) -> (*const *mut pyo3::ffi::PyObject, usize) {
-        match self {
-            // `Py<T>` is a transparent wrapper of the object pointer.
-            Args::One(arg) => (std::ptr::from_ref(arg).cast(), 1),
-            Args::Tuple(args) => {
-                let raw = args.as_ptr() as *mut pyo3::ffi::PyTupleObject;
-                // SAFETY: a live tuple: its item array holds ob_size items.
-                unsafe {
-                    (
-                        (*raw).ob_item.as_ptr(),
-                        pyo3::ffi::PyTuple_GET_SIZE(args.as_ptr()) as usize,
-                    )
-                }
-            }
-        }
-    }
 }
 
 pub struct HandleState {
@@ -686,8 +625,7 @@ impl TimerHandle {
 /// `TypeError` for a callback asyncio would refuse (checked in every mode: it is cheap).
 #[inline(always)]
 pub fn check_callable(py: Python<'_>, callback: &Bound<'_, PyAny>, method: &str) -> PyResult<()> {
-    // SAFETY: a live object; this is what `PyCallable_Check` does (a function call saved).
-    if unsafe { (*pyo3::ffi::Py_TYPE(callback.as_ptr())).tp_call.is_some() } {
+    if crate::ffi::is_callable(callback) {
         return Ok(());
     }
     not_callable(py, callback, method)

@@ -1,6 +1,16 @@
 //! `ferroloop._core`: the native half of ferroloop. See `python/ferroloop/_loop.py` for the
 //! half written in Python, and `docs/architecture.md` for how they fit.
 
+// ferroloop relies on the GIL (its `GilCell`s, the refcount shortcuts of `ffi.rs`): a
+// free-threaded CPython is refused at build time. `Py_GIL_DISABLED` is pyo3's cfg, exposed to
+// this crate by build.rs.
+#[cfg(Py_GIL_DISABLED)]
+compile_error!(
+    "ferroloop does not support free-threaded CPython (a Py_GIL_DISABLED build such as \
+     python3.14t): build it for a CPython with the GIL (see docs/cpython-contract.md)"
+);
+
+mod contract;
 mod errors;
 mod event_loop;
 mod ffi;
@@ -29,6 +39,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<handles::TimerHandle>()?;
     metrics::register(m)?;
     watchdog::register(m)?;
+    contract::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // What `python -m ferroloop --info` reports: a debug build is much slower.
     m.add(

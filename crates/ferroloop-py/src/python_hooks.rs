@@ -1,4 +1,7 @@
-//! The Python side of cold paths: asyncio's types and the helpers in `ferroloop._loop`.
+//! The Python side of cold paths: asyncio's types, and the helpers of `ferroloop._hooks`
+//! and `ferroloop._watchdog`, which those modules register here when they are imported
+//! (`_core._register_hooks`, `_core._register_watchdog_report`): the native module never
+//! looks a ferroloop module up by name.
 //!
 //! Hot paths never come here. Error reporting, debug-mode checks, reprs and logging are done
 //! by small Python functions so that their output is byte-for-byte asyncio's.
@@ -61,13 +64,46 @@ pub fn asyncio_base_create_task(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
         .map(|f| f.bind(py))
 }
 
-/// The `ferroloop._hooks` module.
+static WATCHDOG_REPORT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn registered<'py>(
+    py: Python<'py>,
+    cell: &'py PyOnceLock<Py<PyAny>>,
+    what: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
+    cell.get(py).map(|obj| obj.bind(py)).ok_or_else(|| {
+        pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "ferroloop._core: {what} was not registered (import ferroloop, not ferroloop._core \
+             alone)"
+        ))
+    })
+}
+
+fn register(py: Python<'_>, cell: &PyOnceLock<Py<PyAny>>, obj: Bound<'_, PyAny>) {
+    // Registered once per process (a module imported again registers the same functions).
+    let _ = cell.set(py, obj.unbind());
+}
+
+/// `ferroloop._hooks` registers itself (the object whose functions [`call_hook`] calls).
+#[pyfunction]
+pub fn _register_hooks(hooks: Bound<'_, PyAny>) {
+    register(hooks.py(), &HOOKS, hooks);
+}
+
+/// `ferroloop._watchdog` registers its `_report` function.
+#[pyfunction]
+pub fn _register_watchdog_report(report: Bound<'_, PyAny>) {
+    register(report.py(), &WATCHDOG_REPORT, report);
+}
+
+/// The registered hooks object (`ferroloop._hooks`).
 pub fn hooks(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    HOOKS
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(py.import("ferroloop._hooks")?.into_any().unbind())
-        })
-        .map(|m| m.bind(py))
+    registered(py, &HOOKS, "ferroloop._hooks")
+}
+
+/// The registered watchdog report function (`ferroloop._watchdog._report`).
+pub fn watchdog_report(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    registered(py, &WATCHDOG_REPORT, "ferroloop._watchdog._report")
 }
 
 /// Call `ferroloop._hooks.<name>(*args)`.

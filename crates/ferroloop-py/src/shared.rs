@@ -205,7 +205,7 @@ impl LoopShared {
         }
         // SAFETY: the run that recorded `vars` is still on the stack (we were called from
         // inside it, since the snapshot is entered) and holds a reference to the mapping.
-        Some(unsafe { Bound::from_borrowed_ptr(py, running.vars as *mut pyo3::ffi::PyObject) })
+        Some(unsafe { crate::ffi::object_at(py, running.vars) })
     }
 
     /// Drop every snapshot (the loop is closing).

@@ -25,12 +25,9 @@ use ferroloop_core::metrics::{Sample, StallDetector, StallEvent};
 use ferroloop_core::sys::clock::monotonic_ns;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
 
 use crate::metrics::shared_of;
 use crate::shared::LoopShared;
-
-static REPORT: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 #[derive(Default)]
 struct Control {
@@ -87,7 +84,7 @@ fn report(py: Python<'_>, shared: &LoopShared, report: Report<'_>) {
         return;
     };
     let outcome = (|| -> PyResult<()> {
-        let hook = REPORT.import(py, "ferroloop._watchdog", "_report")?;
+        let hook = crate::python_hooks::watchdog_report(py)?;
         hook.call1((
             event_loop,
             report.kind,

@@ -39,6 +39,7 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 use crate::errors::os_error;
 use crate::ffi::{call_with_keywords, construct, KeywordNames};
 use crate::ffi::{check_signals, copy_context, current_frame, sole_owner, untrack};
+use crate::ffi::{new_context, thread_state, ThreadState};
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
 use crate::net::sock_ops;
@@ -134,7 +135,7 @@ pub struct Loop {
     /// finds its own thread state here runs below that pyo3 method, so the fast methods can
     /// skip pyo3's per-call bookkeeping (see `fast.rs`). Only that thread writes its own
     /// address (and clears it before it leaves), so the comparison needs no ordering.
-    pub(crate) running_tstate: AtomicPtr<pyo3::ffi::PyThreadState>,
+    pub(crate) running_tstate: AtomicPtr<ThreadState>,
     /// Only the loop's thread polls; the lock is never contended and never held while Python
     /// code runs.
     poller: Mutex<Poller>,
@@ -163,9 +164,7 @@ impl Loop {
         if let Some(context) = &self.state.borrow(py).private_context {
             return Ok(context.bind(py).clone());
         }
-        // SAFETY: the GIL is held; PyContext_New returns a new reference or NULL with an
-        // exception set.
-        let context = unsafe { Bound::from_owned_ptr_or_err(py, pyo3::ffi::PyContext_New())? };
+        let context = new_context(py)?;
         self.state.borrow_mut(py).private_context = Some(context.clone().unbind());
         Ok(context)
     }
@@ -563,13 +562,12 @@ impl Loop {
 /// state if a callback ran the loop again) when it ends, whether by return or by unwinding.
 struct RunningThread<'a> {
     event_loop: &'a Loop,
-    outer: *mut pyo3::ffi::PyThreadState,
+    outer: *mut ThreadState,
 }
 
 impl<'a> RunningThread<'a> {
-    fn enter(event_loop: &'a Loop) -> Self {
-        // SAFETY: called with the GIL held, from a pyo3 method: the thread state is live.
-        let own = unsafe { pyo3::ffi::PyThreadState_Get() };
+    fn enter(py: Python<'_>, event_loop: &'a Loop) -> Self {
+        let own = thread_state(py);
         let outer = event_loop.running_tstate.swap(own, Ordering::Relaxed);
         RunningThread { event_loop, outer }
     }
@@ -824,7 +822,7 @@ impl Loop {
     fn _run_until_stopped(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         let _running = slf.get().shared.probe.running();
-        let _inside = RunningThread::enter(slf.get());
+        let _inside = RunningThread::enter(slf.py(), slf.get());
         // `{"loop": self}` for the futures and tasks created while the loop runs (see
         // `create_future`); dropped when it stops, so it makes no lasting cycle.
         let kwargs = PyDict::new(py);

@@ -7,8 +7,10 @@ use std::os::fd::RawFd;
 use std::ptr;
 
 use ferroloop_core::sys::net;
-use pyo3::ffi;
 use pyo3::prelude::*;
+
+pub(crate) use crate::ffi::Buffer;
+use crate::ffi::{bytes_from_raw, is_exact_byte_type, BUFFER_SIMPLE};
 
 use super::socket::retry_interrupted;
 
@@ -60,69 +62,15 @@ impl Drop for Scratch {
     }
 }
 
-/// A buffer exported by a Python object, released on drop.
-pub(crate) struct Buffer {
-    view: ffi::Py_buffer,
-}
-
-impl Buffer {
-    /// `PyObject_GetBuffer(obj, flags)`.
-    pub(crate) fn get(obj: &Bound<'_, PyAny>, flags: std::os::raw::c_int) -> PyResult<Buffer> {
-        // SAFETY: the GIL is held; `view` is written by PyObject_GetBuffer on success and
-        // released once in `drop`; on failure an exception is set, which we fetch.
-        unsafe {
-            let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::uninit();
-            if ffi::PyObject_GetBuffer(obj.as_ptr(), view.as_mut_ptr(), flags) < 0 {
-                return Err(PyErr::fetch(obj.py()));
-            }
-            Ok(Buffer {
-                view: view.assume_init(),
-            })
-        }
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.view.len as usize
-    }
-
-    /// The start of the exported bytes (writable if the buffer was asked for writable).
-    pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
-        self.view.buf.cast()
-    }
-
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        if self.view.len == 0 {
-            return &[];
-        }
-        // SAFETY: an exported buffer is `len` readable bytes at `buf` while it is held.
-        unsafe { std::slice::from_raw_parts(self.view.buf as *const u8, self.len()) }
-    }
-}
-
-impl Drop for Buffer {
-    fn drop(&mut self) {
-        // SAFETY: `view` was filled by a successful PyObject_GetBuffer and is released once.
-        // Buffers are only held with the GIL (they live inside functions taking `py`).
-        unsafe { ffi::PyBuffer_Release(&mut self.view) }
-    }
-}
-
 /// `data` as one contiguous run of bytes, if it is a `bytes`, `bytearray` or `memoryview`
 /// (exactly those types) whose `len()` is its byte count, as asyncio's send arithmetic
 /// (`n == len(data)`, `data[n:]`) assumes. `None` for anything else: asyncio's code then
 /// raises its error, or counts the way it does (a memoryview of items wider than a byte).
 pub(crate) fn byte_buffer(data: &Bound<'_, PyAny>) -> Option<Buffer> {
-    let raw = data.as_ptr();
-    // SAFETY: type checks of a live object.
-    let byte_type = unsafe {
-        ffi::PyBytes_CheckExact(raw) != 0
-            || ffi::PyByteArray_CheckExact(raw) != 0
-            || ptr::eq(ffi::Py_TYPE(raw), ptr::addr_of_mut!(ffi::PyMemoryView_Type))
-    };
-    if !byte_type {
+    if !is_exact_byte_type(data) {
         return None;
     }
-    let buffer = Buffer::get(data, ffi::PyBUF_SIMPLE).ok()?;
+    let buffer = Buffer::get(data, BUFFER_SIMPLE).ok()?;
     (data.len().ok() == Some(buffer.len())).then_some(buffer)
 }
 
@@ -143,12 +91,7 @@ pub(crate) fn recvfrom_bytes<'py>(
             return Ok(None);
         };
         // SAFETY: the GIL is held; the scratch buffer holds `len` received bytes.
-        let data = unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyBytes_FromStringAndSize(scratch.as_ptr().cast(), len as ffi::Py_ssize_t),
-            )?
-        };
+        let data = unsafe { bytes_from_raw(py, scratch.as_ptr(), len)? };
         Ok(Some((data, sender)))
     })
 }
@@ -161,12 +104,7 @@ pub(crate) fn recv_bytes<'py>(
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
     let bytes_from = |data: *const u8, len: usize| {
         // SAFETY: the GIL is held; `data` is readable for `len` bytes (written by recv).
-        unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyBytes_FromStringAndSize(data.cast(), len as ffi::Py_ssize_t),
-            )
-        }
+        unsafe { bytes_from_raw(py, data, len) }
     };
     if n <= SCRATCH_SIZE {
         let received = SCRATCH.with(|scratch| {

@@ -25,7 +25,6 @@ use std::os::fd::RawFd;
 
 use ferroloop_core::reactor::Interest;
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit, PyValueError};
-use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -35,7 +34,9 @@ use pyo3::PyTraverseError;
 use super::buffer::{byte_buffer, recv_bytes, Buffer};
 use super::socket::{fileno, is_plain_socket, recv_into, send};
 use crate::event_loop::Loop;
-use crate::ffi::{call_with_keywords, KeywordNames};
+use crate::ffi::{
+    call_with_keywords, is_exact_int, memoryview, KeywordNames, BUFFER_SIMPLE, BUFFER_WRITABLE,
+};
 use crate::handles::Handle;
 
 static KW_CONTEXT: KeywordNames = KeywordNames::new(&["context"]);
@@ -173,14 +174,14 @@ impl SockWait {
             },
             Some(Operation::RecvInto { buf }) => {
                 // Fails if the buffer was released meanwhile (a memoryview), as `recv_into`.
-                let buffer = Buffer::get(buf.bind(py), ffi::PyBUF_WRITABLE)?;
+                let buffer = Buffer::get(buf.bind(py), BUFFER_WRITABLE)?;
                 match recv_into(py, fd, &buffer)? {
                     Some(n) => Outcome::Result(n.into_pyobject(py)?.into_any()),
                     None => Outcome::Again,
                 }
             }
             Some(Operation::SendAll { view, sent }) => {
-                let buffer = Buffer::get(view.bind(py), ffi::PyBUF_SIMPLE)?;
+                let buffer = Buffer::get(view.bind(py), BUFFER_SIMPLE)?;
                 let data = buffer.as_slice();
                 match send(py, fd, &data[*sent..])? {
                     Some(n) => {
@@ -295,10 +296,7 @@ pub(crate) fn recv_start<'py>(
     n: &Bound<'py, PyAny>,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = slf.py();
-    let plain = !slf.get().is_debug()
-        && is_plain_socket(sock)?
-        // SAFETY: type check of a live object.
-        && unsafe { ffi::PyLong_CheckExact(n.as_ptr()) } != 0;
+    let plain = !slf.get().is_debug() && is_plain_socket(sock)? && is_exact_int(n);
     // An int too large for a size: asyncio's code raises `socket`'s OverflowError.
     let Some(n) = plain.then(|| n.extract::<isize>().ok()).flatten() else {
         return Ok(use_asyncio(py));
@@ -324,7 +322,7 @@ pub(crate) fn recv_into_start<'py>(
         return Ok(use_asyncio(py));
     }
     // Not a writable buffer: asyncio's code raises `recv_into`'s TypeError.
-    let Ok(buffer) = Buffer::get(buf, ffi::PyBUF_WRITABLE) else {
+    let Ok(buffer) = Buffer::get(buf, BUFFER_WRITABLE) else {
         return Ok(use_asyncio(py));
     };
     let fd = fileno(sock)?;
@@ -358,10 +356,7 @@ pub(crate) fn sendall_start<'py>(
         return Ok(py.None().into_bound(py));
     }
     drop(buffer);
-    // SAFETY: the GIL is held; PyMemoryView_FromObject returns a new reference or NULL with
-    // an exception set.
-    let view =
-        unsafe { Bound::from_owned_ptr_or_err(py, ffi::PyMemoryView_FromObject(data.as_ptr()))? };
+    let view = memoryview(data)?;
     let operation = Operation::SendAll {
         view: view.unbind(),
         sent,

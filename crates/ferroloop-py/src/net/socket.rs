@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 
 use ferroloop_core::sys::net;
-use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -16,7 +15,7 @@ use pyo3::types::{PyString, PyType};
 
 use super::buffer::Buffer;
 use crate::errors::os_error;
-use crate::ffi::check_signals;
+use crate::ffi::{check_signals, OBJECT_HEADER_SIZE};
 
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
@@ -107,7 +106,7 @@ unsafe fn fd_field(sock: &Bound<'_, PyAny>) -> RawFd {
     // field after the header is the fd (an int).
     unsafe {
         (sock.as_ptr() as *const u8)
-            .add(std::mem::size_of::<ffi::PyObject>())
+            .add(OBJECT_HEADER_SIZE)
             .cast::<RawFd>()
             .read()
     }

@@ -17,7 +17,6 @@
 //! What this saves per read: two Python frames, a `socket.recv` that allocates `max_size`
 //! (256 KiB) and shrinks the result, and the attribute lookups between them.
 
-use pyo3::ffi;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -32,17 +31,11 @@ use super::socket::{fileno, is_plain_socket, recv_into, send};
 use super::stream_lifecycle;
 use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
 use crate::event_loop::Loop;
+use crate::ffi::{bound_method_function, bytes_len, BUFFER_WRITABLE};
 
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_BUFFER_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-extern "C" {
-    /// `PyMethod_Type` and `PyMethod_Function` of CPython's C API (bound methods), which
-    /// pyo3's ffi does not declare.
-    static mut PyMethod_Type: ffi::PyTypeObject;
-    fn PyMethod_Function(method: *mut ffi::PyObject) -> *mut ffi::PyObject;
-}
 
 /// Which of asyncio's read paths `_read_ready_cb` is.
 #[derive(PartialEq)]
@@ -70,14 +63,8 @@ fn read_path(callback: &Bound<'_, PyAny>) -> PyResult<ReadPath> {
         "_SelectorSocketTransport",
         "_read_ready__get_buffer",
     )?;
-    // SAFETY: the GIL is held; `callback` is alive. PyMethod_Function is called only on a
-    // bound method (exact type checked first) and returns a borrowed reference.
-    let function = unsafe {
-        let raw = callback.as_ptr();
-        if ffi::Py_TYPE(raw) != std::ptr::addr_of_mut!(PyMethod_Type) {
-            return Ok(ReadPath::Other);
-        }
-        PyMethod_Function(raw)
+    let Some(function) = bound_method_function(callback) else {
+        return Ok(ReadPath::Other);
     };
     Ok(if function == data_received.as_ptr() {
         ReadPath::DataReceived
@@ -134,7 +121,7 @@ fn read_into_protocol_buffer(
         }
     };
     // `sock.recv_into(buf)`; a buffer that is not writable gets socket's own error.
-    let received = match Buffer::get(&buffer, ffi::PyBUF_WRITABLE) {
+    let received = match Buffer::get(&buffer, BUFFER_WRITABLE) {
         Ok(view) => fileno(sock).and_then(|fd| recv_into(py, fd, &view)),
         Err(_) => match sock.call_method1(intern!(py, "recv_into"), (&buffer,)) {
             Ok(nbytes) => nbytes.extract::<usize>().map(Some),
@@ -242,8 +229,8 @@ impl TransportReader {
                 return Ok(());
             }
         };
-        // SAFETY: `data` is a bytes object (recv_bytes makes one).
-        if unsafe { ffi::PyBytes_Size(data.as_ptr()) } == 0 {
+        // `data` is a bytes object (recv_bytes makes one).
+        if bytes_len(&data) == 0 {
             return read_eof(&transport, &attributes);
         }
         let protocol = get!(py, transport, attributes, "_protocol")?;

@@ -20,7 +20,6 @@
 use std::sync::Mutex;
 
 use pyo3::exceptions::PyConnectionError;
-use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -36,6 +35,7 @@ use super::stream::TransportReader;
 use super::transport::{fatal_error, get, is_exit};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
+use crate::ffi::{dict_discard, object_new};
 use crate::handles::Args;
 
 /// What differs between the supported asyncio versions, read once from asyncio itself.
@@ -115,24 +115,6 @@ fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
             low_water: (16 * 1024i32).into_pyobject(py)?.into_any().unbind(),
         })
     })
-}
-
-/// `object.__new__(cls)`: `object`'s own `tp_new`, without the argument tuple and checks of
-/// the `__new__` wrapper (`cls` is a class of asyncio's, a subclass of `object`).
-fn object_new<'py>(cls: &Bound<'py, PyType>) -> PyResult<Bound<'py, PyAny>> {
-    let py = cls.py();
-    let args = PyTuple::empty(py);
-    // SAFETY: `PyBaseObject_Type` is CPython's static `object` type, whose `tp_new` is set;
-    // it returns a new reference or NULL with an exception set.
-    unsafe {
-        let new = (*std::ptr::addr_of!(pyo3::ffi::PyBaseObject_Type))
-            .tp_new
-            .ok_or_else(|| pyo3::exceptions::PyTypeError::new_err("object has no tp_new"))?;
-        Bound::from_owned_ptr_or_err(
-            py,
-            new(cls.as_type_ptr(), args.as_ptr(), std::ptr::null_mut()),
-        )
-    }
 }
 
 /// asyncio: `loop._transports[fd] = transport`. `_transports` is a `WeakValueDictionary`,
@@ -566,12 +548,8 @@ fn call_connection_lost(
 #[pyo3(name = "_release_stream_callbacks")]
 pub fn release_callbacks(attributes: &Bound<'_, PyDict>) -> PyResult<()> {
     let py = attributes.py();
-    // SAFETY: a dict and an interned str; a missing key is a KeyError, cleared (the reader is
-    // not there in debug mode, nor the second time).
-    if unsafe { ffi::PyDict_DelItem(attributes.as_ptr(), intern!(py, "_read_ready").as_ptr()) } < 0
-    {
-        drop(PyErr::fetch(py));
-    }
+    // The reader is not there in debug mode, nor the second time.
+    dict_discard(attributes, intern!(py, "_read_ready"));
     attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
     if asyncio(py)?.write_ready.is_some() {
         attributes.set_item(intern!(py, "_write_ready"), py.None())?;
