@@ -40,7 +40,7 @@ def run_child(loop, workload, target, timeout):
         return {"status": "error", "error": f"timed out after {timeout} s"}
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1]
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return {"status": "error", "error": tail[:200]}
     try:
         return json.loads(lines[-1])

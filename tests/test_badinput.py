@@ -9,6 +9,7 @@ import weakref
 import pytest
 
 import ferroloop
+
 from conftest import asyncio_loop
 
 

@@ -505,8 +505,8 @@ def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> 
     lines.append("")
     lines.append("cells: median server CPU us per request (idle_rss: server RSS bytes per idle connection);")
     lines.append("'ferroloop vs best peer': + = ferroloop uses more CPU (or memory) than the best of uvloop/rloop/rsloop.")
-    for (w, l), n in notes.items():
-        lines.append(f"  {w} / {l}: {n}")
+    for (w, lp), n in notes.items():
+        lines.append(f"  {w} / {lp}: {n}")
     return "\n".join(lines)
 
 

@@ -10,8 +10,8 @@ exactly as on the same version's asyncio. See ``docs/decisions/0001-borrowed-asy
 """
 
 import asyncio
-import selectors
 import os
+import selectors
 import socket
 import sys
 import threading
@@ -146,7 +146,7 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
         elif self._signal_handlers:
             import warnings
 
-            warnings.warn(
+            warnings.warn(  # noqa: B028 (asyncio's warning, with asyncio's stack level)
                 f"Closing the loop {self!r} on interpreter shutdown "
                 f"stage, skipping signal handlers removal",
                 ResourceWarning,

@@ -7,7 +7,6 @@ reading them costs the loop nothing. See ``docs/observability.md``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict
 
 from . import _core
 
@@ -40,7 +39,7 @@ class LoopMetrics:
     callback_timing: bool
     #: Callback durations: upper bound of the bucket (seconds, ``inf`` last) -> count.
     #: Filled only while ``callback_timing`` is on.
-    callback_durations: Dict[float, int]
+    callback_durations: dict[float, int]
     #: Blocks the watchdog reported.
     watchdog_reports: int
     #: Whether the loop is running now.
@@ -68,7 +67,7 @@ def snapshot(loop, reset=False) -> LoopMetrics:
         loop_lag=raw["timer_lag"],
         timers=raw["timers_due"],
         callback_timing=raw["callback_timing"],
-        callback_durations=dict(zip(_BOUNDS, raw["histogram"])),
+        callback_durations=dict(zip(_BOUNDS, raw["histogram"], strict=True)),
         watchdog_reports=raw["watchdog_reports"],
         running=raw["running"],
     )

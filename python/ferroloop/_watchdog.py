@@ -20,7 +20,8 @@ import sys
 import traceback
 import weakref
 from asyncio.log import logger
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from . import _core
 
@@ -30,7 +31,7 @@ ENV_VAR = "FERROLOOP_WATCHDOG"
 
 #: Set by ``python -m ferroloop --watchdog SECONDS``: the threshold of every ferroloop loop
 #: that was not configured with ``set_watchdog``. Takes precedence over the environment.
-default_threshold: Optional[float] = None
+default_threshold: float | None = None
 
 
 
@@ -52,7 +53,7 @@ class _State:
 
 
 # Loop -> its _State. Also how live threads are found at exit and in a forked child.
-_states: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
+_states: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
 
 
 def _state(loop) -> _State:
@@ -83,26 +84,26 @@ class WatchdogReport:
     started_at: float
     #: ``loop.time()`` when this report was made.
     reported_at: float
-    task: Optional[asyncio.Task] = dataclasses.field(repr=False, default=None)
-    task_name: Optional[str] = None
-    coro: Optional[str] = None
+    task: asyncio.Task | None = dataclasses.field(repr=False, default=None)
+    task_name: str | None = None
+    coro: str | None = None
     #: The function that the loop called (the task's coroutine, or a ``call_soon`` callback).
-    callback: Optional[str] = None
-    filename: Optional[str] = None
-    lineno: Optional[int] = None
-    function: Optional[str] = None
+    callback: str | None = None
+    filename: str | None = None
+    lineno: int | None = None
+    function: str | None = None
     #: The source line being executed.
-    line: Optional[str] = None
-    stack: Optional[traceback.StackSummary] = dataclasses.field(repr=False, default=None)
+    line: str | None = None
+    stack: traceback.StackSummary | None = dataclasses.field(repr=False, default=None)
     #: Share of the block the loop thread spent on a CPU (None if unknown).
-    cpu_fraction: Optional[float] = None
+    cpu_fraction: float | None = None
     #: ``"cpu"`` (CPU-bound work), ``"blocking"`` (a blocking call) or ``"unknown"``.
     cause: str = "unknown"
     hint: str = ""
     #: Seconds the watchdog waited for the GIL before it could look. Long when the loop
     #: thread held the GIL in C code: the stack then shows where it let go, after the block.
     gil_wait: float = 0.0
-    thread_id: Optional[int] = None
+    thread_id: int | None = None
     loop: Any = dataclasses.field(repr=False, compare=False, default=None)
 
     def where(self) -> str:
@@ -235,7 +236,7 @@ def _user_frame(frames):
     return frames[0] if frames else None
 
 
-def _hint(cause: str, cpu_fraction, line: Optional[str]) -> str:
+def _hint(cause: str, cpu_fraction, line: str | None) -> str:
     share = (
         ""
         if cpu_fraction is None
@@ -425,9 +426,9 @@ class WatchdogMixin:
 
     def set_watchdog(
         self,
-        threshold: Optional[float],
+        threshold: float | None,
         *,
-        handler: Optional[Callable[[WatchdogReport], Any]] = None,
+        handler: Callable[[WatchdogReport], Any] | None = None,
     ) -> None:
         """Report callbacks that hold the loop for longer than ``threshold`` seconds.
 
@@ -444,7 +445,7 @@ class WatchdogMixin:
         _state(self).explicit = True
         self._watchdog_apply(threshold, handler)
 
-    def get_watchdog(self) -> Optional[float]:
+    def get_watchdog(self) -> float | None:
         """The watchdog's threshold in seconds, or ``None`` when it is off."""
         state = _states.get(self)
         thread = None if state is None else state.thread
