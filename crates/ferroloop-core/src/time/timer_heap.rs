@@ -8,7 +8,7 @@
 //! comparison (`a.when() < b.when()`).
 //!
 //! Cancellation is lazy: a cancelled entry stays in the heap until it reaches the top or until
-//! [`TimerHeap::retain`] compacts the heap (asyncio's purge rule lives in the caller).
+//! [`TimerHeap::purge`] compacts the heap (asyncio's purge rule lives in the caller).
 
 /// What the heap needs of an entry.
 pub trait TimerEntry {
