@@ -160,9 +160,16 @@ def test_sleep(loop):
 
 
 def test_long_timer_does_not_block_stop(loop):
-    loop.call_later(3600, print)
+    out = []
+    long = loop.call_later(3600, out.append, "long")
+    loop.call_later(0.001, out.append, "short")
     loop.call_later(0.001, loop.stop)
+    start = time.monotonic()
     loop.run_forever()
+    assert out == ["short"]
+    assert time.monotonic() - start < 30  # not parked until the hour-long timer
+    assert not long.cancelled()
+    long.cancel()
 
 
 class Holder:
