@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Compare asyncio, uvloop, rloop, rsloop (when installed) and ferroloop on the workloads of ``workloads.py``.
+"""Compare asyncio, uvloop, rloop, rsloop (when installed) and ferroloop on the workloads of
+``workloads.py``.
 
 Each (workload, loop) measurement runs in a fresh subprocess; in every round the loops are
 interleaved and their order rotated, and the table reports medians over the rounds.
