@@ -3,7 +3,8 @@
     python benchmarks/profile_one.py LOOP WORKLOAD N [--warmup N]
 
 Instruction counts per operation, stable on a noisy machine:
-    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p python benchmarks/profile_one.py ferroloop call_soon 20000
+    valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p \
+        python benchmarks/profile_one.py ferroloop call_soon 20000
     (run with two values of N; (I(N2) - I(N1)) / (N2 - N1) is the cost of one operation)
 """
 

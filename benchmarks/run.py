@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Compare asyncio, uvloop, rloop, rsloop (when installed) and ferroloop on the workloads of ``workloads.py``.
+"""Compare asyncio, uvloop, rloop, rsloop (when installed) and ferroloop on the workloads of
+``workloads.py``.
 
 Each (workload, loop) measurement runs in a fresh subprocess; in every round the loops are
 interleaved and their order rotated, and the table reports medians over the rounds.
@@ -40,7 +41,7 @@ def run_child(loop, workload, target, timeout):
         return {"status": "error", "error": f"timed out after {timeout} s"}
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1]
+        tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return {"status": "error", "error": tail[:200]}
     try:
         return json.loads(lines[-1])

@@ -12,7 +12,6 @@ import asyncio
 import gc
 import os
 import threading
-import time
 
 # name -> (function, warm-up n, granularity: n is rounded to a multiple of it)
 THROUGHPUT = {}

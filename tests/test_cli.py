@@ -18,7 +18,8 @@ import asyncio, json, sys, os, warnings
 import helper_mod  # importable from the script's directory, like `python script.py`
 
 async def main():
-    return type(asyncio.get_running_loop()).__module__ + "." + type(asyncio.get_running_loop()).__name__
+    loop = asyncio.get_running_loop()
+    return type(loop).__module__ + "." + type(loop).__name__
 
 def loop_type(lp):
     return type(lp).__module__ + "." + type(lp).__name__

@@ -136,7 +136,13 @@ def test_shutdown_default_executor_timeout(factory):
     async def main():
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, time.sleep, 0.01)
+        executor = loop._default_executor
         await loop.shutdown_default_executor(timeout=5)
+        # The executor is shut down (it takes no more work) and the loop says so.
+        with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+            executor.submit(print)
+        with pytest.raises(RuntimeError, match="Executor shutdown has been called"):
+            loop.run_in_executor(None, print)
 
     run(factory, main())
 

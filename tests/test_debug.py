@@ -1,7 +1,7 @@
 import asyncio
-import os
 import gc
 import logging
+import os
 import sys
 import threading
 import time

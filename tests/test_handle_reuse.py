@@ -118,7 +118,7 @@ def test_exception_handler_sees_the_callbacks_context_on_312(loop):
 
     def failing():
         var.set("bar")
-        1 / 0
+        1 / 0  # noqa: B018 (the ZeroDivisionError is the point)
 
     loop.call_soon(failing)
     loop.call_soon(loop.stop)

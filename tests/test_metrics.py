@@ -57,20 +57,21 @@ def test_poll_time_and_busy_time(loop):
 
 
 def test_loop_lag_of_a_late_timer(loop):
-    loop.call_later(0.01, loop.stop)
-    loop.call_soon(time.sleep, 0.15)  # makes the timer late
+    # A timer whose deadline passed half a second ago is at least that late when found due
+    # (no sleeping involved: the bound holds however loaded the machine is).
+    loop.call_at(loop.time() - 0.5, loop.stop)
     loop.run_forever()
-    m = loop.metrics()
-    assert m.loop_lag >= 0.1
-    # A timer on time has a small lag.
+    assert 0.5 <= loop.metrics().loop_lag < 30
+    # A timer on time: the lag is the last timer's, far below the late one's (a generous
+    # bound for a loaded machine, which still fails if the lag is not updated).
     loop.call_later(0.01, loop.stop)
     loop.run_forever()
-    assert loop.metrics().loop_lag < 0.1
+    assert loop.metrics().loop_lag < 0.4
 
 
 def test_callback_duration_histogram_is_opt_in(loop):
     def step():
-        time.sleep(0.02)
+        time.sleep(0.12)
 
     loop.call_soon(step)
     loop.call_soon(loop.stop)
@@ -87,9 +88,11 @@ def test_callback_duration_histogram_is_opt_in(loop):
     loop.run_forever()
     durations = loop.metrics().callback_durations
     assert sum(durations.values()) == 9
-    # The three 20 ms callbacks, in the 10-50 ms bucket (or a later one on a slow machine).
-    assert sum(n for bound, n in durations.items() if bound >= 0.05) >= 3
-    assert sum(n for bound, n in durations.items() if bound <= 0.01) >= 5 - 1
+    # The three 120 ms callbacks take at least that long: the 100-500 ms bucket or a later
+    # one; the five empty ones are far below (at most one slowed down past 50 ms by a loaded
+    # machine).
+    assert sum(n for bound, n in durations.items() if bound >= 0.5) == 3
+    assert sum(n for bound, n in durations.items() if bound <= 0.05) >= 5 - 1
 
     loop.set_callback_timing(False)
     loop.call_soon(loop.stop)
@@ -121,16 +124,21 @@ def test_read_from_another_thread_while_running(loop):
 
 def test_counts_watchdog_reports(loop):
     reports = []
-    loop.set_watchdog(0.05, handler=reports.append)
+    loop.set_watchdog(0.1, handler=reports.append)
 
     async def main():
         await asyncio.sleep(0)
-        time.sleep(0.4)
+        time.sleep(0.8)
 
     loop.run_until_complete(main())
     loop.set_watchdog(None)
-    assert [r.kind for r in reports] == ["blocked", "released"]
-    assert loop.metrics().watchdog_reports == 1
+    # The block is reported (once blocked, once released); a loaded machine may add a
+    # report of a step it slowed down: the counter counts exactly the "blocked" reports.
+    kinds = [r.kind for r in reports]
+    blocked = kinds.count("blocked")
+    assert any(r.kind == "blocked" and r.function.endswith(".main") for r in reports), reports
+    assert blocked >= 1 and kinds.count("released") == blocked
+    assert loop.metrics().watchdog_reports == blocked
 
 
 def test_metrics_in_ferroloop_run():

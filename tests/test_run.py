@@ -5,6 +5,7 @@ import threading
 import pytest
 
 import ferroloop
+
 from conftest import FACTORIES, asyncio_loop
 
 PY312 = sys.version_info >= (3, 12)

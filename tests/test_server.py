@@ -13,8 +13,6 @@ import pytest
 from conftest import active_connections, run_python, ticker
 
 
-
-
 class Recorder(asyncio.Protocol):
     """Records its callbacks in a shared trace."""
 
@@ -201,7 +199,7 @@ def test_ipv6_and_unix_peernames(loop, tmp_path):
     cu = socket.socket(socket.AF_UNIX)
     cu.connect(path)
     loop.run_until_complete(asyncio.sleep(0.05))
-    peers = sorted((repr(t.get_extra_info("peername")) for t in transports))
+    peers = sorted(repr(t.get_extra_info("peername")) for t in transports)
     assert peers == sorted([repr(c6.getsockname()), repr(cu.getsockname())])
     for t in transports:
         t.close()

@@ -14,7 +14,10 @@ PRELUDE = """
 import asyncio, sys
 import ferroloop
 USE_FERRO = sys.argv[1] == "ferroloop"
-new_loop = ferroloop.new_event_loop if USE_FERRO else asyncio.DefaultEventLoopPolicy().new_event_loop
+if USE_FERRO:
+    new_loop = ferroloop.new_event_loop
+else:
+    new_loop = asyncio.DefaultEventLoopPolicy().new_event_loop
 
 async def main():
     try:

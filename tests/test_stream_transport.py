@@ -15,10 +15,6 @@ from ferroloop import _loop as ferro_loop_module
 from conftest import active_connections, socket_pair, tcp_pair, ticker
 
 
-
-
-
-
 def _state(transport):
     """Every attribute of a transport, instance dict and slots, as (name, kind-of-value)."""
 

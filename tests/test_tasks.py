@@ -147,7 +147,7 @@ def test_taskgroup(loop):
             a = tg.create_task(ok(1))
             b = tg.create_task(ok(2))
         assert (a.result(), b.result()) == (1, 2)
-        with pytest.raises(ExceptionGroup) as ei:
+        with pytest.raises(ExceptionGroup) as ei:  # noqa: F821 (3.11+, skipped before)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(bad())
                 slow = tg.create_task(asyncio.sleep(10))

@@ -19,7 +19,10 @@ from ferroloop import WatchdogReport
 THRESHOLD = 0.1
 # Blocks last this long: generous against a slow, shared machine (the report must come while
 # the block is on, i.e. within BLOCK - THRESHOLD of the threshold being crossed).
-BLOCK = 0.8
+BLOCK = 1.2
+# For the tests that expect no report at all: a threshold that a loaded machine does not
+# reach by slowing down a short callback, still far below the waits that must not count.
+QUIET_THRESHOLD = 0.5
 
 
 def _line_of(func, marker):
@@ -64,8 +67,9 @@ def check_blocked_report(recorder, window, *, task_name, function, line, cause=N
     assert len(blocked) == 1, recorder.reports
     arrived, report = blocked[0]
     assert isinstance(report, WatchdogReport)
-    # The report arrived while the block was still going on.
-    assert started + THRESHOLD <= arrived < ended, (started, arrived, ended)
+    # The report arrived while the block was still going on (``started`` is taken inside
+    # the block, a little after the watchdog's start of it).
+    assert started <= arrived < ended, (started, arrived, ended)
     assert report.task_name == task_name
     assert report.function == function
     assert report.filename == __file__
@@ -79,9 +83,10 @@ def check_blocked_report(recorder, window, *, task_name, function, line, cause=N
     assert len(released) == 1, recorder.reports
     _, done = released[0]
     assert done.task_name == task_name and done.lineno == line
-    # The total: from about the start to the end of the block.
+    # The total: from about the start to the end of the block (above: the loop thread gets
+    # back to the loop after ``ended``, later on a loaded machine).
     assert done.blocked_for >= ended - started - 2 * THRESHOLD
-    assert done.blocked_for <= ended - started + THRESHOLD
+    assert done.blocked_for <= ended - started + 1.0
     return report
 
 
@@ -255,10 +260,10 @@ def test_a_loop_that_never_blocks_gets_no_report():
 
     async def main(loop):
         # Long waits in the poll (parked) are not blocks either.
-        await asyncio.sleep(3 * THRESHOLD)
+        await asyncio.sleep(3 * QUIET_THRESHOLD)
         return await asyncio.gather(*(worker(i) for i in range(20)))
 
-    loop, result = run_with_watchdog(main, recorder)
+    loop, result = run_with_watchdog(main, recorder, threshold=QUIET_THRESHOLD)
     assert result == list(range(20))
     assert recorder.reports == []
     assert loop.metrics().watchdog_reports == 0
@@ -269,9 +274,9 @@ def test_blocking_outside_the_loop_is_not_reported():
     recorder = Recorder()
     loop = ferroloop.new_event_loop()
     try:
-        loop.set_watchdog(THRESHOLD, handler=recorder)
+        loop.set_watchdog(QUIET_THRESHOLD, handler=recorder)
         loop.run_until_complete(asyncio.sleep(0))
-        time.sleep(3 * THRESHOLD)
+        time.sleep(3 * QUIET_THRESHOLD)
         loop.run_until_complete(asyncio.sleep(0))
     finally:
         loop.close()

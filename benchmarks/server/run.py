@@ -504,9 +504,10 @@ def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> 
         lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
     lines.append("")
     lines.append("cells: median server CPU us per request (idle_rss: server RSS bytes per idle connection);")
-    lines.append("'ferroloop vs best peer': + = ferroloop uses more CPU (or memory) than the best of uvloop/rloop/rsloop.")
-    for (w, l), n in notes.items():
-        lines.append(f"  {w} / {l}: {n}")
+    lines.append("'ferroloop vs best peer': + = ferroloop uses more CPU (or memory) than the best of "
+        "uvloop/rloop/rsloop.")
+    for (w, lp), n in notes.items():
+        lines.append(f"  {w} / {lp}: {n}")
     return "\n".join(lines)
 
 
@@ -589,8 +590,8 @@ def main():
         except (RunError, subprocess.SubprocessError, OSError) as e:
             tls_problem = str(e)
 
-    print(f"loops: {', '.join(loops)}; rounds {a.rounds}, warm-up {a.warmup} s, measured {a.duration} s; "
-          f"http client: {a.http_client}; logs: {ctx.logdir}", flush=True)
+    print(f"loops: {', '.join(loops)}; rounds {a.rounds}, warm-up {a.warmup} s, "
+          f"measured {a.duration} s; http client: {a.http_client}; logs: {ctx.logdir}", flush=True)
     for loop, why in missing.items():
         print(f"  {loop}: missing ({why})", flush=True)
 
@@ -613,7 +614,10 @@ def main():
                         rec.update(run_one(ctx, loop, wl))
                     results.append(rec)
                     val = f"{rec['value']:.2f} {rec['unit']}" if rec["status"] == "ok" else f"{rec['status']}: {rec.get('note', '')}"
-                    extra = f"  ({rec['req_per_s']:.0f} req/s, server CPU {rec['server_cpu_util'] * 100:.0f}%)" if "req_per_s" in rec else ""
+                    extra = ""
+                    if "req_per_s" in rec:
+                        cpu = rec["server_cpu_util"] * 100
+                        extra = f"  ({rec['req_per_s']:.0f} req/s, server CPU {cpu:.0f}%)"
                     print(f"[round {rnd + 1}/{a.rounds}] {wl.name:15} {loop:10} {val}{extra}", flush=True)
     finally:
         for p in ctx.procs:

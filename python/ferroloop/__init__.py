@@ -9,8 +9,12 @@ Use it with one line::
 """
 
 import asyncio as _asyncio
-import sys as _sys
+import sys
 from asyncio import events as _asyncio_events
+from collections.abc import Callable as _Callable
+from collections.abc import Coroutine as _Coroutine
+from typing import Any as _Any
+from typing import TypeVar as _TypeVar
 
 # First: refuses an unsupported CPython, warns on one newer than the verified ones.
 from . import _compat  # noqa: F401
@@ -31,18 +35,26 @@ __all__ = (
     "__version__",
 )
 
+_T = _TypeVar("_T")
 
-def new_event_loop():
+
+def new_event_loop() -> Loop:
     """Return a new ferroloop event loop."""
     return Loop()
 
 
-def install():
+def install() -> None:
     """Make ferroloop the loop that ``asyncio.run``/``asyncio.new_event_loop`` create."""
     _asyncio.set_event_loop_policy(EventLoopPolicy())
 
 
-def run(main, *, debug=None, loop_factory=None, watchdog=None):
+def run(
+    main: _Coroutine[_Any, _Any, _T],
+    *,
+    debug: bool | None = None,
+    loop_factory: _Callable[[], _asyncio.AbstractEventLoop] | None = None,
+    watchdog: float | None = None,
+) -> _T:
     """Run the coroutine ``main`` on a new ferroloop loop and return its result.
 
     The same as ``asyncio.run(main, debug=debug)`` with a ferroloop loop: the loop is closed,
@@ -57,7 +69,7 @@ def run(main, *, debug=None, loop_factory=None, watchdog=None):
         loop_factory = new_event_loop
     if watchdog is not None:
         loop_factory = _with_watchdog(loop_factory, watchdog)
-    if _sys.version_info >= (3, 11):
+    if sys.version_info >= (3, 11):
         with _asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
             return runner.run(main)
     from ._runner310 import run as _run310
@@ -65,14 +77,16 @@ def run(main, *, debug=None, loop_factory=None, watchdog=None):
     return _run310(main, debug=debug, loop_factory=loop_factory)
 
 
-def _with_watchdog(loop_factory, threshold):
+def _with_watchdog(
+    loop_factory: _Callable[[], _asyncio.AbstractEventLoop], threshold: float
+) -> _Callable[[], _asyncio.AbstractEventLoop]:
     from ._watchdog import _parse_threshold
 
-    threshold = _parse_threshold(threshold, "watchdog")
+    parsed = _parse_threshold(threshold, "watchdog")
 
-    def factory():
+    def factory() -> _asyncio.AbstractEventLoop:
         loop = loop_factory()
-        loop.set_watchdog(threshold)
+        loop.set_watchdog(parsed)  # type: ignore[attr-defined]  # a ferroloop loop's
         return loop
 
     return factory

@@ -15,12 +15,12 @@ import runpy
 import sys
 
 
-def _type_name(obj):
+def _type_name(obj: object) -> str:
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _asyncio_run_loop():
+def _asyncio_run_loop() -> tuple[str, str]:
     """The class of the loop ``asyncio.run(main())`` would run on now (from the policy, as
     ``asyncio.run`` without ``loop_factory`` gets it), and the policy's class."""
     import warnings
@@ -35,14 +35,14 @@ def _asyncio_run_loop():
         loop.close()
 
 
-def _debug_mode():
+def _debug_mode() -> bool:
     is_debug = getattr(asyncio.coroutines, "_is_debug_mode", None)
     if is_debug is not None:
         return bool(is_debug())
     return sys.flags.dev_mode or bool(os.environ.get("PYTHONASYNCIODEBUG"))
 
 
-def _watchdog_state():
+def _watchdog_state() -> str:
     from ferroloop import _watchdog
 
     if _watchdog.default_threshold is not None:
@@ -58,7 +58,7 @@ def _watchdog_state():
     )
 
 
-def info_lines():
+def info_lines() -> list[str]:
     """``python -m ferroloop --info``: one ``name: value`` line each."""
     import ferroloop
     from ferroloop import _core
@@ -80,7 +80,7 @@ def info_lines():
     return [f"{name}: {value}" for name, value in lines]
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ferroloop",
         description="Run a Python script with ferroloop as the asyncio event loop.",

@@ -9,9 +9,11 @@ handler, executors, ``getaddrinfo``, the networking methods, signals and subproc
 exactly as on the same version's asyncio. See ``docs/decisions/0001-borrowed-asyncio-methods.md``.
 """
 
+from __future__ import annotations
+
 import asyncio
-import selectors
 import os
+import selectors
 import socket
 import sys
 import threading
@@ -19,6 +21,8 @@ import types
 import weakref
 from asyncio import base_events, constants, events, selector_events, trsock, unix_events
 from asyncio.log import logger
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from . import _core, _hooks  # noqa: F401  (_hooks registers itself with _core)
 from ._metrics import MetricsMixin
@@ -66,10 +70,21 @@ _BORROWED_DUNDERS = frozenset({"__repr__", "__del__"})
 
 # The mixins come after _core.Loop: the native type checks of every call_soon walk the MRO up
 # to _core.Loop (PyType_IsSubtype).
-class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
+if TYPE_CHECKING:
+    from typing_extensions import TypeVarTuple, Unpack
+
+    _Ts = TypeVarTuple("_Ts")
+    # What the borrowing below makes of Loop, for type checkers: the methods of asyncio's Unix
+    # selector loop (typeshed's types), the native ones (_core.pyi) first.
+    _AsyncioLoop = unix_events._UnixSelectorEventLoop
+else:
+    _AsyncioLoop = asyncio.AbstractEventLoop
+
+
+class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
     """An asyncio event loop with a native core. Create it with ``ferroloop.new_event_loop()``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         # The running version's own initialisation: every private attribute its borrowed
         # methods rely on (_default_executor, _asyncgens, _exception_handler, ...).
         base_events.BaseEventLoop.__init__(self)
@@ -146,7 +161,7 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
         elif self._signal_handlers:
             import warnings
 
-            warnings.warn(
+            warnings.warn(  # noqa: B028 (asyncio's warning, with asyncio's stack level)
                 f"Closing the loop {self!r} on interpreter shutdown "
                 f"stage, skipping signal handlers removal",
                 ResourceWarning,
@@ -273,10 +288,12 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
         if self._ssock is None:
             _BORROWED_MAKE_SELF_PIPE(self)
 
-    def add_signal_handler(self, sig, callback, *args):
+    def add_signal_handler(
+        self, sig: int, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts]
+    ) -> None:
         self._check_closed()
         self._make_self_pipe()
-        result = _BORROWED_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
+        _BORROWED_ADD_SIGNAL_HANDLER(self, sig, callback, *args)
         # asyncio's call made the self-pipe the wakeup fd with CPython's default, a warning when
         # it is full: the C signal handler then schedules the report with Py_AddPendingCall,
         # which is not async-signal-safe (a signal that lands while the interpreter pops a
@@ -285,7 +302,6 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
         # dropped silently instead, as uvloop does (asyncio drops it too, after the warning).
         # asyncio.unix_events' own `signal`, which asyncio's code uses (tests patch it).
         unix_events.signal.set_wakeup_fd(self._csock.fileno(), warn_on_full_buffer=False)
-        return result
 
     def _read_from_self(self):
         # asyncio's reads until the socket is empty: under a storm of signals each system call

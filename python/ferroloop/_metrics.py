@@ -7,7 +7,7 @@ reading them costs the loop nothing. See ``docs/observability.md``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict
+from typing import Any, cast
 
 from . import _core
 
@@ -40,7 +40,7 @@ class LoopMetrics:
     callback_timing: bool
     #: Callback durations: upper bound of the bucket (seconds, ``inf`` last) -> count.
     #: Filled only while ``callback_timing`` is on.
-    callback_durations: Dict[float, int]
+    callback_durations: dict[float, int]
     #: Blocks the watchdog reported.
     watchdog_reports: int
     #: Whether the loop is running now.
@@ -52,7 +52,7 @@ class LoopMetrics:
         return self.busy_time / self.run_time if self.run_time > 0 else 0.0
 
 
-def snapshot(loop, reset=False) -> LoopMetrics:
+def snapshot(loop: Any, reset: bool = False) -> LoopMetrics:
     raw = _core._metrics(loop)
     if reset:
         _core._reset_metrics(loop)
@@ -68,7 +68,7 @@ def snapshot(loop, reset=False) -> LoopMetrics:
         loop_lag=raw["timer_lag"],
         timers=raw["timers_due"],
         callback_timing=raw["callback_timing"],
-        callback_durations=dict(zip(_BOUNDS, raw["histogram"])),
+        callback_durations=dict(zip(_BOUNDS, raw["histogram"], strict=True)),
         watchdog_reports=raw["watchdog_reports"],
         running=raw["running"],
     )
@@ -82,11 +82,11 @@ class MetricsMixin:
 
         Safe to call from any thread.
         """
-        return snapshot(self, reset)
+        return snapshot(cast(_core.Loop, self), reset)
 
     def set_callback_timing(self, enabled: bool = True) -> None:
         """Measure every callback's duration into ``metrics().callback_durations``.
 
         Off by default: it reads the clock twice per callback.
         """
-        _core._set_callback_timing(self, bool(enabled))
+        _core._set_callback_timing(cast(_core.Loop, self), bool(enabled))

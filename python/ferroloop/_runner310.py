@@ -6,9 +6,13 @@ tasks cancelled, async generators and the default executor shut down, and the lo
 
 import asyncio
 from asyncio import coroutines, events, tasks
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 
-def _cancel_all_tasks(loop):
+def _cancel_all_tasks(loop: asyncio.AbstractEventLoop) -> None:
     to_cancel = tasks.all_tasks(loop)
     if not to_cancel:
         return
@@ -28,7 +32,12 @@ def _cancel_all_tasks(loop):
             )
 
 
-def run(main, *, debug=None, loop_factory):
+def run(
+    main: Coroutine[Any, Any, _T],
+    *,
+    debug: bool | None = None,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop],
+) -> _T:
     if events._get_running_loop() is not None:
         raise RuntimeError("asyncio.run() cannot be called from a running event loop")
     if not coroutines.iscoroutine(main):

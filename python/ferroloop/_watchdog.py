@@ -18,9 +18,11 @@ import logging
 import os
 import sys
 import traceback
+import types
 import weakref
 from asyncio.log import logger
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _core
 
@@ -30,7 +32,7 @@ ENV_VAR = "FERROLOOP_WATCHDOG"
 
 #: Set by ``python -m ferroloop --watchdog SECONDS``: the threshold of every ferroloop loop
 #: that was not configured with ``set_watchdog``. Takes precedence over the environment.
-default_threshold: Optional[float] = None
+default_threshold: float | None = None
 
 
 
@@ -41,7 +43,12 @@ class _State:
 
     __slots__ = ("thread", "handler", "explicit", "last")
 
-    def __init__(self):
+    thread: _core.Watchdog | None
+    handler: Callable[[WatchdogReport], object] | None
+    explicit: bool
+    last: WatchdogReport | None
+
+    def __init__(self) -> None:
         self.thread = None
         self.handler = None
         # True once set_watchdog() was called: then neither the environment nor debug mode
@@ -52,10 +59,10 @@ class _State:
 
 
 # Loop -> its _State. Also how live threads are found at exit and in a forked child.
-_states: "weakref.WeakKeyDictionary[Any, _State]" = weakref.WeakKeyDictionary()
+_states: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
 
 
-def _state(loop) -> _State:
+def _state(loop: object) -> _State:
     state = _states.get(loop)
     if state is None:
         state = _states[loop] = _State()
@@ -83,26 +90,26 @@ class WatchdogReport:
     started_at: float
     #: ``loop.time()`` when this report was made.
     reported_at: float
-    task: Optional[asyncio.Task] = dataclasses.field(repr=False, default=None)
-    task_name: Optional[str] = None
-    coro: Optional[str] = None
+    task: asyncio.Task[Any] | None = dataclasses.field(repr=False, default=None)
+    task_name: str | None = None
+    coro: str | None = None
     #: The function that the loop called (the task's coroutine, or a ``call_soon`` callback).
-    callback: Optional[str] = None
-    filename: Optional[str] = None
-    lineno: Optional[int] = None
-    function: Optional[str] = None
+    callback: str | None = None
+    filename: str | None = None
+    lineno: int | None = None
+    function: str | None = None
     #: The source line being executed.
-    line: Optional[str] = None
-    stack: Optional[traceback.StackSummary] = dataclasses.field(repr=False, default=None)
+    line: str | None = None
+    stack: traceback.StackSummary | None = dataclasses.field(repr=False, default=None)
     #: Share of the block the loop thread spent on a CPU (None if unknown).
-    cpu_fraction: Optional[float] = None
+    cpu_fraction: float | None = None
     #: ``"cpu"`` (CPU-bound work), ``"blocking"`` (a blocking call) or ``"unknown"``.
     cause: str = "unknown"
     hint: str = ""
     #: Seconds the watchdog waited for the GIL before it could look. Long when the loop
     #: thread held the GIL in C code: the stack then shows where it let go, after the block.
     gil_wait: float = 0.0
-    thread_id: Optional[int] = None
+    thread_id: int | None = None
     loop: Any = dataclasses.field(repr=False, compare=False, default=None)
 
     def where(self) -> str:
@@ -147,7 +154,7 @@ class WatchdogReport:
                 lines.append("  " + entry.rstrip("\n").replace("\n", "\n  "))
         return "\n".join(lines)
 
-    def log_extra(self) -> dict:
+    def log_extra(self) -> dict[str, Any]:
         """The structured ``extra`` of the log record."""
         return {
             "ferroloop_watchdog": self,
@@ -171,10 +178,10 @@ class WatchdogReport:
 # Looking at the loop thread
 
 
-def _library_prefixes():
+def _library_prefixes() -> tuple[str, ...]:
     import sysconfig
 
-    prefixes = set()
+    prefixes: set[str] = set()
     paths = sysconfig.get_paths()
     for key in ("stdlib", "platstdlib", "purelib", "platlib"):
         path = paths.get(key)
@@ -188,7 +195,7 @@ def _library_prefixes():
     return tuple(prefixes)
 
 
-_LIBRARY_PREFIXES = None
+_LIBRARY_PREFIXES: tuple[str, ...] | None = None
 
 
 def _is_library(filename: str) -> bool:
@@ -203,7 +210,7 @@ def _is_library(filename: str) -> bool:
 _ANONYMOUS = frozenset({"<genexpr>", "<listcomp>", "<setcomp>", "<dictcomp>"})
 
 
-def _loop_frames(loop, thread_id):
+def _loop_frames(loop: Any, thread_id: int) -> list[types.FrameType]:
     """The loop thread's frames above the loop's own machinery, innermost first."""
     frame = sys._current_frames().get(thread_id)
     if frame is None:
@@ -218,7 +225,7 @@ def _loop_frames(loop, thread_id):
     return frames
 
 
-def _user_frame(frames):
+def _user_frame(frames: list[types.FrameType]) -> types.FrameType | None:
     """The innermost frame of user code (not the standard library, site-packages or us)."""
     for index, frame in enumerate(frames):
         if _is_library(frame.f_code.co_filename):
@@ -235,7 +242,7 @@ def _user_frame(frames):
     return frames[0] if frames else None
 
 
-def _hint(cause: str, cpu_fraction, line: Optional[str]) -> str:
+def _hint(cause: str, cpu_fraction: float | None, line: str | None) -> str:
     share = (
         ""
         if cpu_fraction is None
@@ -265,19 +272,19 @@ def _hint(cause: str, cpu_fraction, line: Optional[str]) -> str:
     )
 
 
-def _cause(cpu_fraction) -> str:
+def _cause(cpu_fraction: float | None) -> str:
     if cpu_fraction is None:
         return "unknown"
     return "cpu" if cpu_fraction >= _CPU_BOUND else "blocking"
 
 
-def _describe_callback(loop, entry):
+def _describe_callback(loop: Any, entry: types.FrameType | None) -> str | None:
     handle = getattr(loop, "_current_handle", None)  # debug mode only
     if handle is not None:
         try:
             from asyncio import base_events
 
-            return base_events._format_handle(handle)
+            return cast(str, base_events._format_handle(handle))  # type: ignore[attr-defined]
         except Exception:
             pass
     if entry is None:
@@ -286,14 +293,22 @@ def _describe_callback(loop, entry):
     return f"{getattr(code, 'co_qualname', code.co_name)}()"
 
 
-def _current_task(loop):
+def _current_task(loop: Any) -> asyncio.Task[Any] | None:
     try:
         return asyncio.current_task(loop)
     except Exception:
         return None
 
 
-def _build(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wait):
+def _build(
+    loop: Any,
+    kind: str,
+    thread_id: int,
+    started_at: float,
+    blocked_for: float,
+    cpu_fraction: float | None,
+    gil_wait: float,
+) -> WatchdogReport:
     cause = _cause(cpu_fraction)
     now = loop.time()
     if kind == "released":
@@ -370,7 +385,15 @@ def _build(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wai
     )
 
 
-def _report(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wait):
+def _report(
+    loop: Any,
+    kind: str,
+    thread_id: int,
+    started_at: float,
+    blocked_for: float,
+    cpu_fraction: float | None,
+    gil_wait: float,
+) -> None:
     """Called by the watchdog thread, with the GIL, while the loop thread is blocked."""
     report = _build(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wait)
     state = _state(loop)
@@ -395,13 +418,13 @@ def _report(loop, kind, thread_id, started_at, blocked_for, cpu_fraction, gil_wa
 # The loop's API
 
 
-def _parse_threshold(value, what):
+def _parse_threshold(value: object, what: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, bool):
         raise TypeError(f"{what} must be a number of seconds or None, got {value!r}")
     try:
-        threshold = float(value)
+        threshold = float(value)  # type: ignore[arg-type]  # any object: float() decides
     except (TypeError, ValueError):
         raise TypeError(f"{what} must be a number of seconds or None, got {value!r}") from None
     if not threshold > 0 or threshold == float("inf"):
@@ -409,7 +432,7 @@ def _parse_threshold(value, what):
     return threshold
 
 
-def _env_threshold():
+def _env_threshold() -> float | None:
     value = os.environ.get(ENV_VAR, "").strip()
     if not value or value.lower() in {"0", "off", "no", "false", "none"}:
         return None
@@ -423,11 +446,18 @@ def _env_threshold():
 class WatchdogMixin:
     """``set_watchdog``/``get_watchdog`` for ``ferroloop.Loop``."""
 
+    if TYPE_CHECKING:
+        # What the mixin uses of ferroloop.Loop.
+        _debug: bool
+        slow_callback_duration: float
+
+        def is_closed(self) -> bool: ...
+
     def set_watchdog(
         self,
-        threshold: Optional[float],
+        threshold: float | None,
         *,
-        handler: Optional[Callable[[WatchdogReport], Any]] = None,
+        handler: Callable[[WatchdogReport], object] | None = None,
     ) -> None:
         """Report callbacks that hold the loop for longer than ``threshold`` seconds.
 
@@ -444,13 +474,15 @@ class WatchdogMixin:
         _state(self).explicit = True
         self._watchdog_apply(threshold, handler)
 
-    def get_watchdog(self) -> Optional[float]:
+    def get_watchdog(self) -> float | None:
         """The watchdog's threshold in seconds, or ``None`` when it is off."""
         state = _states.get(self)
         thread = None if state is None else state.thread
         return None if thread is None else thread.threshold
 
-    def _watchdog_apply(self, threshold, handler):
+    def _watchdog_apply(
+        self, threshold: float | None, handler: Callable[[WatchdogReport], object] | None
+    ) -> None:
         state = _states.get(self)
         if state is None:
             if threshold is None:
@@ -464,9 +496,9 @@ class WatchdogMixin:
         self._watchdog_stop()
         state.handler = handler
         if threshold is not None:
-            state.thread = _core.Watchdog(self, threshold)
+            state.thread = _core.Watchdog(cast(_core.Loop, self), threshold)
 
-    def _watchdog_stop(self):
+    def _watchdog_stop(self) -> None:
         state = _states.get(self)
         if state is None:
             return
@@ -476,7 +508,7 @@ class WatchdogMixin:
             thread.stop()
         state.last = None
 
-    def _watchdog_run_starting(self):
+    def _watchdog_run_starting(self) -> None:
         """At each run_forever: the CLI default, ``FERROLOOP_WATCHDOG``, or debug mode."""
         state = _states.get(self)
         if state is not None and state.explicit:
@@ -496,11 +528,11 @@ class WatchdogMixin:
         if threshold is not None or state is not None:
             self._watchdog_apply(threshold, None)
 
-    def _watchdog_close(self):
+    def _watchdog_close(self) -> None:
         self._watchdog_stop()
 
 
-def _stop_all():
+def _stop_all() -> None:
     for loop in list(_states.keys()):
         try:
             loop._watchdog_stop()
@@ -508,7 +540,7 @@ def _stop_all():
             pass
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     for state in list(_states.values()):
         thread, state.thread = state.thread, None
         if thread is not None:

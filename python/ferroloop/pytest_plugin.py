@@ -26,7 +26,7 @@ import contextlib
 import inspect
 import unittest
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 import pytest
 
@@ -314,9 +314,9 @@ class _Switch:
             try:
                 from anyio._backends._asyncio import TestRunner
 
-                accepted = inspect.signature(TestRunner).parameters
+                accepted: Collection[str] = inspect.signature(TestRunner).parameters
             except Exception:
-                accepted = {}
+                accepted = ()
             if "loop_factory" in accepted:  # anyio 4
                 self._anyio_options = {"loop_factory": self.new_event_loop}
             elif "policy" in accepted:  # anyio 3

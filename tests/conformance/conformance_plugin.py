@@ -12,15 +12,11 @@ It makes the suite under test run on the loop under test (``CONF_LOOP``: ferrolo
 * writes one JSON line per test to ``CONF_RESULTS`` (flushed, so a killed worker loses nothing).
 """
 
-import asyncio
-import fnmatch
 import importlib
 import json
 import os
 import sys
 import time
-
-import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:

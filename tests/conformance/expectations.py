@@ -3,8 +3,9 @@
 Format: ``[excluded]`` and ``[xfail]`` sections; one entry a line, ``<test id>  -- <reason>``;
 an excluded entry ``<suite>/<module>`` (no ``::``) excludes the whole module (not even imported);
 ``#`` starts a comment. A test id is ``<suite>/<module>::<Class>::<test>``. Excluded entries
-may be globs (fnmatch), which never match a generated ``LoopUnderTest_*`` class (an exact id does); xfail entries are
-exact ids. The reason of an xfail entry starts with its group, e.g. ``foundation: ...``.
+may be globs (fnmatch), which never match a generated ``LoopUnderTest_*`` class (an exact id
+does); xfail entries are exact ids. The reason of an xfail entry starts with its group, e.g.
+``foundation: ...``.
 """
 
 import fnmatch

@@ -6,7 +6,7 @@
 //!
 //! 1. Counters the loop thread alone writes are bumped with `store(load() + 1, Relaxed)`, a
 //!    plain load and store, never a locked read-modify-write.
-//! 2. Per callback: one such bump at the start and one load of [`Probe::flags`] at each end.
+//! 2. Per callback: one such bump at the start and one load of `Probe::flags` at each end.
 //!    No clock is read per callback unless callback timing is switched on
 //!    ([`FLAG_TIMING`], the duration histogram) or the watchdog has just reported a block and
 //!    waits for its end ([`FLAG_WANT_END`], one clock read).

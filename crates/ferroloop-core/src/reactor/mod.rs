@@ -11,7 +11,7 @@
 //!    reported an event is re-armed after the poll ([`Registrar::rearm`], a re-registration),
 //!    which makes the kernel report it again at the next poll only if it is still ready. The
 //!    re-arm was also how Linux worked before: one extra `epoll_ctl` per event.
-//! 2. **Interest bookkeeping.** [`Reactor::set_interest`] registers, modifies or deregisters an
+//! 2. **Interest bookkeeping.** [`Registrar::set_interest`] registers, modifies or deregisters an
 //!    fd according to the union of its reader and writer interests, and recovers when the fd
 //!    was closed and its number reused behind our back (the kernel drops closed fds from epoll).
 //!

@@ -465,26 +465,26 @@ static METHODS: [MethodDef; 5] = [
             PyCFunction: get_debug,
         },
         ml_flags: ffi::METH_NOARGS as c_int,
-        ml_doc: c"get_debug()\n--\n\nWhether the loop is in debug mode.".as_ptr(),
+        ml_doc: c"get_debug($self)\n--\n\nWhether the loop is in debug mode.".as_ptr(),
     }),
     fastcall_def(
         c"call_soon",
-        c"call_soon(callback, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible.",
+        c"call_soon($self, callback, *args, context=None)\n--\n\nArrange for a callback to be called as soon as possible.",
         call_soon_entry,
     ),
     fastcall_def(
         c"call_soon_threadsafe",
-        c"call_soon_threadsafe(callback, *args, context=None)\n--\n\nLike call_soon(), but thread-safe.",
+        c"call_soon_threadsafe($self, callback, *args, context=None)\n--\n\nLike call_soon(), but thread-safe.",
         call_soon_threadsafe_entry,
     ),
     fastcall_def(
         c"call_later",
-        c"call_later(delay, callback, *args, context=None)\n--\n\nArrange for a callback to be called at a given time.",
+        c"call_later($self, delay, callback, *args, context=None)\n--\n\nArrange for a callback to be called at a given time.",
         call_later_entry,
     ),
     fastcall_def(
         c"call_at",
-        c"call_at(when, callback, *args, context=None)\n--\n\nLike call_later(), but uses an absolute time.",
+        c"call_at($self, when, callback, *args, context=None)\n--\n\nLike call_later(), but uses an absolute time.",
         call_at_entry,
     ),
 ];
