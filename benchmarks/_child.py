@@ -1,6 +1,6 @@
 """One (workload, loop) measurement, in a fresh process. Prints one JSON object on stdout.
 
-    python benchmarks/_child.py LOOP WORKLOAD [--target SECONDS]
+python benchmarks/_child.py LOOP WORKLOAD [--target SECONDS]
 """
 
 import argparse

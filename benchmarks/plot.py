@@ -70,8 +70,12 @@ def cpu_model() -> str | None:
 
 def git_commit(path: str) -> str | None:
     try:
-        r = subprocess.run(["git", "-C", path, "rev-parse", "--short", "HEAD"],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            ["git", "-C", path, "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return r.stdout.strip() or None
@@ -98,8 +102,10 @@ def detect_kind(data: dict) -> str:
         return "scheduling"
     if isinstance(data.get("samples"), list):
         return "server"
-    raise ValueError("not a benchmark result: expected benchmarks/run.py's JSON (with 'summary') "
-                     "or benchmarks/server/run.py's (with a 'samples' list)")
+    raise ValueError(
+        "not a benchmark result: expected benchmarks/run.py's JSON (with 'summary') "
+        "or benchmarks/server/run.py's (with a 'samples' list)"
+    )
 
 
 def order_loops(loops) -> list[str]:
@@ -132,8 +138,15 @@ def scheduling_chart(data: dict) -> Chart:
             loop: _ratio(e.get(key), base[key]) if e.get("status") == "ok" else None
             for loop, e in per_loop.items()
         }
-    return Chart("scheduling", workloads, order_loops(all_loops), ratios, memory,
-                 rounds=data.get("rounds"), versions=dict(data.get("versions") or {}))
+    return Chart(
+        "scheduling",
+        workloads,
+        order_loops(all_loops),
+        ratios,
+        memory,
+        rounds=data.get("rounds"),
+        versions=dict(data.get("versions") or {}),
+    )
 
 
 def server_chart(data: dict) -> Chart:
@@ -158,11 +171,20 @@ def server_chart(data: dict) -> Chart:
         workloads.append(name)
         if units.get(name, "").startswith("bytes"):
             memory.add(name)
-        ratios[name] = {loop: _ratio(statistics.median(v), base_med) if v else None
-                        for loop, v in per_loop.items()}
+        ratios[name] = {
+            loop: _ratio(statistics.median(v), base_med) if v else None
+            for loop, v in per_loop.items()
+        }
     rounds = len({s.get("round") for s in data["samples"]}) or None
-    return Chart("server", workloads, order_loops(all_loops), ratios, memory, rounds=rounds,
-                 versions=dict(data.get("meta", {}).get("versions") or {}))
+    return Chart(
+        "server",
+        workloads,
+        order_loops(all_loops),
+        ratios,
+        memory,
+        rounds=rounds,
+        versions=dict(data.get("meta", {}).get("versions") or {}),
+    )
 
 
 def chart_from(data: dict, meta_overrides: dict[str, str] | None = None) -> Chart:
@@ -170,8 +192,10 @@ def chart_from(data: dict, meta_overrides: dict[str, str] | None = None) -> Char
     kind = detect_kind(data)
     chart = scheduling_chart(data) if kind == "scheduling" else server_chart(data)
     if not chart.workloads:
-        raise ValueError(f"no workload in this {kind} result has a measurement on {BASELINE}, "
-                         "the baseline of the ratios")
+        raise ValueError(
+            f"no workload in this {kind} result has a measurement on {BASELINE}, "
+            "the baseline of the ratios"
+        )
     meta = data.get("meta") if isinstance(data.get("meta"), dict) else data
     chart.meta = {k: meta.get(k) for k in META_KEYS if meta.get(k) is not None}
     chart.meta.update(meta_overrides or {})
@@ -194,8 +218,12 @@ def caption(chart: Chart) -> str:
     if m.get("cpus"):
         cpu += f" ({m['cpus']} CPUs)"
     date = str(m.get("date") or "date not recorded")[:10]
-    parts = [cpu, f"Python {m.get('python') or 'not recorded'}", date,
-             f"commit {m.get('commit') or 'not recorded'}"]
+    parts = [
+        cpu,
+        f"Python {m.get('python') or 'not recorded'}",
+        date,
+        f"commit {m.get('commit') or 'not recorded'}",
+    ]
     if chart.rounds:
         parts.append(f"median of {chart.rounds} round{'s' if chart.rounds != 1 else ''}")
     line2 = ", ".join(f"{loop} {v}" for loop, v in sorted(chart.versions.items()) if v)
@@ -218,14 +246,16 @@ def render(chart: Chart, path: str) -> None:
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("--plot needs matplotlib: pip install matplotlib "
-                         "(or pip install 'ferroloop[bench]')") from None
+        raise SystemExit(
+            "--plot needs matplotlib: pip install matplotlib (or pip install 'ferroloop[bench]')"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-    matplotlib.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "ferroloop",
-                                "font.size": 9})
+    matplotlib.rcParams.update(
+        {"svg.fonttype": "none", "svg.hashsalt": "ferroloop", "font.size": 9}
+    )
     loops, names = chart.loops, chart.workloads
     n = len(loops)
     bar_h = 0.8 / max(n, 1)
@@ -242,19 +272,33 @@ def render(chart: Chart, path: str) -> None:
             if r is None:
                 ax.text(1.0, y, f" {loop}: no result", va="center", fontsize=7, color="#666666")
                 continue
-            ax.barh(y, r - 1, left=1, height=bar_h * 0.9, color=COLORS.get(loop, "#b07cc6"),
-                    label=None if loop in labelled else loop, edgecolor="none")
+            ax.barh(
+                y,
+                r - 1,
+                left=1,
+                height=bar_h * 0.9,
+                color=COLORS.get(loop, "#b07cc6"),
+                label=None if loop in labelled else loop,
+                edgecolor="none",
+            )
             labelled.add(loop)
-            ax.text(r, y, f" {fmt_ratio(r)} ",
-                    va="center", ha="left" if r >= 1 else "right", fontsize=7,
-                    fontweight="bold" if loop == "ferroloop" else "normal")
+            ax.text(
+                r,
+                y,
+                f" {fmt_ratio(r)} ",
+                va="center",
+                ha="left" if r >= 1 else "right",
+                fontsize=7,
+                fontweight="bold" if loop == "ferroloop" else "normal",
+            )
     ax.axvline(1.0, color="black", linewidth=1, label=f"{BASELINE} (= 1)")
     ax.set_xscale("log")
     xmin, xmax = min(lo / 1.6, 0.5), max(hi * 1.6, 2.0)
     ax.set_xlim(xmin, xmax)
     # Powers of two, written plainly: 0.25, 0.5, 1, 2, 4 (halving and doubling look alike).
-    ax.xaxis.set_major_locator(FixedLocator([2.0**k for k in range(-10, 11)
-                                             if xmin <= 2.0**k <= xmax]))
+    ax.xaxis.set_major_locator(
+        FixedLocator([2.0**k for k in range(-10, 11) if xmin <= 2.0**k <= xmax])
+    )
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_yticks(range(len(names)), [workload_label(chart, w) for w in names])
@@ -262,13 +306,19 @@ def render(chart: Chart, path: str) -> None:
     what = "CPU time per operation" if chart.kind == "scheduling" else "server CPU time per request"
     if chart.memory:
         what += " (memory where marked)"
-    ax.set_xlabel(f"{what} relative to {BASELINE}'s, log scale\n"
-                  f"< 1 = less than {BASELINE}: faster (better)   ·   "
-                  f"> 1 = more than {BASELINE}: slower (worse)")
-    title = {"scheduling": "benchmarks/run.py: scheduling workloads",
-             "server": "benchmarks/server/run.py: servers over loopback"}[chart.kind]
-    ax.set_title(f"{title}\neach loop's cost relative to {BASELINE}'s (the black line): "
-                 "lower is better", fontsize=10)
+    ax.set_xlabel(
+        f"{what} relative to {BASELINE}'s, log scale\n"
+        f"< 1 = less than {BASELINE}: faster (better)   ·   "
+        f"> 1 = more than {BASELINE}: slower (worse)"
+    )
+    title = {
+        "scheduling": "benchmarks/run.py: scheduling workloads",
+        "server": "benchmarks/server/run.py: servers over loopback",
+    }[chart.kind]
+    ax.set_title(
+        f"{title}\neach loop's cost relative to {BASELINE}'s (the black line): lower is better",
+        fontsize=10,
+    )
     ax.grid(axis="x", which="both", color="#dddddd", linewidth=0.5)
     ax.set_axisbelow(True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
@@ -287,12 +337,17 @@ def plot_file(json_path: str, out_path: str, meta_overrides=None) -> Chart:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("json", help="a result of benchmarks/run.py or benchmarks/server/run.py")
     ap.add_argument("out", help="the chart to write (.svg, .png, .pdf)")
-    ap.add_argument("--meta", action="append", metavar="KEY=VALUE",
-                    help=f"caption facts the JSON lacks ({', '.join(META_KEYS)}); repeatable")
+    ap.add_argument(
+        "--meta",
+        action="append",
+        metavar="KEY=VALUE",
+        help=f"caption facts the JSON lacks ({', '.join(META_KEYS)}); repeatable",
+    )
     a = ap.parse_args(argv)
     try:
         chart = plot_file(a.json, a.out, parse_meta(a.meta))

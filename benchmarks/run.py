@@ -91,11 +91,17 @@ def summarize(results, names, loops):
         base = summary[name].get(BASELINE, {})
         for loop in loops:
             entry = summary[name][loop]
-            if entry["status"] != "ok" or base.get("status") != "ok" or name not in workloads.THROUGHPUT:
+            if (
+                entry["status"] != "ok"
+                or base.get("status") != "ok"
+                or name not in workloads.THROUGHPUT
+            ):
                 continue
             entry["ratio_vs_uvloop"] = entry["ops_per_s"] / base["ops_per_s"]
             entry["cpu_ratio_vs_uvloop"] = base["cpu_ns_per_op"] / entry["cpu_ns_per_op"]
-            entry["best_cpu_ratio_vs_uvloop"] = base["best_cpu_ns_per_op"] / entry["best_cpu_ns_per_op"]
+            entry["best_cpu_ratio_vs_uvloop"] = (
+                base["best_cpu_ns_per_op"] / entry["best_cpu_ns_per_op"]
+            )
     return summary
 
 
@@ -111,8 +117,10 @@ def print_tables(summary, names, loops):
     thr = [n for n in names if n in workloads.THROUGHPUT]
     mem = [n for n in names if n in workloads.MEMORY]
     if thr:
-        header = (f"{'workload':<16} {'loop':<10} {'ops/s':>9} {'spread':>7} {'CPU ns/op':>10} "
-                  f"{'vs uvloop':>10} {'CPU vs uvloop':>14} {'best CPU':>9} {'vs uvloop':>10}")
+        header = (
+            f"{'workload':<16} {'loop':<10} {'ops/s':>9} {'spread':>7} {'CPU ns/op':>10} "
+            f"{'vs uvloop':>10} {'CPU vs uvloop':>14} {'best CPU':>9} {'vs uvloop':>10}"
+        )
         print(header)
         print("-" * len(header))
         for name in thr:
@@ -123,12 +131,19 @@ def print_tables(summary, names, loops):
                     continue
                 spread = f"{e['spread_pct']:.0f}%" if e.get("spread_pct") is not None else "-"
                 ratio = f"{e['ratio_vs_uvloop']:.2f}x" if "ratio_vs_uvloop" in e else "-"
-                cpu_ratio = f"{e['cpu_ratio_vs_uvloop']:.2f}x" if "cpu_ratio_vs_uvloop" in e else "-"
-                best_ratio = (f"{e['best_cpu_ratio_vs_uvloop']:.2f}x"
-                              if "best_cpu_ratio_vs_uvloop" in e else "-")
-                print(f"{name:<16} {loop:<10} {fmt_rate(e['ops_per_s']):>9} {spread:>7} "
-                      f"{e['cpu_ns_per_op']:>10.0f} {ratio:>10} {cpu_ratio:>14} "
-                      f"{e['best_cpu_ns_per_op']:>9.0f} {best_ratio:>10}")
+                cpu_ratio = (
+                    f"{e['cpu_ratio_vs_uvloop']:.2f}x" if "cpu_ratio_vs_uvloop" in e else "-"
+                )
+                best_ratio = (
+                    f"{e['best_cpu_ratio_vs_uvloop']:.2f}x"
+                    if "best_cpu_ratio_vs_uvloop" in e
+                    else "-"
+                )
+                print(
+                    f"{name:<16} {loop:<10} {fmt_rate(e['ops_per_s']):>9} {spread:>7} "
+                    f"{e['cpu_ns_per_op']:>10.0f} {ratio:>10} {cpu_ratio:>14} "
+                    f"{e['best_cpu_ns_per_op']:>9.0f} {best_ratio:>10}"
+                )
             print()
     if mem:
         header = f"{'memory':<18} {'loop':<10} {'RSS B/handle':>13} {'tracemalloc B/handle':>21}"
@@ -140,8 +155,10 @@ def print_tables(summary, names, loops):
                 if e["status"] != "ok":
                     print(f"{name:<18} {loop:<10} {e['status']:>13}  {e.get('error') or ''}")
                     continue
-                print(f"{name:<18} {loop:<10} {e['rss_bytes_per_handle']:>13.0f} "
-                      f"{e['traced_bytes_per_handle']:>21.0f}")
+                print(
+                    f"{name:<18} {loop:<10} {e['rss_bytes_per_handle']:>13.0f} "
+                    f"{e['traced_bytes_per_handle']:>21.0f}"
+                )
         print()
     print("ops/s: median wall-clock throughput; spread: (max-min)/median over rounds;")
     print("CPU ns/op: median process CPU time per operation (all threads);")
@@ -151,32 +168,58 @@ def print_tables(summary, names, loops):
 
 def git_commit():
     try:
-        return subprocess.run(["git", "-C", HERE, "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True).stdout.strip() or None
+        return (
+            subprocess.run(
+                ["git", "-C", HERE, "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         return None
 
 
 def main():
     all_names = list(workloads.THROUGHPUT) + list(workloads.MEMORY)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 5; 3 with --quick)")
-    parser.add_argument("--target", type=float, default=None,
-                        help="seconds per measured part (default 0.5; 0.15 with --quick)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="rounds (default 5; 3 with --quick)"
+    )
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="seconds per measured part (default 0.5; 0.15 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="short run: 3 rounds, 0.15 s targets")
     parser.add_argument("--workloads", default=None, help="comma-separated: " + ",".join(all_names))
     parser.add_argument("--loops", default=None, help="comma-separated: " + ",".join(LOOPS))
-    parser.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"), help="output JSON path")
+    parser.add_argument(
+        "--json", default=os.path.join(HERE, "results", "latest.json"), help="output JSON path"
+    )
     parser.add_argument("--timeout", type=float, default=120, help="per-child timeout, seconds")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
-    parser.add_argument("--plot", metavar="FILE.svg", default=None,
-                        help="draw every loop's CPU per operation relative to uvloop's "
-                             "(needs matplotlib; see plot.py)")
-    parser.add_argument("--from", dest="from_json", metavar="JSON", default=None,
-                        help="with --plot: draw this saved result instead of running")
-    parser.add_argument("--meta", action="append", metavar="KEY=VALUE",
-                        help="with --plot: caption facts an older JSON lacks (cpu, python, "
-                             "date, commit)")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.svg",
+        default=None,
+        help="draw every loop's CPU per operation relative to uvloop's "
+        "(needs matplotlib; see plot.py)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="from_json",
+        metavar="JSON",
+        default=None,
+        help="with --plot: draw this saved result instead of running",
+    )
+    parser.add_argument(
+        "--meta",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --plot: caption facts an older JSON lacks (cpu, python, date, commit)",
+    )
     args = parser.parse_args()
 
     if (args.from_json or args.meta) and not args.plot:
@@ -208,7 +251,7 @@ def main():
     versions = {}
     started = time.time()
     for r in range(rounds):
-        order = loops[r % len(loops):] + loops[:r % len(loops)]
+        order = loops[r % len(loops) :] + loops[: r % len(loops)]
         for name in names:
             for loop in order:
                 sample = run_child(loop, name, target, args.timeout)
@@ -216,13 +259,19 @@ def main():
                 results[name][loop].append(sample)
                 if sample.get("version"):
                     versions[loop] = sample["version"]
-        print(f"round {r + 1}/{rounds} done ({time.time() - started:.0f} s)", file=sys.stderr, flush=True)
+        print(
+            f"round {r + 1}/{rounds} done ({time.time() - started:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     summary = summarize(results, names, loops)
     print()
-    print(f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; "
-          f"{rounds} rounds, target {target} s; "
-          + ", ".join(f"{loop} {versions.get(loop, 'missing')}" for loop in loops))
+    print(
+        f"Python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs; "
+        f"{rounds} rounds, target {target} s; "
+        + ", ".join(f"{loop} {versions.get(loop, 'missing')}" for loop in loops)
+    )
     print()
     print_tables(summary, names, loops)
 

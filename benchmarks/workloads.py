@@ -494,7 +494,8 @@ def udp_echo(loop, n):
         for _ in range(_CLIENTS):
             finished = loop.create_future()
             transport, _ = await loop.create_datagram_endpoint(
-                lambda finished=finished: _UdpClient(rounds, finished), remote_addr=address)
+                lambda finished=finished: _UdpClient(rounds, finished), remote_addr=address
+            )
             clients.append(transport)
             done.append(finished)
         await asyncio.wait_for(asyncio.gather(*done), 60)

@@ -267,6 +267,7 @@ def test_infinite_timer_then_stop_from_timer(loop):
 
 def test_context_wrong_type(loop):
     for method in ("call_soon", "call_soon_threadsafe"):
+
         def call(lp, method=method):
             h = getattr(lp, method)(print, context=object())
             h.cancel()
@@ -301,7 +302,10 @@ def test_context_wrong_type_runs_like_asyncio(loop):
 
 def test_unknown_kwarg(loop):
     expected, got = compare(loop, lambda lp: lp.call_soon(print, foo=1), debug=False)
-    assert expected == (TypeError, "BaseEventLoop.call_soon() got an unexpected keyword argument 'foo'")
+    assert expected == (
+        TypeError,
+        "BaseEventLoop.call_soon() got an unexpected keyword argument 'foo'",
+    )
     assert got[0] is TypeError
     assert got[1].replace("BaseEventLoop.", "") == expected[1].replace("BaseEventLoop.", "")
 
@@ -328,13 +332,17 @@ ASYNCIO_KEYWORD_OUTCOMES = {
 
 KEYWORD_CALLS = {
     "callback=": lambda lp: lp.call_soon(callback=print),
-    "callback= context=": lambda lp: lp.call_soon(callback=print, context=contextvars.copy_context()),
+    "callback= context=": lambda lp: lp.call_soon(
+        callback=print, context=contextvars.copy_context()
+    ),
     "duplicate callback": lambda lp: lp.call_soon(print, callback=print),
     "args and context=None": lambda lp: lp.call_soon(print, 1, 2, context=None),
     "delay= callback=": lambda lp: lp.call_later(delay=0, callback=print),
     "delay given twice": lambda lp: lp.call_later(print, delay=1),
     "when= callback=": lambda lp: lp.call_at(when=0, callback=print),
-    "threadsafe callback= context=None": lambda lp: lp.call_soon_threadsafe(callback=print, context=None),
+    "threadsafe callback= context=None": lambda lp: lp.call_soon_threadsafe(
+        callback=print, context=None
+    ),
     "threadsafe unknown": lambda lp: lp.call_soon_threadsafe(print, bogus=1),
     "later missing callback": lambda lp: lp.call_later(1),
     "at missing callback": lambda lp: lp.call_at(when=1),
@@ -356,8 +364,12 @@ def test_keyword_arguments_same_as_asyncio(loop, name, inside):
 
 
 def test_missing_args(loop):
-    for call in (lambda lp: lp.call_soon(), lambda lp: lp.call_later(1),
-                 lambda lp: lp.call_at(), lambda lp: lp.add_reader(0)):
+    for call in (
+        lambda lp: lp.call_soon(),
+        lambda lp: lp.call_later(1),
+        lambda lp: lp.call_at(),
+        lambda lp: lp.add_reader(0),
+    ):
         expected, got = compare(loop, call, debug=False)
         assert got is not None and got[0] is expected[0] is TypeError
 
@@ -430,8 +442,26 @@ def _no_panic(func):
     return None
 
 
-WEIRD_VALUES = [None, -1, 0, 2**31, 2**64, -(2**64), 2**200, 1.5, math.inf, -math.inf, math.nan,
-                "x", b"x", [], {}, object(), print, True]
+WEIRD_VALUES = [
+    None,
+    -1,
+    0,
+    2**31,
+    2**64,
+    -(2**64),
+    2**200,
+    1.5,
+    math.inf,
+    -math.inf,
+    math.nan,
+    "x",
+    b"x",
+    [],
+    {},
+    object(),
+    print,
+    True,
+]
 
 
 def _call_with_weird_args(m, handles):
@@ -439,6 +469,7 @@ def _call_with_weird_args(m, handles):
     outcomes = []
     for v in WEIRD_VALUES:
         for args in ((v,), (v, v), (v, print), (print, v), (v, v, v)):
+
             def call(args=args):
                 r = m(*args)
                 if isinstance(r, asyncio.Handle):
@@ -449,11 +480,30 @@ def _call_with_weird_args(m, handles):
     return outcomes
 
 
-@pytest.mark.parametrize("method", ["call_soon", "call_soon_threadsafe", "call_later", "call_at",
-                                    "_add_reader", "_add_writer", "_remove_reader", "_remove_writer",
-                                    "add_reader", "add_writer", "remove_reader", "remove_writer",
-                                    "time", "stop", "get_debug", "_run_once", "set_debug",
-                                    "is_closed", "is_running"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "call_soon",
+        "call_soon_threadsafe",
+        "call_later",
+        "call_at",
+        "_add_reader",
+        "_add_writer",
+        "_remove_reader",
+        "_remove_writer",
+        "add_reader",
+        "add_writer",
+        "remove_reader",
+        "remove_writer",
+        "time",
+        "stop",
+        "get_debug",
+        "_run_once",
+        "set_debug",
+        "is_closed",
+        "is_running",
+    ],
+)
 def test_native_methods_weird_args_no_panic(loop, method):
     m = getattr(loop, method)
     handles = []

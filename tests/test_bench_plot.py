@@ -81,8 +81,14 @@ def server_result():
         ]
     return {
         "args": {"rounds": 3},
-        "meta": {"date": "2026-12-06T08:18:00+00:00", "python": "3.12.1", "cpu": "AMD EPYC",
-                 "cpus": 2, "commit": "4769178", "versions": {"uvloop": "0.23.0"}},
+        "meta": {
+            "date": "2026-12-06T08:18:00+00:00",
+            "python": "3.12.1",
+            "cpu": "AMD EPYC",
+            "cpus": 2,
+            "commit": "4769178",
+            "versions": {"uvloop": "0.23.0"},
+        },
         "samples": samples,
     }
 
@@ -118,8 +124,14 @@ def test_server_ratios_are_medians_over_rounds(plot):
 
 def test_caption_names_cpu_python_date_commit(plot):
     text = plot.caption(plot.chart_from(server_result()))
-    for fact in ("AMD EPYC (2 CPUs)", "Python 3.12.1", "2026-12-06", "commit 4769178",
-                 "median of 3 rounds", "uvloop 0.23.0"):
+    for fact in (
+        "AMD EPYC (2 CPUs)",
+        "Python 3.12.1",
+        "2026-12-06",
+        "commit 4769178",
+        "median of 3 rounds",
+        "uvloop 0.23.0",
+    ):
         assert fact in text
     text = plot.caption(plot.chart_from(scheduling_result()))
     assert "Python 3.11.7" in text and "commit abc1234" in text and "ferroloop 0.1.0" in text
@@ -152,11 +164,18 @@ def test_svg_from_saved_json(plot, tmp_path):
     out = tmp_path / "chart.svg"
     # The command line the README shows, in a child so matplotlib's state stays out of this
     # process.
-    proc = subprocess.run([sys.executable, PLOT_PY, str(src), str(out)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, PLOT_PY, str(src), str(out)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     svg = out.read_text()
     assert svg.startswith("<?xml")
-    for text in ("tcp_1k", "idle_rss (memory)", "ferroloop", "0.50", "commit 4769178",
-                 "lower is better"):
+    for text in (
+        "tcp_1k",
+        "idle_rss (memory)",
+        "ferroloop",
+        "0.50",
+        "commit 4769178",
+        "lower is better",
+    ):
         assert text in svg

@@ -98,8 +98,9 @@ def test_cli_same_as_plain_python_except_loop(script_dir):
     assert a == b
 
 
-@pytest.mark.parametrize("code,rc", [("sys.exit(5)", 5), ("sys.exit(0)", 0), ("pass", 0),
-                                     ("sys.exit('message')", 1)])
+@pytest.mark.parametrize(
+    "code,rc", [("sys.exit(5)", 5), ("sys.exit(0)", 0), ("pass", 0), ("sys.exit('message')", 1)]
+)
 def test_cli_exit_code(script_dir, code, rc):
     script = script_dir / "exit.py"
     script.write_text("import sys\n" + code + "\n")
@@ -111,14 +112,16 @@ def test_cli_exit_code(script_dir, code, rc):
 
 def test_cli_traceback_on_error(script_dir):
     script = script_dir / "boom.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import asyncio
 
         async def main():
             raise ValueError("boom in main")
 
         asyncio.run(main())
-    """))
+    """)
+    )
     p = run(["-m", "ferroloop", str(script)], cwd="/tmp")
     plain = run([str(script)], cwd="/tmp")
     assert p.returncode == plain.returncode == 1
@@ -139,8 +142,17 @@ def test_cli_policy_is_ferroloop(script_dir):
     p = run(["-m", "ferroloop", str(script)], cwd="/tmp")
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "EventLoopPolicy"
-    assert "ferroloop" in run(["-c", "import asyncio, ferroloop, runpy, sys; "
-                               "print(ferroloop.EventLoopPolicy.__module__)"], cwd="/tmp").stdout
+    assert (
+        "ferroloop"
+        in run(
+            [
+                "-c",
+                "import asyncio, ferroloop, runpy, sys; "
+                "print(ferroloop.EventLoopPolicy.__module__)",
+            ],
+            cwd="/tmp",
+        ).stdout
+    )
 
 
 @pytest.mark.parametrize("factory", ["asyncio.new_event_loop", "ferroloop.new_event_loop"])
@@ -160,9 +172,7 @@ def test_unclosed_loop_at_exit_is_quiet(tmp_path, factory):
             """
         )
     )
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "Traceback" not in proc.stderr
     assert "Exception ignored" not in proc.stderr
@@ -195,9 +205,12 @@ def info(args=(), env_extra=None, prelude=None):
     if prelude is None:
         argv = [sys.executable, "-m", "ferroloop", *args, "--info"]
     else:
-        argv = [sys.executable, "-c",
-                f"import sys; {prelude}; from ferroloop.__main__ import main; "
-                f"sys.exit(main({[*args, '--info']!r}))"]
+        argv = [
+            sys.executable,
+            "-c",
+            f"import sys; {prelude}; from ferroloop.__main__ import main; "
+            f"sys.exit(main({[*args, '--info']!r}))",
+        ]
     p = subprocess.run(argv, capture_output=True, text=True, cwd="/tmp", env=env, timeout=60)
     assert p.returncode == 0, p.stderr
     return dict(line.split(": ", 1) for line in p.stdout.splitlines())
@@ -207,14 +220,23 @@ def test_cli_info():
     import ferroloop
 
     lines = info()
-    assert set(lines) == {"ferroloop", "ferroloop path", "Python", "Python executable",
-                          "platform", "asyncio.run loop", "asyncio debug mode", "watchdog"}
+    assert set(lines) == {
+        "ferroloop",
+        "ferroloop path",
+        "Python",
+        "Python executable",
+        "platform",
+        "asyncio.run loop",
+        "asyncio debug mode",
+        "watchdog",
+    }
     profile = ferroloop._core.BUILD_PROFILE
     assert profile in ("release", "debug")
     assert lines["ferroloop"] == f"{ferroloop.__version__} ({profile} build)"
     assert lines["ferroloop path"] == os.path.dirname(ferroloop.__file__)
     assert lines["Python"].startswith(
-        f"{platform.python_implementation()} {platform.python_version()} ")
+        f"{platform.python_implementation()} {platform.python_version()} "
+    )
     assert lines["Python executable"] == sys.executable
     assert platform.machine() in lines["platform"]
     assert lines["platform"].startswith(platform.system())
@@ -228,7 +250,8 @@ def test_cli_info():
 def test_cli_info_after_install():
     lines = info(prelude="import ferroloop; ferroloop.install()")
     assert lines["asyncio.run loop"] == (
-        "ferroloop._loop.Loop (policy ferroloop._policy.EventLoopPolicy)")
+        "ferroloop._loop.Loop (policy ferroloop._policy.EventLoopPolicy)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -194,8 +194,6 @@ def test_unnamed_unix_peer(loop_name, loop_factory, debug):
     b.close()
 
 
-
-
 @pytest.mark.nodebug
 def test_datagrams_per_readiness_report(loop, loop_name):
     # asyncio delivers one datagram per iteration; ferroloop reads until the socket has no

@@ -65,7 +65,8 @@ lp.close()
 
 
 @pytest.mark.parametrize(
-    "how", ["PYTHONASYNCIODEBUG", "-X dev"],
+    "how",
+    ["PYTHONASYNCIODEBUG", "-X dev"],
 )
 def test_debug_from_environment(loop_name, how):
     if how == "PYTHONASYNCIODEBUG":
@@ -170,7 +171,9 @@ def test_thread_check_in_debug(loop, method):
 
     loop.run_until_complete(main())
     assert len(errors) == 1
-    assert errors[0].startswith("Non-thread-safe operation invoked on an event loop other than the current one")
+    assert errors[0].startswith(
+        "Non-thread-safe operation invoked on an event loop other than the current one"
+    )
 
 
 def test_no_thread_check_without_debug_when_not_running(loop):
@@ -187,14 +190,16 @@ def test_no_thread_check_without_debug_when_not_running(loop):
 
 def test_source_traceback(loop):
     loop.set_debug(True)
-    h = loop.call_soon(print); line = sys._getframe().f_lineno  # noqa: E702
+    h = loop.call_soon(print)
+    line = sys._getframe().f_lineno - 1  # the line above
     tb = h._source_traceback
     assert tb, tb
     last = tb[-1]
     assert last.filename == __file__
     assert last.lineno == line
     assert last.name == "test_source_traceback"
-    t = loop.call_later(10, print); line2 = sys._getframe().f_lineno  # noqa: E702
+    t = loop.call_later(10, print)
+    line2 = sys._getframe().f_lineno - 1  # the line above
     assert t._source_traceback[-1].lineno == line2
     t.cancel()
     h.cancel()
@@ -209,7 +214,8 @@ def test_no_source_traceback_without_debug(loop):
 
 def test_handle_repr_debug_includes_location(loop):
     loop.set_debug(True)
-    h = loop.call_soon(print); line = sys._getframe().f_lineno  # noqa: E702
+    h = loop.call_soon(print)
+    line = sys._getframe().f_lineno - 1  # the line above
     assert repr(h).endswith(f"created at {__file__}:{line}>")
     h.cancel()
 
@@ -251,7 +257,7 @@ def test_coroutine_never_awaited_origin(loop_name):
     assert p.returncode == 0, p.stderr
     assert "RuntimeWarning: coroutine 'coro' was never awaited" in p.stderr
     assert "Coroutine created at (most recent call last)" in p.stderr
-    assert 'line 11, in main' in p.stderr
+    assert "line 11, in main" in p.stderr
 
 
 def test_coroutine_origin_tracking_set_while_running(loop):
@@ -378,7 +384,8 @@ def test_task_source_traceback_names_the_caller(loop):
         pass
 
     async def main():
-        t1 = loop.create_task(noop()); line1 = sys._getframe().f_lineno  # noqa: E702
+        t1 = loop.create_task(noop())
+        line1 = sys._getframe().f_lineno - 1  # the line above
         t2 = asyncio.create_task(noop())
         await asyncio.gather(t1, t2)
         return t1, t2, line1

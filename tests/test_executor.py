@@ -28,6 +28,7 @@ def test_run_in_default_executor(loop):
 
 def test_run_in_thread_pool_executor(loop):
     with concurrent.futures.ThreadPoolExecutor(2) as ex:
+
         async def main():
             return await asyncio.gather(*(loop.run_in_executor(ex, square, i) for i in range(10)))
 
@@ -39,8 +40,11 @@ def test_run_in_process_pool_executor(loop):
 
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+
         async def main():
-            return await loop.run_in_executor(ex, square, 12), await loop.run_in_executor(ex, getpid)
+            return await loop.run_in_executor(ex, square, 12), await loop.run_in_executor(
+                ex, getpid
+            )
 
         sq, pid = loop.run_until_complete(main())
     assert sq == 144
@@ -110,7 +114,9 @@ def test_getaddrinfo_error(loop):
 
 def test_getnameinfo(loop):
     async def main():
-        return await loop.getnameinfo(("127.0.0.1", 80), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV)
+        return await loop.getnameinfo(
+            ("127.0.0.1", 80), socket.NI_NUMERICHOST | socket.NI_NUMERICSERV
+        )
 
     assert loop.run_until_complete(main()) == ("127.0.0.1", "80")
 

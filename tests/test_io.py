@@ -168,7 +168,9 @@ def test_replace_reader_cancels_old_handle_via_remove(loop, pair):
     for i in range(5):
         loop.add_reader(b, got.append, i)
     loop.remove_reader(b)
-    loop.add_reader(b, lambda: (got.append(("last", b.recv(10))), loop.remove_reader(b), loop.stop()))
+    loop.add_reader(
+        b, lambda: (got.append(("last", b.recv(10))), loop.remove_reader(b), loop.stop())
+    )
     a.send(b"q")
     loop.run_forever()
     assert got == [("last", b"q")]

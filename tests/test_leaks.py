@@ -286,7 +286,9 @@ def test_closed_connections_leave_no_cyclic_garbage(debug):
         gc.set_debug(gc.DEBUG_SAVEALL)
         gc.collect()
         kinds = {type(o).__name__ for o in gc.garbage}
-        assert not kinds & {"_SelectorSocketTransport", "socket", "TransportSocket", "_Acceptor"}, kinds
+        assert not kinds & {"_SelectorSocketTransport", "socket", "TransportSocket", "_Acceptor"}, (
+            kinds
+        )
     finally:
         gc.set_debug(0)
         gc.garbage.clear()

@@ -10,8 +10,11 @@ import pytest
 def test_subprocess_exec(loop):
     async def main():
         p = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", "import sys; data=sys.stdin.read(); print(data.upper()); sys.exit(3)",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            sys.executable,
+            "-c",
+            "import sys; data=sys.stdin.read(); print(data.upper()); sys.exit(3)",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
         )
         out, _ = await p.communicate(b"hello")
         return out, p.returncode
@@ -22,9 +25,7 @@ def test_subprocess_exec(loop):
 
 def test_subprocess_shell(loop):
     async def main():
-        p = await asyncio.create_subprocess_shell(
-            "echo shell-out", stdout=asyncio.subprocess.PIPE
-        )
+        p = await asyncio.create_subprocess_shell("echo shell-out", stdout=asyncio.subprocess.PIPE)
         out = await p.stdout.read()
         await p.wait()
         return out, p.returncode
@@ -246,6 +247,7 @@ def _debug_eof_log(loop):
     lg.propagate = False
     loop.set_debug(True)
     try:
+
         async def main():
             done = loop.create_future()
 

@@ -244,7 +244,9 @@ def test_reader_writer_on_socketpairs():
                 b.close()
 
     trace = assert_same(scenario)
-    assert sorted(trace) == sorted([("w", i) for i in range(3)] + [("r", i, b"x") for i in range(3)])
+    assert sorted(trace) == sorted(
+        [("w", i) for i in range(3)] + [("r", i, b"x") for i in range(3)]
+    )
 
 
 def test_io_and_callbacks_interleaving():
@@ -326,7 +328,9 @@ def test_random_mix(seed):
             if kind < 0.4:
                 handles.append(loop.call_soon(trace.append, ("s", i)))
             elif kind < 0.8:
-                handles.append(loop.call_at(base + rnd.choice([-1, 0, 0.001, 0.002]), trace.append, ("t", i)))
+                handles.append(
+                    loop.call_at(base + rnd.choice([-1, 0, 0.001, 0.002]), trace.append, ("t", i))
+                )
             else:
                 if handles:
                     rnd.choice(handles).cancel()

@@ -33,7 +33,9 @@ SAMPLE_TESTS = {
             "test_with_pytest_asyncio.py::test_parametrized[1]": ["test"],
             "test_with_pytest_asyncio.py::test_parametrized[2]": ["test"],
             "test_with_pytest_asyncio.py::TestInClass::test_method": [
-                "test", "new_event_loop in a thread"],
+                "test",
+                "new_event_loop in a thread",
+            ],
         },
         {"test_with_pytest_asyncio.py::test_sync_asyncio_run": ["asyncio.run in a sync test"]},
     ),
@@ -59,7 +61,8 @@ SAMPLE_TESTS = {
         {
             "test_with_asyncio_run.py::test_marked_both": ["asyncio.run, marked ferroloop_both"],
             "test_with_asyncio_run.py::test_coroutine_run_by_conftest_hook": [
-                "coroutine test, conftest hook"],
+                "coroutine test, conftest hook"
+            ],
         },
         {
             "test_with_asyncio_run.py::test_asyncio_run": ["asyncio.run"],
@@ -93,8 +96,9 @@ class Run:
 
     def counts(self):
         last = self.proc.stdout.strip().splitlines()[-1]
-        return {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)",
-                                                       last)}
+        return {
+            word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)", last)
+        }
 
     def by_test(self):
         """{(base id, label): [(loops in the id, loop class), ...]}"""
@@ -116,10 +120,15 @@ def run_sample(kind, tmp_path, *args):
     env.pop("PYTHONASYNCIODEBUG", None)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", *args],
-        cwd=project, env=env, capture_output=True, text=True, timeout=300,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    records = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() \
-        else []
+    records = (
+        [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    )
     run = Run(proc, records)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for end in run.session_end:
@@ -139,8 +148,12 @@ def sample(request):
 
 
 def expected(async_tests, sync_tests):
-    return {(test, label) for tests in (async_tests, sync_tests)
-            for test, labels in tests.items() for label in labels}
+    return {
+        (test, label)
+        for tests in (async_tests, sync_tests)
+        for test, labels in tests.items()
+        for label in labels
+    }
 
 
 def test_sample_without_flag_is_untouched(sample, tmp_path):
@@ -185,8 +198,12 @@ def test_sample_with_both_loops(sample, tmp_path):
         else:
             # A test that cannot be told apart runs once, on ferroloop.
             assert found == [([], FERROLOOP_LOOP)], (test, label, found)
-    n_async = sum(1 for r in plain.records if split_loop(r["test"])[0] in async_tests
-                  and r["label"] == async_tests[split_loop(r["test"])[0]][0])
+    n_async = sum(
+        1
+        for r in plain.records
+        if split_loop(r["test"])[0] in async_tests
+        and r["label"] == async_tests[split_loop(r["test"])[0]][0]
+    )
     assert n_async == len(async_tests)
     assert both.counts().get("passed") == plain.counts().get("passed") + n_async
 
@@ -209,7 +226,11 @@ def test_flag_spellings(tmp_path):
     def pytest_run(*args):
         return subprocess.run(
             [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
 
     ok = pytest_run("--ferroloop", "p/test_one.py")
@@ -228,8 +249,7 @@ def test_importing_the_plugin_imports_no_framework():
         "import sys, ferroloop.pytest_plugin\n"
         "print(sorted(m for m in ('pytest_asyncio', 'anyio') if m in sys.modules))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -266,6 +286,9 @@ def test_pytest_asyncio_project_loop_factories(tmp_path):
     ferro = run_sample(kind, tmp_path, "--ferroloop")
     assert loops(ferro) == [(every, True), (selected, True)]
     both = run_sample(kind, tmp_path, "--ferroloop=both")
-    assert loops(both) == [(every + "[ferroloop]", True), (every + "[selector]", False),
-                           (selected, False)]
+    assert loops(both) == [
+        (every + "[ferroloop]", True),
+        (every + "[selector]", False),
+        (selected, False),
+    ]
     assert both.counts() == {"passed": 3}

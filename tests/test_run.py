@@ -305,8 +305,12 @@ def test_shutdown_default_executor_timeout(loop):
     # wait itself and warns. Whatever the running version does, ferroloop must do the same.
     assert expected in (
         [],
-        [(RuntimeWarning, "The executor did not finishing joining its threads within "
-                          "0.01 seconds.")],
+        [
+            (
+                RuntimeWarning,
+                "The executor did not finishing joining its threads within 0.01 seconds.",
+            )
+        ],
     )
 
 
@@ -349,6 +353,7 @@ def test_ferroloop_run_cancels_remaining_tasks():
 def test_ferroloop_run_in_running_loop(loop):
     """ferroloop.run() called inside a running loop (the outer loop is the parameter): like
     asyncio.run it must fail fast with asyncio.run's message and leak nothing."""
+
     async def inner():
         pass
 
@@ -426,8 +431,10 @@ def test_event_loop_per_thread(loop_factory):
         lp = loop_factory()
         asyncio.set_event_loop(lp)
         try:
-            results[n] = (asyncio.get_event_loop_policy().get_event_loop() is lp,
-                          lp.run_until_complete(_running_loop()) is lp)
+            results[n] = (
+                asyncio.get_event_loop_policy().get_event_loop() is lp,
+                lp.run_until_complete(_running_loop()) is lp,
+            )
         finally:
             asyncio.set_event_loop(None)
 

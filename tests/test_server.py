@@ -39,8 +39,6 @@ class Recorder(asyncio.Protocol):
         self.trace.append(("lost", self.name, exc))
 
 
-
-
 @pytest.mark.nodebug
 def test_accept_order_of_steps(loop):
     # asyncio: the accept callback runs after the poll of one iteration, the protocol factory
@@ -220,9 +218,7 @@ def test_many_connections_in_one_burst(loop):
         def connection_made(self, transport):
             made.append(transport)
 
-    server = loop.run_until_complete(
-        loop.create_server(P, "127.0.0.1", 0, backlog=16)
-    )
+    server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0, backlog=16))
     port = server.sockets[0].getsockname()[1]
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(count)]
     loop.run_until_complete(asyncio.sleep(0.1))
@@ -343,9 +339,7 @@ def test_start_serving_later(loop):
             made.append(transport)
             transport.close()
 
-    server = loop.run_until_complete(
-        loop.create_server(P, "127.0.0.1", 0, start_serving=False)
-    )
+    server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0, start_serving=False))
     port = server.sockets[0].getsockname()[1]
     assert not server.is_serving()
     loop.run_until_complete(server.start_serving())

@@ -127,9 +127,7 @@ def run_and_interrupt(scenario, loop_name, park=True):
     return p.returncode, first + out, err_lines[-1] if err_lines else ""
 
 
-needs_runner = pytest.mark.skipif(
-    not hasattr(asyncio, "Runner"), reason="asyncio.Runner is 3.11+"
-)
+needs_runner = pytest.mark.skipif(not hasattr(asyncio, "Runner"), reason="asyncio.Runner is 3.11+")
 RUNNER_SCENARIOS = {"runner", "handled_in_runner"}
 
 

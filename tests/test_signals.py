@@ -253,7 +253,9 @@ def test_signal_storm_does_not_starve_io(loop_name):
         )
     except subprocess.TimeoutExpired:
         if loop_name == "asyncio":
-            pytest.xfail("asyncio's loop hung (CPython's signal handler deadlocks on a full wakeup fd)")
+            pytest.xfail(
+                "asyncio's loop hung (CPython's signal handler deadlocks on a full wakeup fd)"
+            )
         pytest.fail(f"the storm did not end within {STORM_BOUND[loop_name] + 30} s: the loop hung")
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout)

@@ -20,7 +20,10 @@ def _watched(loop, fd):
     if key is None:
         return (False, False)
     reader, writer = key.data
-    return (reader is not None and not reader.cancelled(), writer is not None and not writer.cancelled())
+    return (
+        reader is not None and not reader.cancelled(),
+        writer is not None and not writer.cancelled(),
+    )
 
 
 def test_recv_returns_available_data_at_once_and_waits_otherwise(loop):
@@ -130,7 +133,9 @@ def test_large_recv_into_a_buffer_at_any_alignment(loop, offset):
 def test_sendall_of_more_than_the_socket_buffer_waits_and_delivers_everything(loop, kind):
     a, b = tcp_pair()
     payload = bytes(range(256)) * 20_000  # 5 MB: several waits for writability
-    data = {"bytes": payload, "bytearray": bytearray(payload), "memoryview": memoryview(payload)}[kind]
+    data = {"bytes": payload, "bytearray": bytearray(payload), "memoryview": memoryview(payload)}[
+        kind
+    ]
 
     async def main():
         sender = loop.create_task(loop.sock_sendall(a, data))
@@ -235,7 +240,11 @@ def test_sock_methods_are_coroutines(loop):
 
     async def main():
         a.send(b"x")
-        coros = [loop.sock_recv(b, 1), loop.sock_sendall(a, b"y"), loop.sock_recv_into(b, bytearray(1))]
+        coros = [
+            loop.sock_recv(b, 1),
+            loop.sock_sendall(a, b"y"),
+            loop.sock_recv_into(b, bytearray(1)),
+        ]
         assert all(asyncio.iscoroutine(c) for c in coros)
         return [await asyncio.create_task(c) for c in coros]
 

@@ -98,8 +98,6 @@ def _close(loop, t, peer):
     peer.close()
 
 
-
-
 class Trace(asyncio.Protocol):
     def __init__(self, trace, eof_result=None, eof_error=None, lost_error=None):
         self.trace = trace
@@ -124,8 +122,6 @@ class Trace(asyncio.Protocol):
         self.trace.append(("lost", type(exc).__name__ if exc else None))
         if self.lost_error:
             raise self.lost_error
-
-
 
 
 @pytest.mark.nodebug
@@ -425,9 +421,7 @@ def test_buffered_read_only_buffer(loop, loop_errors):
 @pytest.mark.expect_errors
 @pytest.mark.nodebug
 def test_buffered_updated_error(loop, loop_errors):
-    got = _buffered_failure(
-        loop, loop_errors, BufferedTrace([], updated_error=KeyError("updated"))
-    )
+    got = _buffered_failure(loop, loop_errors, BufferedTrace([], updated_error=KeyError("updated")))
     assert got == [("Fatal error: protocol.buffer_updated() call failed.", "KeyError", "'updated'")]
 
 

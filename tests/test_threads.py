@@ -79,6 +79,7 @@ def test_run_coroutine_threadsafe(loop_factory):
     t.start()
     assert started.wait(10)
     try:
+
         async def coro(x):
             await asyncio.sleep(0.001)
             return x * 2, asyncio.get_running_loop() is lp

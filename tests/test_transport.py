@@ -314,9 +314,7 @@ def test_writes_in_order_through_the_buffer_with_flow_control(loop):
     assert events == ["made", "pause", "resume", ("lost", None)]
 
 
-@pytest.mark.parametrize(
-    "case", ["str", "int", "after_write_eof", "bytes_subclass", "after_close"]
-)
+@pytest.mark.parametrize("case", ["str", "int", "after_write_eof", "bytes_subclass", "after_close"])
 def test_write_errors_and_odd_input_as_asyncio(loop, case):
     class Bytes(bytes):
         pass

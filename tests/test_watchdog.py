@@ -126,7 +126,8 @@ async def cruncher(window):
     await asyncio.sleep(0)
     window.append(time.monotonic())
     end, t = time.perf_counter() + BLOCK, 0
-    while time.perf_counter() < end: t += sum(i * i for i in range(1000))  # CPU  # noqa: E701
+    while time.perf_counter() < end:
+        t += sum(i * i for i in range(1000))  # CPU  # noqa: E701
     window.append(time.monotonic())
     return t
 

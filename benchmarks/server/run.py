@@ -60,18 +60,50 @@ class Workload:
 
 
 WORKLOADS = [
-    Workload("tcp_1k", "tcp_protocol", "tcp", "tcp", what="TCP echo, Protocol, 8 conns ping-pong 1 KiB"),
-    Workload("tcp_100k", "tcp_protocol", "tcp", "tcp", size=102400, what="TCP echo, Protocol, 8 conns 100 KiB"),
-    Workload("streams_1k", "streams", "tcp", "tcp", what="TCP echo, start_server + read/write/drain"),
-    Workload("sock_1k", "sock", "tcp", "tcp", what="TCP echo, sock_accept/sock_recv/sock_sendall tasks"),
+    Workload(
+        "tcp_1k", "tcp_protocol", "tcp", "tcp", what="TCP echo, Protocol, 8 conns ping-pong 1 KiB"
+    ),
+    Workload(
+        "tcp_100k",
+        "tcp_protocol",
+        "tcp",
+        "tcp",
+        size=102400,
+        what="TCP echo, Protocol, 8 conns 100 KiB",
+    ),
+    Workload(
+        "streams_1k", "streams", "tcp", "tcp", what="TCP echo, start_server + read/write/drain"
+    ),
+    Workload(
+        "sock_1k", "sock", "tcp", "tcp", what="TCP echo, sock_accept/sock_recv/sock_sendall tasks"
+    ),
     Workload("unix_1k", "unix_protocol", "unix", "unix", what="Unix-socket echo, Protocol"),
     Workload("udp_1k", "udp", "udp", "udp", what="UDP echo, DatagramProtocol, 8 sockets"),
-    Workload("http", "http", "http", "http", conns=32, what="HTTP/1.1 keep-alive, httptools, 32 conns"),
+    Workload(
+        "http", "http", "http", "http", conns=32, what="HTTP/1.1 keep-alive, httptools, 32 conns"
+    ),
     Workload("churn", "churn", "churn", "tcp", what="connect + 64 B echo + close, 8 concurrent"),
-    Workload("idle_rss", "idle", "idle", "tcp", conns=5000, what="RSS bytes per idle connection, 5000 conns"),
+    Workload(
+        "idle_rss",
+        "idle",
+        "idle",
+        "tcp",
+        conns=5000,
+        what="RSS bytes per idle connection, 5000 conns",
+    ),
     Workload("tls_1k", "tls_protocol", "tcp", "tcp", tls=True, what="TLS echo, Protocol, 1 KiB"),
-    Workload("tls_64k", "tls_protocol", "tcp", "tcp", size=65536, tls=True, what="TLS echo, Protocol, 64 KiB"),
-    Workload("tls_streams_1k", "tls_streams", "tcp", "tcp", tls=True, what="TLS echo, streams, 1 KiB"),
+    Workload(
+        "tls_64k",
+        "tls_protocol",
+        "tcp",
+        "tcp",
+        size=65536,
+        tls=True,
+        what="TLS echo, Protocol, 64 KiB",
+    ),
+    Workload(
+        "tls_streams_1k", "tls_streams", "tcp", "tcp", tls=True, what="TLS echo, streams, 1 KiB"
+    ),
 ]
 BY_NAME = {w.name: w for w in WORKLOADS}
 
@@ -222,13 +254,30 @@ def start_server(ctx: Ctx, loop: str, wl: Workload, addr: str):
             raise RunError("unsupported", "no floor server for this workload")
         cmd = [LOADGEN, "floor", "--mode", wl.floor, "--addr", addr]
         if wl.tls:
-            cmd += ["--tls", "--cert", os.path.join(TLS_DIR, "cert.pem"), "--key", os.path.join(TLS_DIR, "key.pem")]
+            cmd += [
+                "--tls",
+                "--cert",
+                os.path.join(TLS_DIR, "cert.pem"),
+                "--key",
+                os.path.join(TLS_DIR, "key.pem"),
+            ]
     else:
         cmd = [ctx.pythons[loop], SERVERS, "--loop", loop, "--workload", wl.server, "--addr", addr]
         if wl.tls:
-            cmd += ["--cert", os.path.join(TLS_DIR, "cert.pem"), "--key", os.path.join(TLS_DIR, "key.pem")]
+            cmd += [
+                "--cert",
+                os.path.join(TLS_DIR, "cert.pem"),
+                "--key",
+                os.path.join(TLS_DIR, "key.pem"),
+            ]
     with open(errpath, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=pin(SERVER_CPU))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=pin(SERVER_CPU),
+        )
     ctx.procs.append(proc)
     line = read_line(proc, 20.0)
     if line != "READY":
@@ -242,7 +291,13 @@ def start_client(ctx: Ctx, cmd: list[str], name: str):
     ctx.counter += 1
     errpath = os.path.join(ctx.logdir, f"client-{ctx.counter}-{name}.err")
     with open(errpath, "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, preexec_fn=pin(CLIENT_CPU))
+        proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=pin(CLIENT_CPU),
+        )
     ctx.procs.append(proc)
     return proc, errpath
 
@@ -254,7 +309,9 @@ def start_client(ctx: Ctx, cmd: list[str], name: str):
 def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
     a = ctx.args
     if wl.client == "unix":
-        addr = os.path.join(tempfile.gettempdir(), f"ferroloop-bench-{os.getpid()}-{ctx.counter}.sock")
+        addr = os.path.join(
+            tempfile.gettempdir(), f"ferroloop-bench-{os.getpid()}-{ctx.counter}.sock"
+        )
     elif wl.client == "udp":
         addr = f"127.0.0.1:{free_udp_port()}"
     else:
@@ -267,8 +324,22 @@ def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
             return measure_idle(ctx, wl, server, server_err, addr)
         if wl.client == "http" and a.http_client == "wrk":
             return measure_wrk(ctx, wl, server, addr)
-        cmd = [LOADGEN, "client", "--mode", wl.client, "--addr", addr, "--conns", str(wl.conns), "--size", str(wl.size),
-               "--warmup", str(a.warmup), "--duration", str(a.duration)] + (["--tls"] if wl.tls else [])
+        cmd = [
+            LOADGEN,
+            "client",
+            "--mode",
+            wl.client,
+            "--addr",
+            addr,
+            "--conns",
+            str(wl.conns),
+            "--size",
+            str(wl.size),
+            "--warmup",
+            str(a.warmup),
+            "--duration",
+            str(a.duration),
+        ] + (["--tls"] if wl.tls else [])
         client, client_err = start_client(ctx, cmd, f"{loop}-{wl.name}")
 
         def fail(what: str):
@@ -335,7 +406,9 @@ def measure_wrk(ctx: Ctx, wl: Workload, server, addr: str) -> dict:
             parts = line.split()
             if len(parts) >= 3 and parts[1] == "requests" and parts[2] == "in":
                 return int(parts[0]), text
-        raise RunError("error", f"wrk: no request count: {text.strip()[-200:]} {last_line(errpath)}")
+        raise RunError(
+            "error", f"wrk: no request count: {text.strip()[-200:]} {last_line(errpath)}"
+        )
 
     if a.warmup > 0:
         wrk(max(1, round(a.warmup)))
@@ -370,12 +443,27 @@ def measure_idle(ctx: Ctx, wl: Workload, server, server_err: str, addr: str) -> 
     pid = server.pid
     time.sleep(0.5)
     rss0 = rss_bytes(pid)
-    cmd = [LOADGEN, "client", "--mode", "idle", "--addr", addr, "--conns", str(wl.conns), "--hold", "120"]
+    cmd = [
+        LOADGEN,
+        "client",
+        "--mode",
+        "idle",
+        "--addr",
+        addr,
+        "--conns",
+        str(wl.conns),
+        "--hold",
+        "120",
+    ]
     client, client_err = start_client(ctx, cmd, f"idle-{wl.name}")
     try:
         line = read_line(client, 90)
         if line != "READY":
-            why = f"server died: {last_line(server_err)}" if server.poll() is not None else last_line(client_err)
+            why = (
+                f"server died: {last_line(server_err)}"
+                if server.poll() is not None
+                else last_line(client_err)
+            )
             raise RunError("error", f"idle client: no READY ({line!r}): {why}")
         time.sleep(0.5)
         rss1 = rss_bytes(pid)
@@ -403,7 +491,9 @@ def build_loadgen():
         if os.path.getmtime(LOADGEN) >= newest:
             return
     print("building loadgen (cargo build --release) ...", file=sys.stderr, flush=True)
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=LOADGEN_DIR, check=True, timeout=1800)
+    subprocess.run(
+        ["cargo", "build", "--release", "--quiet"], cwd=LOADGEN_DIR, check=True, timeout=1800
+    )
 
 
 def ensure_cert():
@@ -414,18 +504,43 @@ def ensure_cert():
     if not shutil.which("openssl"):
         raise RunError("unsupported", "no openssl CLI to make a self-signed certificate")
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-keyout", key, "-out", cert, "-days", "3650", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-        check=True, timeout=60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        timeout=60,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def importable(python: str, module: str) -> tuple[bool, str]:
     if module == "asyncio":
         return True, ""
     try:
-        r = subprocess.run([python, "-c", f"import {module}; print({module}.__name__)"],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [python, "-c", f"import {module}; print({module}.__name__)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return False, str(e)
     if r.returncode == 0:
@@ -435,8 +550,12 @@ def importable(python: str, module: str) -> tuple[bool, str]:
 
 def python_version(python: str) -> str | None:
     try:
-        r = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [python, "-c", "import platform; print(platform.python_version())"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return r.stdout.strip() or None
@@ -450,8 +569,9 @@ def loop_versions(ctx: Ctx, loops: list[str]) -> dict[str, str]:
             continue
         try:
             code = f"import importlib.metadata as m; print(m.version({loop!r}))"
-            r = subprocess.run([ctx.pythons[loop], "-c", code],
-                               capture_output=True, text=True, timeout=60)
+            r = subprocess.run(
+                [ctx.pythons[loop], "-c", code], capture_output=True, text=True, timeout=60
+            )
         except (OSError, subprocess.TimeoutExpired):
             continue
         if r.returncode == 0 and r.stdout.strip():
@@ -467,7 +587,9 @@ def fmt_cell(samples: list[dict]) -> tuple[str, float | None]:
     ok = [s["value"] for s in samples if s["status"] == "ok"]
     if ok:
         med = statistics.median(ok)
-        return (f"{med:.0f}" if samples[0].get("unit") == "bytes/conn" or med >= 1000 else f"{med:.2f}"), med
+        return (
+            f"{med:.0f}" if samples[0].get("unit") == "bytes/conn" or med >= 1000 else f"{med:.2f}"
+        ), med
     if not samples:
         return "-", None
     return samples[-1]["status"], None
@@ -491,21 +613,35 @@ def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> 
         peers = [(meds[p], p) for p in PEERS if meds.get(p) is not None]
         if peers:
             best, who = min(peers)
-            row.append(f"{best:.0f} ({who})" if wl.client == "idle" or best >= 1000 else f"{best:.2f} ({who})")
+            row.append(
+                f"{best:.0f} ({who})"
+                if wl.client == "idle" or best >= 1000
+                else f"{best:.2f} ({who})"
+            )
             fl = meds.get("ferroloop")
             row.append(f"{(fl / best - 1) * 100:+.0f}%" if fl is not None and best > 0 else "-")
         else:
             row += ["-", "-"]
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header))]
+    lines = [
+        "  ".join(
+            h.ljust(widths[i]) if i == 0 else h.rjust(widths[i]) for i, h in enumerate(header)
+        )
+    ]
     lines.append("  ".join("-" * w for w in widths))
     for r in rows:
-        lines.append("  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r)))
+        lines.append(
+            "  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+        )
     lines.append("")
-    lines.append("cells: median server CPU us per request (idle_rss: server RSS bytes per idle connection);")
-    lines.append("'ferroloop vs best peer': + = ferroloop uses more CPU (or memory) than the best of "
-        "uvloop/rloop/rsloop.")
+    lines.append(
+        "cells: median server CPU us per request (idle_rss: server RSS bytes per idle connection);"
+    )
+    lines.append(
+        "'ferroloop vs best peer': + = ferroloop uses more CPU (or memory) than the best of "
+        "uvloop/rloop/rsloop."
+    )
     for (w, lp), n in notes.items():
         lines.append(f"  {w} / {lp}: {n}")
     return "\n".join(lines)
@@ -515,7 +651,9 @@ def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> 
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--loops", default=",".join(ALL_LOOPS))
     ap.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
     ap.add_argument("--rounds", type=int, default=2)
@@ -523,17 +661,36 @@ def main():
     ap.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per sample")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"))
     ap.add_argument("--python", default=sys.executable, help="interpreter for the Python servers")
-    default_rs = "/tmp/rsvenv/bin/python" if os.path.exists("/tmp/rsvenv/bin/python") else sys.executable
+    default_rs = (
+        "/tmp/rsvenv/bin/python" if os.path.exists("/tmp/rsvenv/bin/python") else sys.executable
+    )
     ap.add_argument("--rsloop-python", default=default_rs, help="interpreter for the rsloop server")
-    ap.add_argument("--http-client", choices=("wrk", "loadgen"), default="wrk" if shutil.which("wrk") else "loadgen")
+    ap.add_argument(
+        "--http-client",
+        choices=("wrk", "loadgen"),
+        default="wrk" if shutil.which("wrk") else "loadgen",
+    )
     ap.add_argument("--list", action="store_true", help="list the workloads")
-    ap.add_argument("--plot", metavar="FILE.svg", default=None,
-                    help="draw every loop's server CPU per request relative to uvloop's "
-                         "(needs matplotlib; see benchmarks/plot.py)")
-    ap.add_argument("--from", dest="from_json", metavar="JSON", default=None,
-                    help="with --plot: draw this saved result instead of running")
-    ap.add_argument("--meta", action="append", metavar="KEY=VALUE",
-                    help="with --plot: caption facts an older JSON lacks (cpu, python, date, commit)")
+    ap.add_argument(
+        "--plot",
+        metavar="FILE.svg",
+        default=None,
+        help="draw every loop's server CPU per request relative to uvloop's "
+        "(needs matplotlib; see benchmarks/plot.py)",
+    )
+    ap.add_argument(
+        "--from",
+        dest="from_json",
+        metavar="JSON",
+        default=None,
+        help="with --plot: draw this saved result instead of running",
+    )
+    ap.add_argument(
+        "--meta",
+        action="append",
+        metavar="KEY=VALUE",
+        help="with --plot: caption facts an older JSON lacks (cpu, python, date, commit)",
+    )
     a = ap.parse_args()
 
     if (a.from_json or a.meta) and not a.plot:
@@ -582,7 +739,9 @@ def main():
     if any(w.server == "http" for w in workloads):
         ok, why = importable(a.python, "httptools")
         if not ok:
-            print(f"warning: httptools missing ({why}): the http workload will fail", file=sys.stderr)
+            print(
+                f"warning: httptools missing ({why}): the http workload will fail", file=sys.stderr
+            )
     tls_problem = None
     if any(w.tls for w in workloads):
         try:
@@ -590,8 +749,11 @@ def main():
         except (RunError, subprocess.SubprocessError, OSError) as e:
             tls_problem = str(e)
 
-    print(f"loops: {', '.join(loops)}; rounds {a.rounds}, warm-up {a.warmup} s, "
-          f"measured {a.duration} s; http client: {a.http_client}; logs: {ctx.logdir}", flush=True)
+    print(
+        f"loops: {', '.join(loops)}; rounds {a.rounds}, warm-up {a.warmup} s, "
+        f"measured {a.duration} s; http client: {a.http_client}; logs: {ctx.logdir}",
+        flush=True,
+    )
     for loop, why in missing.items():
         print(f"  {loop}: missing ({why})", flush=True)
 
@@ -604,8 +766,17 @@ def main():
                 k = rnd % len(loops)
                 order = loops[k:] + loops[:k]
                 for loop in order:
-                    rec = {"round": rnd, "workload": wl.name, "loop": loop, "server": wl.server, "client": wl.client,
-                           "conns": wl.conns, "size": wl.size, "duration": a.duration, "warmup": a.warmup}
+                    rec = {
+                        "round": rnd,
+                        "workload": wl.name,
+                        "loop": loop,
+                        "server": wl.server,
+                        "client": wl.client,
+                        "conns": wl.conns,
+                        "size": wl.size,
+                        "duration": a.duration,
+                        "warmup": a.warmup,
+                    }
                     if loop in missing:
                         rec.update(status="missing", note=missing[loop])
                     elif wl.tls and tls_problem:
@@ -613,12 +784,19 @@ def main():
                     else:
                         rec.update(run_one(ctx, loop, wl))
                     results.append(rec)
-                    val = f"{rec['value']:.2f} {rec['unit']}" if rec["status"] == "ok" else f"{rec['status']}: {rec.get('note', '')}"
+                    val = (
+                        f"{rec['value']:.2f} {rec['unit']}"
+                        if rec["status"] == "ok"
+                        else f"{rec['status']}: {rec.get('note', '')}"
+                    )
                     extra = ""
                     if "req_per_s" in rec:
                         cpu = rec["server_cpu_util"] * 100
                         extra = f"  ({rec['req_per_s']:.0f} req/s, server CPU {cpu:.0f}%)"
-                    print(f"[round {rnd + 1}/{a.rounds}] {wl.name:15} {loop:10} {val}{extra}", flush=True)
+                    print(
+                        f"[round {rnd + 1}/{a.rounds}] {wl.name:15} {loop:10} {val}{extra}",
+                        flush=True,
+                    )
     finally:
         for p in ctx.procs:
             stop(p)

@@ -168,8 +168,12 @@ async def serve(loop, workload: str, addr: str, cert: str | None, key: str | Non
 
 def main():
     global STEP
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--loop", required=True, choices=("asyncio", "uvloop", "rloop", "rsloop", "ferroloop"))
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--loop", required=True, choices=("asyncio", "uvloop", "rloop", "rsloop", "ferroloop")
+    )
     ap.add_argument("--workload", required=True, choices=WORKLOADS)
     ap.add_argument("--addr", required=True)
     ap.add_argument("--cert")

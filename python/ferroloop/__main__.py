@@ -68,11 +68,13 @@ def info_lines() -> list[str]:
     lines = [
         ("ferroloop", f"{ferroloop.__version__} ({_core.BUILD_PROFILE} build)"),
         ("ferroloop path", os.path.dirname(os.path.abspath(ferroloop.__file__))),
-        ("Python", f"{platform.python_implementation()} {platform.python_version()} "
-                   f"({', '.join(platform.python_build())}) {platform.python_compiler()}"),
+        (
+            "Python",
+            f"{platform.python_implementation()} {platform.python_version()} "
+            f"({', '.join(platform.python_build())}) {platform.python_compiler()}",
+        ),
         ("Python executable", sys.executable),
-        ("platform", f"{platform.platform()} {platform.machine()}"
-                     + (f" {libc}" if libc else "")),
+        ("platform", f"{platform.platform()} {platform.machine()}" + (f" {libc}" if libc else "")),
         ("asyncio.run loop", f"{loop} (policy {policy})"),
         ("asyncio debug mode", "on" if _debug_mode() else "off"),
         ("watchdog", _watchdog_state()),
@@ -93,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         help="report callbacks that block the event loop for longer than SECONDS",
     )
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module")
-    parser.add_argument(
-        "--version", action="store_true", help="print ferroloop's version and exit"
-    )
+    parser.add_argument("--version", action="store_true", help="print ferroloop's version and exit")
     parser.add_argument(
         "--info",
         action="store_true",
@@ -109,8 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         options.module is not None or options.target is not None
     ):
         parser.error("--version and --info take no script or module")
-    if not (options.version or options.info) and options.module is None and (
-        options.target is None
+    if (
+        not (options.version or options.info)
+        and options.module is None
+        and (options.target is None)
     ):
         parser.error("a script or -m MODULE is required")
 

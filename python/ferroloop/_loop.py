@@ -228,37 +228,50 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
     # crates/ferroloop-py/src/net/server.rs), which makes asyncio's steps at asyncio's
     # iterations without a task per connection; anything else is asyncio's own code.
 
-    def _start_serving(self, protocol_factory, sock, sslcontext=None, server=None,
-                       backlog=100, *rest, **kwargs):
-        if (
-            sslcontext is None
-            and not kwargs
-            and not self._debug
-            and type(sock) is socket.socket
-        ):
+    def _start_serving(
+        self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *rest, **kwargs
+    ):
+        if sslcontext is None and not kwargs and not self._debug and type(sock) is socket.socket:
             # The transport is made natively unless a subclass has its own
             # _make_socket_transport.
             native = type(self)._make_socket_transport is Loop._make_socket_transport
             acceptor = _core._Acceptor(
-                self, protocol_factory, sock, server, backlog, rest,
-                _SelectorSocketTransport if native else None, _PY312,
+                self,
+                protocol_factory,
+                sock,
+                server,
+                backlog,
+                rest,
+                _SelectorSocketTransport if native else None,
+                _PY312,
             )
             self._add_reader(sock.fileno(), acceptor)
         else:
-            _ASYNCIO_START_SERVING(self, protocol_factory, sock, sslcontext, server, backlog,
-                                   *rest, **kwargs)
+            _ASYNCIO_START_SERVING(
+                self, protocol_factory, sock, sslcontext, server, backlog, *rest, **kwargs
+            )
 
     def _accept_out_of_resources(self, exc, protocol_factory, sock, server, backlog, rest):
         """asyncio's ``_accept_connection`` on EMFILE, ENFILE, ENOBUFS or ENOMEM: report,
         stop accepting, and start again after ``ACCEPT_RETRY_DELAY``."""
-        self.call_exception_handler({
-            "message": "socket.accept() out of system resource",
-            "exception": exc,
-            "socket": trsock.TransportSocket(sock),
-        })
+        self.call_exception_handler(
+            {
+                "message": "socket.accept() out of system resource",
+                "exception": exc,
+                "socket": trsock.TransportSocket(sock),
+            }
+        )
         self._remove_reader(sock.fileno())
-        self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
-                        protocol_factory, sock, None, server, backlog, *rest)
+        self.call_later(
+            constants.ACCEPT_RETRY_DELAY,
+            self._start_serving,
+            protocol_factory,
+            sock,
+            None,
+            server,
+            backlog,
+            *rest,
+        )
 
     def _make_datagram_transport(self, sock, protocol, address=None, waiter=None, extra=None):
         if _PY312:

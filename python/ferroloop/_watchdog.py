@@ -35,7 +35,6 @@ ENV_VAR = "FERROLOOP_WATCHDOG"
 default_threshold: float | None = None
 
 
-
 class _State:
     """A loop's watchdog settings. Kept out of the loop object: attributes added to a loop
     after ``__init__`` would slow every attribute lookup on it (CPython then gives up the
@@ -67,6 +66,7 @@ def _state(loop: object) -> _State:
     if state is None:
         state = _states[loop] = _State()
     return state
+
 
 # CPU share above which a block is called CPU-bound rather than a blocking call.
 _CPU_BOUND = 0.5

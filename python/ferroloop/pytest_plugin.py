@@ -280,8 +280,9 @@ class _Switch:
             )
             return
         names.append(_LOOP_FIXTURE)
-        metafunc.parametrize(_LOOP_FIXTURE, list(LOOPS), ids=list(LOOPS), indirect=True,
-                             scope="function")
+        metafunc.parametrize(
+            _LOOP_FIXTURE, list(LOOPS), ids=list(LOOPS), indirect=True, scope="function"
+        )
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_pycollect_makeitem(self, collector, name, obj):
@@ -297,10 +298,16 @@ class _Switch:
         # `test_mod.py::Case[asyncio]::test_x` and `test_mod.py::Case[ferroloop]::test_x`.
         twins = []
         for loop in LOOPS:
-            twin = type(obj.__name__, (obj,), {"__module__": obj.__module__,
-                                               "__qualname__": obj.__qualname__,
-                                               "__doc__": obj.__doc__,
-                                               _CASE_LOOP_ATTR: loop})
+            twin = type(
+                obj.__name__,
+                (obj,),
+                {
+                    "__module__": obj.__module__,
+                    "__qualname__": obj.__qualname__,
+                    "__doc__": obj.__doc__,
+                    _CASE_LOOP_ATTR: loop,
+                },
+            )
             node = type(result).from_parent(collector, name=f"{name}[{loop}]")
             node._obj = twin  # the collector's object, which it would otherwise look up by name
             twins.append(node)

@@ -24,8 +24,11 @@ CPYTHON = {
     "test_sslproto": [("SelectorStartTLSTests", "new_loop")],
     "test_base_events": [("BaseEventLoopWithSelectorTests", "setUp")],
     # pep492's BaseTest.setUp builds a mocked asyncio.BaseEventLoop()
-    "test_pep492": [("LockTests", "setUp:BaseEventLoop"), ("StreamReaderTests", "setUp:BaseEventLoop"),
-                    ("CoroutineTests", "setUp:BaseEventLoop")],
+    "test_pep492": [
+        ("LockTests", "setUp:BaseEventLoop"),
+        ("StreamReaderTests", "setUp:BaseEventLoop"),
+        ("CoroutineTests", "setUp:BaseEventLoop"),
+    ],
     "test_unix_events": [
         ("SelectorEventLoopSignalTests", "setUp"),
         ("SelectorEventLoopUnixSocketTests", "setUp"),
@@ -40,31 +43,33 @@ TEST_LOOP_MODULES = ("test_futures", "test_tasks")
 
 # Twin tests that keep TestLoop even without a ``gen``: they read ``loop._ready`` (asyncio's
 # private ready deque, which TestLoop has), as upstream runs them.
-NEEDS_TEST_LOOP = frozenset({
-    "cpython/test_tasks::LoopUnderTest_CTaskSubclass_PyFuture_Tests::test_log_destroyed_pending_task",
-    "cpython/test_tasks::LoopUnderTest_CTask_CFuture_SubclassTests::test_log_destroyed_pending_task",
-    "cpython/test_tasks::LoopUnderTest_CTask_CFuture_Tests::test_log_destroyed_pending_task",
-    "cpython/test_tasks::LoopUnderTest_CTask_PyFuture_Tests::test_log_destroyed_pending_task",
-    "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_duplicate_coroutines",
-    "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_issue46672",
-    "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_one_exception",
-    "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_result_exception_success",
-    "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_return_exceptions",
-    "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_success",
-    "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_constructor_empty_sequence_use_global_loop",
-    "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_constructor_empty_sequence_use_running_loop",
-    "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_constructor_homogenous_futures",
-    "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_one_cancellation",
-    "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_one_exception",
-    "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_result_exception_one_cancellation",
-    "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_result_exception_success",
-    "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_return_exceptions",
-    "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_success",
-    "cpython/test_tasks::LoopUnderTest_PyTask_CFutureSubclass_Tests::test_log_destroyed_pending_task",
-    "cpython/test_tasks::LoopUnderTest_PyTask_CFuture_Tests::test_log_destroyed_pending_task",
-    "cpython/test_tasks::LoopUnderTest_PyTask_PyFuture_SubclassTests::test_log_destroyed_pending_task",
-    "cpython/test_tasks::LoopUnderTest_PyTask_PyFuture_Tests::test_log_destroyed_pending_task",
-})
+NEEDS_TEST_LOOP = frozenset(
+    {
+        "cpython/test_tasks::LoopUnderTest_CTaskSubclass_PyFuture_Tests::test_log_destroyed_pending_task",
+        "cpython/test_tasks::LoopUnderTest_CTask_CFuture_SubclassTests::test_log_destroyed_pending_task",
+        "cpython/test_tasks::LoopUnderTest_CTask_CFuture_Tests::test_log_destroyed_pending_task",
+        "cpython/test_tasks::LoopUnderTest_CTask_PyFuture_Tests::test_log_destroyed_pending_task",
+        "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_duplicate_coroutines",
+        "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_issue46672",
+        "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_one_exception",
+        "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_result_exception_success",
+        "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_return_exceptions",
+        "cpython/test_tasks::LoopUnderTest_CoroutineGatherTests::test_success",
+        "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_constructor_empty_sequence_use_global_loop",
+        "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_constructor_empty_sequence_use_running_loop",
+        "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_constructor_homogenous_futures",
+        "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_one_cancellation",
+        "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_one_exception",
+        "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_result_exception_one_cancellation",
+        "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_result_exception_success",
+        "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_return_exceptions",
+        "cpython/test_tasks::LoopUnderTest_FutureGatherTests::test_success",
+        "cpython/test_tasks::LoopUnderTest_PyTask_CFutureSubclass_Tests::test_log_destroyed_pending_task",
+        "cpython/test_tasks::LoopUnderTest_PyTask_CFuture_Tests::test_log_destroyed_pending_task",
+        "cpython/test_tasks::LoopUnderTest_PyTask_PyFuture_SubclassTests::test_log_destroyed_pending_task",
+        "cpython/test_tasks::LoopUnderTest_PyTask_PyFuture_Tests::test_log_destroyed_pending_task",
+    }
+)
 
 # test_runners' BaseTest.new_loop builds a mocked asyncio.BaseEventLoop; the twins of these
 # classes get the loop under test, with the same shutdown_asyncgens probe.
@@ -141,8 +146,12 @@ def adapt(suite, mod, loop):
             from test.test_asyncio import utils as test_utils
 
             for name, obj in list(vars(mod).items()):
-                if (isinstance(obj, type) and issubclass(obj, test_utils.TestCase)
-                        and obj.__module__ == mod.__name__ and not name.startswith(PREFIX)):
+                if (
+                    isinstance(obj, type)
+                    and issubclass(obj, test_utils.TestCase)
+                    and obj.__module__ == mod.__name__
+                    and not name.startswith(PREFIX)
+                ):
                     _subclass(mod, obj, {"new_test_loop": _new_test_loop(factory, short)})
         if short == "test_runners":
             for cls_name in RUNNER_CLASSES:

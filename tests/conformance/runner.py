@@ -35,13 +35,26 @@ STATE = os.path.join(ROOT, ".conformance")
 CACHE = os.environ.get("CONF_CACHE", os.path.join(STATE, "cache"))
 
 # Modules known to be slow go first (refined by the durations of the previous run).
-SLOW_FIRST = ["cpython/test_events", "uvloop/test_tcp", "cpython/test_tasks",
-              "cpython/test_subprocess", "uvloop/test_process", "cpython/test_ssl",
-              "cpython/test_sslproto", "uvloop/test_unix", "cpython/test_sendfile",
-              "cpython/test_unix_events", "cpython/test_streams", "uvloop/test_signals"]
+SLOW_FIRST = [
+    "cpython/test_events",
+    "uvloop/test_tcp",
+    "cpython/test_tasks",
+    "cpython/test_subprocess",
+    "uvloop/test_process",
+    "cpython/test_ssl",
+    "cpython/test_sslproto",
+    "uvloop/test_unix",
+    "cpython/test_sendfile",
+    "cpython/test_unix_events",
+    "cpython/test_streams",
+    "uvloop/test_signals",
+]
 
-UVLOOP_TEST_DEPS = [("OpenSSL", "pyOpenSSL>=25.3"), ("psutil", "psutil"),
-                    ("aiohttp", "aiohttp>=3.10.5")]
+UVLOOP_TEST_DEPS = [
+    ("OpenSSL", "pyOpenSSL>=25.3"),
+    ("psutil", "psutil"),
+    ("aiohttp", "aiohttp>=3.10.5"),
+]
 
 _print_lock = threading.Lock()
 
@@ -67,6 +80,7 @@ def ensure_uvloop():
     """uvloop importable (for ``uvloop._testbase``) and its sdist's ``tests/`` in the cache."""
     try:
         import uvloop
+
         have = uvloop.__version__
     except ImportError:
         have = None
@@ -83,12 +97,16 @@ def ensure_uvloop():
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         # --no-binary for uvloop only: its build dependencies may come as wheels (metadata
         # preparation would otherwise build Cython from source: minutes).
-        pip("download", "--no-deps", "--no-binary", "uvloop", "-d", tmp,
-            f"uvloop=={UVLOOP_VERSION}")
+        pip(
+            "download", "--no-deps", "--no-binary", "uvloop", "-d", tmp, f"uvloop=={UVLOOP_VERSION}"
+        )
         (sdist,) = glob.glob(os.path.join(tmp, "uvloop-*.tar.gz"))
         with tarfile.open(sdist) as tar:
-            members = [m for m in tar.getmembers() if "/tests/" in m.name + "/"
-                       and m.name.split("/", 2)[1:2] == ["tests"]]
+            members = [
+                m
+                for m in tar.getmembers()
+                if "/tests/" in m.name + "/" and m.name.split("/", 2)[1:2] == ["tests"]
+            ]
             tar.extractall(tmp, members=members)
         top = os.path.join(tmp, f"uvloop-{UVLOOP_VERSION}")
         staging = dest + ".tmp"
@@ -109,8 +127,9 @@ def cpython_modules():
 
 
 def uvloop_modules(uvdir):
-    return sorted(os.path.basename(p)[:-3]
-                  for p in glob.glob(os.path.join(uvdir, "tests", "test_*.py")))
+    return sorted(
+        os.path.basename(p)[:-3] for p in glob.glob(os.path.join(uvdir, "tests", "test_*.py"))
+    )
 
 
 class Job:
@@ -137,11 +156,18 @@ def run_job(job, args, workdir):
             os.unlink(p)
     env = dict(os.environ)
     env.update(
-        CONF_LOOP=args.loop, CONF_SUITE=job.suite, CONF_MODULE=modname, CONF_RESULTS=results,
-        CONF_SKIP_FILE=skipfile, PYTHONFAULTHANDLER="1", PYTHONDONTWRITEBYTECODE="1",
+        CONF_LOOP=args.loop,
+        CONF_SUITE=job.suite,
+        CONF_MODULE=modname,
+        CONF_RESULTS=results,
+        CONF_SKIP_FILE=skipfile,
+        PYTHONFAULTHANDLER="1",
+        PYTHONDONTWRITEBYTECODE="1",
         PYTHONPATH=os.pathsep.join(
-            [HERE] + ([job.uvdir] if job.uvdir else []) +
-            ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])),
+            [HERE]
+            + ([job.uvdir] if job.uvdir else [])
+            + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
+        ),
     )
     cwd = job.uvdir or workdir
     attempts = 0
@@ -156,11 +182,26 @@ def run_job(job, args, workdir):
     with open(log_path, "w") as logf:
         while True:
             attempts += 1
-            cmd = [sys.executable, "-m", "pytest", "-c", os.path.join(HERE, "conformance.ini"),
-                   "--rootdir", cwd, "-p", "conformance_plugin", "-q", "-rN", "-s", "--tb=native",
-                   f"--timeout={args.timeout}", *target]
-            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=logf, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+            cmd = [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-c",
+                os.path.join(HERE, "conformance.ini"),
+                "--rootdir",
+                cwd,
+                "-p",
+                "conformance_plugin",
+                "-q",
+                "-rN",
+                "-s",
+                "--tb=native",
+                f"--timeout={args.timeout}",
+                *target,
+            ]
+            proc = subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True
+            )
             last_size, last_change, killed = -1, time.monotonic(), None
             while proc.poll() is None:
                 time.sleep(0.5)
@@ -182,8 +223,10 @@ def run_job(job, args, workdir):
             if killed is None and rc not in (0, 1, 5) and not finished:
                 # collection error / internal error: record the module as one failure
                 job.records[f"{job.key}::<module>"] = {
-                    "id": f"{job.key}::<module>", "outcome": "failed",
-                    "message": f"pytest exited with {rc} (collection error?), see {log_path}"}
+                    "id": f"{job.key}::<module>",
+                    "outcome": "failed",
+                    "message": f"pytest exited with {rc} (collection error?), see {log_path}",
+                }
             if killed is None or attempts > 20:
                 if killed:
                     for t in inflight:
@@ -233,18 +276,31 @@ STATUSES = ("passed", "failed", "skipped", "xfail", "xpass", "excluded")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="tests/conformance/run", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="tests/conformance/run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--loop", choices=("ferroloop", "asyncio"), default="ferroloop")
     ap.add_argument("--suite", choices=("all", "cpython", "uvloop"), default="all")
     ap.add_argument("-j", "--jobs", type=int, default=int(os.environ.get("CONF_JOBS", "2")))
-    ap.add_argument("-m", "--module", action="append", default=[],
-                    help="only these modules (e.g. test_tasks or uvloop/test_tcp); repeatable")
+    ap.add_argument(
+        "-m",
+        "--module",
+        action="append",
+        default=[],
+        help="only these modules (e.g. test_tasks or uvloop/test_tcp); repeatable",
+    )
     ap.add_argument("--timeout", type=int, default=60, help="per-test timeout, seconds")
-    ap.add_argument("--report", default=None, help="JSON report (default .conformance/report-<loop>.json)")
+    ap.add_argument(
+        "--report", default=None, help="JSON report (default .conformance/report-<loop>.json)"
+    )
     ap.add_argument("--expected", default=expectations.DEFAULT)
-    ap.add_argument("--list-failures", action="store_true",
-                    help="print unexpected failures as expected_failures.txt lines")
+    ap.add_argument(
+        "--list-failures",
+        action="store_true",
+        help="print unexpected failures as expected_failures.txt lines",
+    )
     args = ap.parse_args(argv)
     t_start = time.monotonic()
     exp = expectations.load(args.expected)
@@ -273,13 +329,16 @@ def main(argv=None):
             prev = json.load(f)
     except (OSError, ValueError):
         prev = {}
-    jobs.sort(key=lambda j: (-prev.get(j.key, 1000 - SLOW_FIRST.index(j.key)
-                                       if j.key in SLOW_FIRST else 0)))
+    jobs.sort(
+        key=lambda j: -prev.get(j.key, 1000 - SLOW_FIRST.index(j.key) if j.key in SLOW_FIRST else 0)
+    )
     workdir = os.path.join(STATE, f"work-{args.loop}")
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
-    log(f"conformance: {len(jobs)} modules on {args.loop} (Python {sys.version.split()[0]}, "
-        f"uvloop tests {UVLOOP_VERSION}), {args.jobs} workers, {args.timeout} s per test")
+    log(
+        f"conformance: {len(jobs)} modules on {args.loop} (Python {sys.version.split()[0]}, "
+        f"uvloop tests {UVLOOP_VERSION}), {args.jobs} workers, {args.timeout} s per test"
+    )
 
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futs = [pool.submit(run_job, j, args, workdir) for j in jobs]
@@ -288,9 +347,11 @@ def main(argv=None):
             c = {s: 0 for s in STATUSES}
             for rec in j.records.values():
                 c[classify(rec, exp, args.loop)] += 1
-            log(f"  {j.key:34} {c['passed']:5} passed {c['failed']:4} failed {c['skipped']:4} "
+            log(
+                f"  {j.key:34} {c['passed']:5} passed {c['failed']:4} failed {c['skipped']:4} "
                 f"skipped {c['xfail']:4} xfail {c['xpass']:3} xpass {c['excluded']:4} excluded "
-                f"({j.duration:.0f} s)")
+                f"({j.duration:.0f} s)"
+            )
 
     # Report
     tests, modules = {}, {}
@@ -314,23 +375,30 @@ def main(argv=None):
 
     wall = time.monotonic() - t_start
     print()
-    print(f"{'module':34} {'pass':>5} {'fail':>5} {'skip':>5} {'xfail':>5} {'xpass':>5} {'excl':>5}")
+    print(
+        f"{'module':34} {'pass':>5} {'fail':>5} {'skip':>5} {'xfail':>5} {'xpass':>5} {'excl':>5}"
+    )
     for suite in ("cpython", "uvloop"):
         sub = {s: 0 for s in STATUSES}
         for key, c in modules.items():
             if key.startswith(suite + "/"):
-                print(f"{key:34} {c['passed']:5} {c['failed']:5} {c['skipped']:5} {c['xfail']:5} "
-                      f"{c['xpass']:5} {c['excluded']:5}")
+                print(
+                    f"{key:34} {c['passed']:5} {c['failed']:5} {c['skipped']:5} {c['xfail']:5} "
+                    f"{c['xpass']:5} {c['excluded']:5}"
+                )
                 for s in STATUSES:
                     sub[s] += c[s]
         if any(sub.values()):
-            print(f"{suite + ' total':34} {sub['passed']:5} {sub['failed']:5} {sub['skipped']:5} "
-                  f"{sub['xfail']:5} {sub['xpass']:5} {sub['excluded']:5}")
+            print(
+                f"{suite + ' total':34} {sub['passed']:5} {sub['failed']:5} {sub['skipped']:5} "
+                f"{sub['xfail']:5} {sub['xpass']:5} {sub['excluded']:5}"
+            )
     for key, reason in excluded_modules.items():
         print(f"{key:34} excluded: {reason}")
     ran = {tid for tid in tests}
-    stale = sorted(t for t in exp.xfail if t not in ran
-                   and any(t.startswith(j.key + "::") for j in jobs))
+    stale = sorted(
+        t for t in exp.xfail if t not in ran and any(t.startswith(j.key + "::") for j in jobs)
+    )
     if stale:
         print(f"\nwarning: {len(stale)} expected failures were not run (renamed? excluded?):")
         for t in stale[:20]:
@@ -350,14 +418,22 @@ def main(argv=None):
         for t in failed:
             msg = tests[t].get("message", "").replace("\n", " ")[:150]
             print(f"{t}  -- TODO: {msg}")
-    summary = (f"{total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped, "
-               f"{total['xfail']} xfail")
+    summary = (
+        f"{total['passed']} passed, {total['failed']} failed, {total['skipped']} skipped, "
+        f"{total['xfail']} xfail"
+    )
     if total["xpass"]:
         summary += f", {total['xpass']} xpass"
     report = {
-        "loop": args.loop, "python": sys.version, "uvloop_tests": UVLOOP_VERSION,
-        "wall_time": round(wall, 1), "summary": total, "modules": modules,
-        "excluded_modules": excluded_modules, "stale_expected_failures": stale, "tests": tests,
+        "loop": args.loop,
+        "python": sys.version,
+        "uvloop_tests": UVLOOP_VERSION,
+        "wall_time": round(wall, 1),
+        "summary": total,
+        "modules": modules,
+        "excluded_modules": excluded_modules,
+        "stale_expected_failures": stale,
+        "tests": tests,
     }
     path = args.report or os.path.join(STATE, f"report-{args.loop}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -366,10 +442,14 @@ def main(argv=None):
     if args.loop == "ferroloop":
         ran = [e for e in tests.values() if e["status"] in ("passed", "failed", "xfail", "xpass")]
         on = sum(1 for e in ran if e.get("ferroloop_loops"))
-        print(f"\n{on} of the {len(ran)} tests that ran created a ferroloop loop (the others test "
-              f"asyncio's pure-Python parts on mocks or on test_utils.TestLoop)")
-    print(f"\n{total['excluded']} excluded tests, {len(excluded_modules)} excluded modules; "
-          f"report: {os.path.relpath(path)}; wall time {wall:.0f} s")
+        print(
+            f"\n{on} of the {len(ran)} tests that ran created a ferroloop loop (the others test "
+            f"asyncio's pure-Python parts on mocks or on test_utils.TestLoop)"
+        )
+    print(
+        f"\n{total['excluded']} excluded tests, {len(excluded_modules)} excluded modules; "
+        f"report: {os.path.relpath(path)}; wall time {wall:.0f} s"
+    )
     print(summary)
     return 1 if (total["failed"] or total["xpass"]) else 0
 

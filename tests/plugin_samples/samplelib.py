@@ -23,5 +23,13 @@ def record_session_end():
     """The policy asyncio holds once the session is over: never ferroloop's."""
     policy = asyncio.events._event_loop_policy
     with open(os.environ["FERROLOOP_SAMPLE_RECORD"], "a") as f:
-        f.write(json.dumps({"test": "", "label": "session end",
-                            "policy": None if policy is None else name_of(policy)}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "test": "",
+                    "label": "session end",
+                    "policy": None if policy is None else name_of(policy),
+                }
+            )
+            + "\n"
+        )
