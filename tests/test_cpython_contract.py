@@ -17,8 +17,9 @@ import sys
 import textwrap
 import weakref
 
-import ferroloop
 import pytest
+
+import ferroloop
 from ferroloop import _compat, _core
 
 PY312 = sys.version_info >= (3, 12)

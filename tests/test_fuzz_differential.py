@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 import ferroloop
+
 from conftest import asyncio_loop
 
 EXAMPLES = int(os.environ.get("FERROLOOP_FUZZ_EXAMPLES", "120"))
@@ -567,7 +568,7 @@ def traces(program):
 
 
 def first_difference(a, b):
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):  # a length difference: below
         if x != y:
             return i
     return min(len(a), len(b))

@@ -404,6 +404,7 @@ def test_accept_out_of_fds_pauses_and_retries(loop_name):
 
 async def until(condition, timeout=5.0):
     """Wait (polling each millisecond) until ``condition()`` holds; fail after ``timeout``."""
+
     async def poll():
         while not condition():
             await asyncio.sleep(0.001)

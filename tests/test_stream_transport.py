@@ -447,7 +447,9 @@ def test_write_and_close_take_asyncios_arguments(loop):
             "_SelectorSocketTransport.write() takes 2 positional arguments but 3 were given"
         )
         # 3.12+'s _SelectorSocketTransport has a close of its own.
-        close_class = "_SelectorSocketTransport" if sys.version_info >= (3, 12) else "_SelectorTransport"
+        close_class = (
+            "_SelectorSocketTransport" if sys.version_info >= (3, 12) else "_SelectorTransport"
+        )
         assert str(close_extra.value) == (
             f"{close_class}.close() takes 1 positional argument but 2 were given"
         )

@@ -15,12 +15,12 @@ OLDEST_SUPPORTED = (3, 10)
 NEWEST_VERIFIED = (3, 13)
 
 
-def running_version():
+def running_version() -> tuple[int, ...]:
     """The running interpreter's (major, minor, micro)."""
     return tuple(sys.version_info[:3])
 
 
-def check_version():
+def check_version() -> None:
     """Refuse an unsupported CPython; warn on one newer than the newest verified version."""
     version = running_version()
     name = ".".join(str(part) for part in version)

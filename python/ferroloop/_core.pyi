@@ -29,6 +29,12 @@ __all__ = [
     "_new_socket_transport",
     "_install_stream_methods",
     "_release_stream_callbacks",
+    "_register_hooks",
+    "_register_watchdog_report",
+    "_contract_probes",
+    "_sole_owner",
+    "_weaklist_offset",
+    "_context_key_matches",
     "Handle",
     "TimerHandle",
     "_metrics",
@@ -236,6 +242,20 @@ def _new_socket_transport(
 ) -> Any: ...
 def _install_stream_methods(cls: type) -> None: ...
 def _release_stream_callbacks(attributes: dict[str, Any]) -> None: ...
+
+# python_hooks.rs: the Python half registers what the native half calls.
+def _register_hooks(hooks: Any) -> None: ...
+def _register_watchdog_report(report: Callable[..., object]) -> None: ...
+
+# contract.rs: probes of the CPython contract, for tests/test_cpython_contract.py.
+class _ContractProbes(TypedDict):
+    context_offsets: tuple[int, int] | None
+    header_size: int
+
+def _contract_probes() -> _ContractProbes: ...
+def _sole_owner(obj: object) -> bool: ...
+def _weaklist_offset(obj: object) -> int: ...
+def _context_key_matches(context: contextvars.Context) -> bool | None: ...
 
 # Metrics (see _metrics.py, which turns these into LoopMetrics).
 
