@@ -7,6 +7,8 @@ interleaved and their order rotated, and the table reports medians over the roun
     python benchmarks/run.py                 # 5 rounds, ~0.5 s measured per run
     python benchmarks/run.py --quick         # 3 rounds, ~0.15 s per run (< 3 minutes)
     python benchmarks/run.py --workloads call_soon,futures --loops uvloop,ferroloop
+    python benchmarks/run.py --plot chart.svg                # also draw the ratios to uvloop
+    python benchmarks/run.py --plot chart.svg --from r.json  # draw a saved run (no new run)
 """
 
 import argparse
@@ -22,6 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import plot  # noqa: E402
 import workloads  # noqa: E402
 
 LOOPS = ("asyncio", "uvloop", "rloop", "rsloop", "ferroloop")
@@ -165,7 +168,25 @@ def main():
     parser.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"), help="output JSON path")
     parser.add_argument("--timeout", type=float, default=120, help="per-child timeout, seconds")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    parser.add_argument("--plot", metavar="FILE.svg", default=None,
+                        help="draw every loop's CPU per operation relative to uvloop's "
+                             "(needs matplotlib; see plot.py)")
+    parser.add_argument("--from", dest="from_json", metavar="JSON", default=None,
+                        help="with --plot: draw this saved result instead of running")
+    parser.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                        help="with --plot: caption facts an older JSON lacks (cpu, python, "
+                             "date, commit)")
     args = parser.parse_args()
+
+    if (args.from_json or args.meta) and not args.plot:
+        parser.error("--from and --meta go with --plot")
+    if args.from_json:
+        try:
+            chart = plot.plot_file(args.from_json, args.plot, plot.parse_meta(args.meta))
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
+        print(f"chart: {args.plot} ({len(chart.workloads)} workloads)")
+        return
 
     if args.list:
         for name, doc in workloads.describe():
@@ -209,6 +230,7 @@ def main():
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "cpu": plot.cpu_model(),
         "commit": git_commit(),
         "rounds": rounds,
         "target_s": target,
@@ -222,6 +244,9 @@ def main():
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
         print(f"\nJSON: {args.json}")
+    if args.plot:
+        plot.render(plot.chart_from(out, plot.parse_meta(args.meta)), args.plot)
+        print(f"chart: {args.plot}")
 
 
 if __name__ == "__main__":

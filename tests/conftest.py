@@ -19,6 +19,9 @@ import pytest
 
 import ferroloop
 
+# Sample projects that tests/test_pytest_plugin.py runs in a pytest of their own.
+collect_ignore = ["plugin_samples"]
+
 LOOP_NAMES = ("asyncio", "ferroloop")
 
 

@@ -1,11 +1,15 @@
 """``python -m ferroloop script.py args``: runs the script like ``python script.py args``, with
 ferroloop as the loop that asyncio creates."""
 
+import importlib.metadata
 import json
 import os
+import platform
+import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +195,89 @@ def test_cli_own_options_before_the_program():
     assert p.returncode == 2 and "--bogus" in p.stderr
     p = run(["-m", "ferroloop"], cwd="/tmp")
     assert p.returncode == 2 and "a script or -m MODULE is required" in p.stderr
+
+
+def repo_version():
+    """The workspace version in Cargo.toml: the one place ferroloop's version comes from."""
+    text = (Path(__file__).resolve().parents[1] / "Cargo.toml").read_text()
+    section = text.split("[workspace.package]", 1)[1]
+    return re.search(r'^version\s*=\s*"([^"]+)"', section, re.M).group(1)
+
+
+def test_cli_version():
+    import ferroloop
+
+    p = run(["-m", "ferroloop", "--version"], cwd="/tmp")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == f"ferroloop {ferroloop.__version__}\n"
+    # One version: Cargo's workspace version, compiled into _core, and the wheel's metadata
+    # (pyproject's dynamic version, which maturin takes from Cargo).
+    assert ferroloop.__version__ == ferroloop._core.__version__ == repo_version()
+    assert importlib.metadata.version("ferroloop") == ferroloop.__version__
+
+
+def info(args=(), env_extra=None, prelude=None):
+    env = dict(os.environ)
+    for name in ("PYTHONASYNCIODEBUG", "FERROLOOP_WATCHDOG", "PYTHONDEVMODE"):
+        env.pop(name, None)
+    env.update(env_extra or {})
+    if prelude is None:
+        argv = [sys.executable, "-m", "ferroloop", *args, "--info"]
+    else:
+        argv = [sys.executable, "-c",
+                f"import sys; {prelude}; from ferroloop.__main__ import main; "
+                f"sys.exit(main({[*args, '--info']!r}))"]
+    p = subprocess.run(argv, capture_output=True, text=True, cwd="/tmp", env=env, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return dict(line.split(": ", 1) for line in p.stdout.splitlines())
+
+
+def test_cli_info():
+    import ferroloop
+
+    lines = info()
+    assert set(lines) == {"ferroloop", "ferroloop path", "Python", "Python executable",
+                          "platform", "asyncio.run loop", "asyncio debug mode", "watchdog"}
+    profile = ferroloop._core.BUILD_PROFILE
+    assert profile in ("release", "debug")
+    assert lines["ferroloop"] == f"{ferroloop.__version__} ({profile} build)"
+    assert lines["ferroloop path"] == os.path.dirname(ferroloop.__file__)
+    assert lines["Python"].startswith(
+        f"{platform.python_implementation()} {platform.python_version()} ")
+    assert lines["Python executable"] == sys.executable
+    assert platform.machine() in lines["platform"]
+    assert lines["platform"].startswith(platform.system())
+    # Nothing installed ferroloop: asyncio.run uses asyncio's own loop.
+    assert lines["asyncio.run loop"].startswith("asyncio.")
+    assert "ferroloop" not in lines["asyncio.run loop"]
+    assert lines["asyncio debug mode"] == "off"
+    assert lines["watchdog"].startswith("off")
+
+
+def test_cli_info_after_install():
+    lines = info(prelude="import ferroloop; ferroloop.install()")
+    assert lines["asyncio.run loop"] == (
+        "ferroloop._loop.Loop (policy ferroloop._policy.EventLoopPolicy)")
+
+
+@pytest.mark.parametrize(
+    "args,env,expected",
+    [
+        ((), {"FERROLOOP_WATCHDOG": "0.25"}, "on, 0.25 s (FERROLOOP_WATCHDOG)"),
+        ((), {"FERROLOOP_WATCHDOG": "off"}, "off"),
+        (("--watchdog", "0.3"), {"FERROLOOP_WATCHDOG": "0.25"}, "on, 0.3 s (--watchdog)"),
+        ((), {"PYTHONASYNCIODEBUG": "1"}, "on in debug mode"),
+    ],
+)
+def test_cli_info_watchdog(args, env, expected):
+    lines = info(args, env)
+    assert lines["watchdog"].startswith(expected), lines["watchdog"]
+    debug = "PYTHONASYNCIODEBUG" in env
+    assert lines["asyncio debug mode"] == ("on" if debug else "off")
+
+
+@pytest.mark.parametrize("flag", ["--info", "--version"])
+def test_cli_info_takes_no_script(script_dir, flag):
+    p = run(["-m", "ferroloop", flag, str(script_dir / "x.py")], cwd="/tmp")
+    assert p.returncode == 2
+    assert "take no script" in p.stderr

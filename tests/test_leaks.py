@@ -201,3 +201,65 @@ def test_many_tasks_freed(loop, n):
     loop.run_until_complete(main())
     gc.collect()
     assert sum(r() is not None for r in refs) == 0
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["native", "debug"])
+def test_closed_connections_leave_no_cyclic_garbage(debug):
+    # asyncio's transports keep bound methods of themselves in their __dict__ (`_read_ready_cb`,
+    # 3.12+'s `_write_ready`), so every closed connection is garbage for the cyclic GC (7
+    # objects: the transport, its dicts, socket objects and addresses). ferroloop lets go of
+    # them at connection_lost, as uvloop's transports leave nothing either.
+    import ferroloop
+
+    loop = ferroloop.new_event_loop()
+    loop.set_debug(debug)
+    lost = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+        def connection_lost(self, exc):
+            lost.append(weakref.ref(self.transport))
+            self.transport = None
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        clients = []
+        for i in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"ping %d" % i)
+            assert await reader.readexactly(5 + len(str(i))) == b"ping %d" % i
+            if i % 2:
+                writer.close()  # the server sees EOF and closes
+            else:
+                writer.transport.abort()  # the server may see a reset
+            await writer.wait_closed()
+            clients.append(weakref.ref(writer.transport))
+            del reader, writer
+        while len(lost) < 20:
+            await asyncio.sleep(0.001)
+        server.close()
+        await server.wait_closed()
+        return clients
+
+    gc.collect()
+    gc.disable()
+    try:
+        clients = loop.run_until_complete(main())
+        assert len(lost) == 20
+        assert [ref() for ref in lost] == [None] * 20, "a closed server transport is alive"
+        assert [ref() for ref in clients] == [None] * 20, "a closed client transport is alive"
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        kinds = {type(o).__name__ for o in gc.garbage}
+        assert not kinds & {"_SelectorSocketTransport", "socket", "TransportSocket", "_Acceptor"}, kinds
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        loop.close()

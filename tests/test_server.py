@@ -120,6 +120,41 @@ def test_accepted_connection_echo_and_extra_info(loop):
     loop.run_until_complete(server.wait_closed())
 
 
+def test_sockname_of_connections_to_a_wildcard_server_is_each_ones_own(loop):
+    # ferroloop reads an IPv4 sockname natively and reuses the previous connection's tuple
+    # when the address is the same: connections through two local addresses must still get
+    # their own.
+    transports = []
+
+    class Keep(asyncio.Protocol):
+        def connection_made(self, transport):
+            transports.append(transport)
+
+    server = loop.run_until_complete(loop.create_server(Keep, "0.0.0.0", 0))
+    port = server.sockets[0].getsockname()[1]
+    clients = []
+    for host in ["127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.1"]:
+        clients.append(socket.create_connection((host, port)))
+        loop.run_until_complete(asyncio.sleep(0.02))
+    try:
+        assert [t.get_extra_info("sockname") for t in transports] == [
+            (host, port) for host in ["127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.1"]
+        ]
+        assert [t.get_extra_info("peername") for t in transports] == [
+            c.getsockname() for c in clients
+        ]
+        assert [t.get_extra_info("sockname") for t in transports] == [
+            t.get_extra_info("socket").getsockname() for t in transports
+        ]
+    finally:
+        for c in clients:
+            c.close()
+        for t in transports:
+            t.close()
+        server.close()
+        loop.run_until_complete(server.wait_closed())
+
+
 def test_accepted_socket_is_non_blocking_and_inheritable_false(loop):
     transports = []
 

@@ -99,6 +99,33 @@ def test_recv_into_bytearray_and_memoryview_slices(loop):
         b.close()
 
 
+@pytest.mark.parametrize("offset", [0, 1, 17, 63, 64])
+def test_large_recv_into_a_buffer_at_any_alignment(loop, offset):
+    # ferroloop reads into a misaligned buffer of 4 KiB or more in two pieces (the head up to a
+    # 64-byte boundary, then the rest): the bytes, the count and what is left must be one recv's.
+    a, b = socket_pair()
+    payload = bytes(range(251)) * 120  # 30,120 bytes
+
+    async def main():
+        storage = bytearray(70_000)
+        view = memoryview(storage)[offset : offset + 65_536]
+        a.sendall(payload)
+        got = 0
+        while got < len(payload):
+            got += await loop.sock_recv_into(b, view[got:])
+        assert got == len(payload)
+        assert bytes(view[:got]) == payload
+        assert not any(storage[:offset]) and not any(storage[offset + got :])
+        a.send(b"tail")
+        return await loop.sock_recv_into(b, view[5:9000])
+
+    try:
+        assert loop.run_until_complete(main()) == 4
+    finally:
+        a.close()
+        b.close()
+
+
 @pytest.mark.parametrize("kind", ["bytes", "bytearray", "memoryview"])
 def test_sendall_of_more_than_the_socket_buffer_waits_and_delivers_everything(loop, kind):
     a, b = tcp_pair()

@@ -42,7 +42,16 @@ def _state(transport):
 @pytest.mark.parametrize("make_socks", [socket_pair, tcp_pair], ids=["unix", "tcp"])
 @pytest.mark.parametrize("buffered", [False, True], ids=["protocol", "buffered"])
 @pytest.mark.nodebug
-def test_native_construction_matches_asyncios_init(make_socks, buffered):
+def test_native_construction_matches_asyncios_init(make_socks, buffered, monkeypatch):
+    cls = ferro_loop_module._SelectorSocketTransport
+    inits = []
+
+    def spy_init(self, *args, **kwargs):
+        inits.append(self)
+        original_init(self, *args, **kwargs)
+
+    original_init = cls.__init__
+    monkeypatch.setattr(cls, "__init__", spy_init)
     loop = ferroloop.new_event_loop()
     try:
         base = asyncio.BufferedProtocol if buffered else asyncio.Protocol
@@ -60,11 +69,11 @@ def test_native_construction_matches_asyncios_init(make_socks, buffered):
             waiter = loop.create_future()
             if native:
                 t = loop._make_socket_transport(s1, P(), waiter, extra={"x": 1})
-                assert "close" in vars(t), "expected the native construction"
+                assert inits == [], "expected the native construction"
             else:
                 # asyncio's own __init__ chain (ferroloop's subclass, as in debug mode).
-                t = ferro_loop_module._SelectorSocketTransport(loop, s1, P(), waiter, {"x": 1})
-                assert "close" not in vars(t)
+                t = cls(loop, s1, P(), waiter, {"x": 1})
+                assert inits == [t]
             made.append((t, s1, s2, waiter))
         (native_t, *_), (python_t, *_) = made
         native_state = _state(native_t)
@@ -424,3 +433,36 @@ def test_buffered_updated_error(loop, loop_errors):
         loop, loop_errors, BufferedTrace([], updated_error=KeyError("updated"))
     )
     assert got == [("Fatal error: protocol.buffer_updated() call failed.", "KeyError", "'updated'")]
+
+
+def test_write_and_close_take_asyncios_arguments(loop):
+    # ferroloop's write and close are C methods of its transport class: calls with other
+    # arguments than the usual ones are asyncio's methods, with asyncio's errors.
+    a, b = socket_pair()
+    t = loop._make_socket_transport(a, asyncio.Protocol())
+    loop.run_until_complete(asyncio.sleep(0))
+    try:
+        assert t.write.__qualname__ == "_SelectorSocketTransport.write"
+        assert t.write.__name__ == "write" and t.close.__name__ == "close"
+        with pytest.raises(TypeError) as missing:
+            t.write()
+        with pytest.raises(TypeError) as extra:
+            t.write(b"x", b"y")
+        with pytest.raises(TypeError) as close_extra:
+            t.close(1)
+        assert str(missing.value) == (
+            "_SelectorSocketTransport.write() missing 1 required positional argument: 'data'"
+        )
+        assert str(extra.value) == (
+            "_SelectorSocketTransport.write() takes 2 positional arguments but 3 were given"
+        )
+        assert str(close_extra.value) == (
+            "_SelectorTransport.close() takes 1 positional argument but 2 were given"
+        )
+        with pytest.raises(TypeError, match="data argument must be a bytes-like object"):
+            t.write("text")
+        t.write(data=b"by keyword")
+        assert b.recv(100) == b"by keyword"
+    finally:
+        _close(loop, t, b)
+    assert t.is_closing() and t._sock is None

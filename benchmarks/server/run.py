@@ -2,6 +2,8 @@
 
     python benchmarks/server/run.py [--loops asyncio,uvloop,rloop,rsloop,ferroloop,floor]
         [--workloads tcp_1k,...] [--rounds 2] [--duration 3] [--warmup 1] [--json FILE]
+        [--plot FILE.svg]
+    python benchmarks/server/run.py --plot FILE.svg --from saved.json   # draw, no new run
 
 Each (round, workload, loop) runs one fresh server process pinned to CPU 0 and one client
 pinned to CPU 1.  Server CPU = sum over the server's threads of the first field of
@@ -28,6 +30,11 @@ import time
 from dataclasses import dataclass, field
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import plot  # noqa: E402  (benchmarks/plot.py)
+
 LOADGEN_DIR = os.path.join(HERE, "loadgen")
 LOADGEN = os.path.join(LOADGEN_DIR, "target", "release", "loadgen")
 SERVERS = os.path.join(HERE, "servers.py")
@@ -426,6 +433,32 @@ def importable(python: str, module: str) -> tuple[bool, str]:
     return False, (r.stderr.strip().splitlines() or ["import failed"])[-1]
 
 
+def python_version(python: str) -> str | None:
+    try:
+        r = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None
+
+
+def loop_versions(ctx: Ctx, loops: list[str]) -> dict[str, str]:
+    """The installed version of each loop package, for the chart's caption."""
+    out = {}
+    for loop in loops:
+        if loop in ("asyncio", "floor"):
+            continue
+        try:
+            code = f"import importlib.metadata as m; print(m.version({loop!r}))"
+            r = subprocess.run([ctx.pythons[loop], "-c", code],
+                               capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if r.returncode == 0 and r.stdout.strip():
+            out[loop] = r.stdout.strip()
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # report
 
@@ -493,7 +526,24 @@ def main():
     ap.add_argument("--rsloop-python", default=default_rs, help="interpreter for the rsloop server")
     ap.add_argument("--http-client", choices=("wrk", "loadgen"), default="wrk" if shutil.which("wrk") else "loadgen")
     ap.add_argument("--list", action="store_true", help="list the workloads")
+    ap.add_argument("--plot", metavar="FILE.svg", default=None,
+                    help="draw every loop's server CPU per request relative to uvloop's "
+                         "(needs matplotlib; see benchmarks/plot.py)")
+    ap.add_argument("--from", dest="from_json", metavar="JSON", default=None,
+                    help="with --plot: draw this saved result instead of running")
+    ap.add_argument("--meta", action="append", metavar="KEY=VALUE",
+                    help="with --plot: caption facts an older JSON lacks (cpu, python, date, commit)")
     a = ap.parse_args()
+
+    if (a.from_json or a.meta) and not a.plot:
+        ap.error("--from and --meta go with --plot")
+    if a.from_json:
+        try:
+            chart = plot.plot_file(a.from_json, a.plot, plot.parse_meta(a.meta))
+        except (OSError, ValueError) as e:
+            ap.error(str(e))
+        print(f"chart: {a.plot} ({len(chart.workloads)} workloads)")
+        return
 
     if a.list:
         for w in WORKLOADS:
@@ -544,6 +594,8 @@ def main():
     for loop, why in missing.items():
         print(f"  {loop}: missing ({why})", flush=True)
 
+    meta = plot.run_meta(REPO, python_version(a.python))
+    meta["versions"] = loop_versions(ctx, [x for x in loops if x not in missing])
     results = []
     try:
         for rnd in range(a.rounds):
@@ -569,11 +621,15 @@ def main():
         if a.json:
             os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
             with open(a.json, "w") as f:
-                json.dump({"args": vars(a), "samples": results}, f, indent=1)
+                json.dump({"args": vars(a), "meta": meta, "samples": results}, f, indent=1)
     print()
     print(report(results, loops, workloads))
     if a.json:
         print(f"\nsamples: {a.json}")
+    if a.plot:
+        data = {"args": vars(a), "meta": meta, "samples": results}
+        plot.render(plot.chart_from(data, plot.parse_meta(a.meta)), a.plot)
+        print(f"chart: {a.plot}")
 
 
 def run_one(ctx: Ctx, loop: str, wl: Workload) -> dict:

@@ -2,10 +2,15 @@
 
 Run a script (or ``-m module``) with ferroloop as asyncio's event loop (``ferroloop.install()``),
 optionally with the blocking watchdog on every loop it creates.
+
+``python -m ferroloop --version`` prints ferroloop's version, ``--info`` what a bug report needs
+(versions, build profile, platform, the loop ``asyncio.run`` would use, the watchdog).
 """
 
 import argparse
+import asyncio
 import os
+import platform
 import runpy
 import sys
 
@@ -27,10 +32,76 @@ def _split_argv(argv):
     return argv, []
 
 
+def _type_name(obj):
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _asyncio_run_loop():
+    """The class of the loop ``asyncio.run(main())`` would run on now (from the policy, as
+    ``asyncio.run`` without ``loop_factory`` gets it), and the policy's class."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy = asyncio.get_event_loop_policy()
+        loop = policy.new_event_loop()
+    try:
+        return _type_name(loop), _type_name(policy)
+    finally:
+        loop.close()
+
+
+def _debug_mode():
+    is_debug = getattr(asyncio.coroutines, "_is_debug_mode", None)
+    if is_debug is not None:
+        return bool(is_debug())
+    return sys.flags.dev_mode or bool(os.environ.get("PYTHONASYNCIODEBUG"))
+
+
+def _watchdog_state():
+    from ferroloop import _watchdog
+
+    if _watchdog.default_threshold is not None:
+        return f"on, {_watchdog.default_threshold:g} s (--watchdog) for every ferroloop loop"
+    threshold = _watchdog._env_threshold()
+    if threshold is not None:
+        return f"on, {threshold:g} s ({_watchdog.ENV_VAR}) for every ferroloop loop"
+    if _debug_mode():
+        return "on in debug mode, at each loop's slow_callback_duration (0.1 s by default)"
+    return (
+        f"off (switch it on with {_watchdog.ENV_VAR}=SECONDS, --watchdog SECONDS, "
+        "loop.set_watchdog or debug mode)"
+    )
+
+
+def info_lines():
+    """``python -m ferroloop --info``: one ``name: value`` line each."""
+    import ferroloop
+    from ferroloop import _core
+
+    loop, policy = _asyncio_run_loop()
+    libc = " ".join(part for part in platform.libc_ver() if part)
+    lines = [
+        ("ferroloop", f"{ferroloop.__version__} ({_core.BUILD_PROFILE} build)"),
+        ("ferroloop path", os.path.dirname(os.path.abspath(ferroloop.__file__))),
+        ("Python", f"{platform.python_implementation()} {platform.python_version()} "
+                   f"({', '.join(platform.python_build())}) {platform.python_compiler()}"),
+        ("Python executable", sys.executable),
+        ("platform", f"{platform.platform()} {platform.machine()}"
+                     + (f" {libc}" if libc else "")),
+        ("asyncio.run loop", f"{loop} (policy {policy})"),
+        ("asyncio debug mode", "on" if _debug_mode() else "off"),
+        ("watchdog", _watchdog_state()),
+    ]
+    return [f"{name}: {value}" for name, value in lines]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m ferroloop",
-        usage="%(prog)s [-h] [--watchdog SECONDS] (script.py | -m MODULE) [args ...]",
+        usage="%(prog)s [-h] [--version] [--info] [--watchdog SECONDS] "
+        "(script.py | -m MODULE) [args ...]",
         description="Run a Python script with ferroloop as the asyncio event loop.",
     )
     parser.add_argument(
@@ -41,11 +112,26 @@ def main(argv=None):
         help="report callbacks that block the event loop for longer than SECONDS",
     )
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a library module")
+    parser.add_argument(
+        "--version", action="store_true", help="print ferroloop's version and exit"
+    )
+    parser.add_argument(
+        "--info",
+        action="store_true",
+        help="print what a bug report needs (versions, build, platform, which loop "
+        "asyncio.run uses, watchdog) and exit",
+    )
     parser.add_argument("target", nargs="?", help="the script to run")
     own, rest = _split_argv(sys.argv[1:] if argv is None else list(argv))
     options = parser.parse_args(own)
     options.args = rest
-    if options.module is None and options.target is None:
+    if (options.version or options.info) and (
+        options.module is not None or options.target is not None
+    ):
+        parser.error("--version and --info take no script or module")
+    if not (options.version or options.info) and options.module is None and (
+        options.target is None
+    ):
         parser.error("a script or -m MODULE is required")
 
     import ferroloop
@@ -56,6 +142,12 @@ def main(argv=None):
             _watchdog.default_threshold = _watchdog._parse_threshold(options.watchdog, "--watchdog")
         except (TypeError, ValueError) as exc:
             parser.error(str(exc))
+    if options.version:
+        print(f"ferroloop {ferroloop.__version__}")
+        return 0
+    if options.info:
+        print("\n".join(info_lines()))
+        return 0
     ferroloop.install()
 
     if options.module is not None:

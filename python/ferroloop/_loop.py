@@ -303,19 +303,18 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, asyncio.AbstractEventLoop):
 
 class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
     """asyncio's socket transport (the running version's own class, subclassed), whose reader
-    callback and ``write`` are native: ``_read_ready`` is a ``ferroloop._core._TransportReader``,
-    which does what ``_read_ready__data_received`` does for a plain ``Protocol`` on a plain
-    socket, and calls ``_read_ready_cb()`` otherwise; ``write`` is its ``write`` method, which
-    sends at once when nothing is buffered and leaves every other case to asyncio's ``write``.
-    In debug mode both are asyncio's methods, so the slow-callback log names them as asyncio's
-    loop does. See crates/ferroloop-py/src/net/stream.rs."""
+    callback, ``write`` and ``close`` are native: ``_read_ready`` is a
+    ``ferroloop._core._TransportReader``, which does what ``_read_ready__data_received`` does
+    for a plain ``Protocol`` on a plain socket, and calls ``_read_ready_cb()`` otherwise;
+    ``write`` (sending at once when nothing is buffered) and ``close`` are C methods of this
+    class that do asyncio's work natively while the reader is there and call asyncio's methods
+    otherwise. In debug mode the reader is asyncio's method, so the slow-callback log names it
+    as asyncio's loop does. See crates/ferroloop-py/src/net/stream.rs and stream_methods.rs."""
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         if not loop.get_debug():
             # Before asyncio's __init__, which schedules _add_reader(fd, self._read_ready).
-            native = _core._TransportReader(self, self.__dict__)
-            self._read_ready = native
-            self.write = native.write
+            self._read_ready = _core._TransportReader(self, self.__dict__)
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
     def _write_rest(self, data, n):
@@ -333,11 +332,12 @@ class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
         try:
             super()._call_connection_lost(exc)
         finally:
-            # The native reader, writer and close hold the transport: break the cycle once
-            # the transport is done.
-            self.__dict__.pop("_read_ready", None)
-            self.__dict__.pop("write", None)
-            self.__dict__.pop("close", None)
+            # The native reader and asyncio's bound methods in __dict__ hold the transport:
+            # break the cycles once it is done (net/stream_lifecycle.rs, release_callbacks).
+            _core._release_stream_callbacks(self.__dict__)
+
+
+_core._install_stream_methods(_SelectorSocketTransport)
 
 
 class _SelectorDatagramTransport(selector_events._SelectorDatagramTransport):

@@ -23,10 +23,21 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::Acceptor>()?;
     m.add_class::<net::Step>()?;
     m.add_function(wrap_pyfunction!(net::new_socket_transport, m)?)?;
+    m.add_function(wrap_pyfunction!(net::install_stream_methods, m)?)?;
+    m.add_function(wrap_pyfunction!(net::release_callbacks, m)?)?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     metrics::register(m)?;
     watchdog::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // What `python -m ferroloop --info` reports: a debug build is much slower.
+    m.add(
+        "BUILD_PROFILE",
+        if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+    )?;
     Ok(())
 }

@@ -30,9 +30,50 @@ fn result(n: isize) -> io::Result<usize> {
 /// `buf` must be valid for writes of `len` bytes (it may be uninitialised).
 #[inline]
 pub unsafe fn recv(fd: RawFd, buf: *mut u8, len: usize) -> io::Result<usize> {
+    let head = buf.align_offset(COPY_ALIGN);
+    if len >= SPLIT_AT && head != 0 {
+        // SAFETY: as above; `head < COPY_ALIGN <= len`, so both parts lie inside `buf`.
+        return unsafe { recv_split(fd, buf, len, head) };
+    }
     // SAFETY: the caller guarantees `buf` is writable for `len` bytes; the kernel writes at
     // most `len` bytes there. An invalid fd only makes the call fail.
     result(unsafe { libc::recv(fd, buf.cast(), len, libc::MSG_DONTWAIT) })
+}
+
+/// The alignment the kernel's copy to user memory wants of its destination: on AMD EPYC
+/// (Zen) `rep movsb` into an address that is not 64-byte aligned runs at less than half
+/// speed, which made a 100 KiB echo cost twice uvloop's CPU.
+const COPY_ALIGN: usize = 64;
+
+/// Below this many bytes a misaligned destination costs less than `recvmsg`'s extra work.
+const SPLIT_AT: usize = 4096;
+
+/// `recv` into a misaligned buffer as `recvmsg` with two pieces: the `head` bytes up to the
+/// next 64-byte boundary, then the aligned rest, which is where the bulk of a large read lands.
+/// The bytes and the result are those of one `recv`.
+///
+/// # Safety
+/// `buf` must be valid for writes of `len` bytes and `head < len`.
+#[cold]
+unsafe fn recv_split(fd: RawFd, buf: *mut u8, len: usize, head: usize) -> io::Result<usize> {
+    let mut pieces = [
+        libc::iovec {
+            iov_base: buf.cast(),
+            iov_len: head,
+        },
+        libc::iovec {
+            // SAFETY: `head < len`, inside the caller's buffer.
+            iov_base: unsafe { buf.add(head) }.cast(),
+            iov_len: len - head,
+        },
+    ];
+    // SAFETY: an all-zero msghdr is valid (no address, no control data).
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = pieces.as_mut_ptr();
+    message.msg_iovlen = 2 as _;
+    // SAFETY: both pieces are writable parts of the caller's buffer; `message` outlives the
+    // call.
+    result(unsafe { libc::recvmsg(fd, &mut message, libc::MSG_DONTWAIT) })
 }
 
 /// The sender of a datagram, as the kernel wrote it.
@@ -69,6 +110,22 @@ impl SockAddr {
             u16::from_be(sin.sin_port),
         ))
     }
+}
+
+/// `getsockname(fd)`: the socket's own address.
+pub fn local_address(fd: RawFd) -> io::Result<SockAddr> {
+    let mut addr = SockAddr {
+        // SAFETY: all-zero is a valid sockaddr_storage (plain integers).
+        storage: unsafe { std::mem::zeroed() },
+        len: std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t,
+    };
+    let storage = (&mut addr.storage as *mut libc::sockaddr_storage).cast();
+    // SAFETY: `storage` is writable for `addr.len` bytes, and the kernel updates `addr.len`.
+    // An invalid fd only makes the call fail.
+    if unsafe { libc::getsockname(fd, storage, &mut addr.len) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(addr)
 }
 
 /// `recvfrom(fd, buf, len, MSG_DONTWAIT)`: the byte count and the sender.
@@ -220,6 +277,43 @@ mod tests {
             }
         };
         assert!(would_block(&err));
+    }
+
+    #[test]
+    fn recv_into_a_misaligned_buffer_reads_as_one_recv() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut storage = vec![0u8; 16_384 + 128];
+        for offset in [1usize, 16, 63, 64] {
+            assert_eq!(send(a.as_raw_fd(), &data[..10_000]).unwrap(), 10_000);
+            let start = storage.as_ptr().align_offset(COPY_ALIGN) + offset;
+            let buf = &mut storage[start..start + 16_384];
+            // SAFETY: `buf` is writable for its length.
+            let n = unsafe { recv(b.as_raw_fd(), buf.as_mut_ptr(), buf.len()) }.unwrap();
+            assert_eq!(n, 10_000);
+            assert_eq!(&buf[..n], &data[..10_000]);
+            // SAFETY: as above.
+            let err = unsafe { recv(b.as_raw_fd(), buf.as_mut_ptr(), buf.len()) }.unwrap_err();
+            assert!(would_block(&err));
+        }
+        // A short buffer on a datagram socket: the datagram is cut as by one recv.
+        let (x, y) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        x.send(&data[..9_000]).unwrap();
+        let start = storage.as_ptr().align_offset(COPY_ALIGN) + 5;
+        let buf = &mut storage[start..start + 5_000];
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { recv(y.as_raw_fd(), buf.as_mut_ptr(), buf.len()) }.unwrap();
+        assert_eq!(&buf[..n], &data[..5_000]);
+    }
+
+    #[test]
+    fn local_address_of_an_ipv4_socket() {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = socket.local_addr().unwrap().port();
+        let addr = local_address(socket.as_raw_fd()).unwrap();
+        assert_eq!(addr.ipv4(), Some(([127, 0, 0, 1], port)));
+        let err = local_address(-1).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
     }
 
     #[test]

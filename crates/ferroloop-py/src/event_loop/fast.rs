@@ -438,12 +438,12 @@ fast_entry!(call_later_entry, call_later);
 fast_entry!(call_at_entry, call_at);
 
 /// A `PyMethodDef` that lives for the whole process (CPython keeps pointers to it).
-struct MethodDef(ffi::PyMethodDef);
+pub(crate) struct MethodDef(pub(crate) ffi::PyMethodDef);
 
 // SAFETY: the definition is immutable after construction; CPython only reads it, under the GIL.
 unsafe impl Sync for MethodDef {}
 
-const fn fastcall_def(
+pub(crate) const fn fastcall_def(
     name: &'static CStr,
     doc: &'static CStr,
     meth: ffi::PyCFunctionFastWithKeywords,

@@ -1,6 +1,7 @@
 //! Bytes in and out of Python objects: the per-thread receive buffer that socket reads go
 //! through before they become `bytes`, and the buffer protocol for what is sent.
 
+use std::alloc::{self, Layout};
 use std::cell::RefCell;
 use std::os::fd::RawFd;
 use std::ptr;
@@ -17,7 +18,46 @@ use super::socket::retry_interrupted;
 pub(crate) const SCRATCH_SIZE: usize = 256 * 1024;
 
 thread_local! {
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH_SIZE]);
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::new());
+}
+
+/// The per-thread receive buffer: `SCRATCH_SIZE` bytes starting on a page boundary. The
+/// kernel's copy into user memory (`rep movsb`) is about twice as slow on some CPUs (AMD EPYC
+/// here) when the destination is not 64-byte aligned: a plain `vec![0; n]` of this size is an
+/// `mmap`ed chunk that starts 16 bytes into a page, and 100 KiB echo cost 2.4x uvloop's CPU.
+struct Scratch {
+    start: ptr::NonNull<u8>,
+}
+
+impl Scratch {
+    const LAYOUT: Layout = match Layout::from_size_align(SCRATCH_SIZE, 4096) {
+        Ok(layout) => layout,
+        Err(_) => panic!("invalid scratch layout"),
+    };
+
+    fn new() -> Scratch {
+        // SAFETY: the layout has a non-zero size.
+        let start = unsafe { alloc::alloc_zeroed(Self::LAYOUT) };
+        match ptr::NonNull::new(start) {
+            Some(start) => Scratch { start },
+            None => alloc::handle_alloc_error(Self::LAYOUT),
+        }
+    }
+
+    fn as_ptr(&self) -> *const u8 {
+        self.start.as_ptr()
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.start.as_ptr()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { alloc::dealloc(self.start.as_ptr(), Self::LAYOUT) }
+    }
 }
 
 /// A buffer exported by a Python object, released on drop.

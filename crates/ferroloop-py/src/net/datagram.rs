@@ -11,7 +11,7 @@ use pyo3::PyTraverseError;
 use ferroloop_core::sys::net;
 
 use super::buffer::{byte_buffer, recvfrom_bytes, SCRATCH_SIZE};
-use super::socket::{fileno, is_plain_socket, retry_interrupted, socket_kind};
+use super::socket::{fileno, ipv4_address, is_plain_socket, retry_interrupted, socket_kind};
 use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
 use crate::gil_cell::GilCell;
 
@@ -90,8 +90,7 @@ impl DatagramReader {
         if let Some((_, address)) = self.senders.borrow(py).iter().find(|(s, _)| *s == sender) {
             return Ok(address.bind(py).clone());
         }
-        let host = std::net::Ipv4Addr::from(sender.0).to_string();
-        let address = (host, sender.1).into_pyobject(py)?.into_any();
+        let address = ipv4_address(py, sender)?;
         let evicted = {
             let mut senders = self.senders.borrow_mut(py);
             let evicted = (senders.len() == RECENT_SENDERS).then(|| senders.remove(0));

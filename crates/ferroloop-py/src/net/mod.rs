@@ -10,6 +10,7 @@
 //! - [`transport`]: what stream and datagram transports share.
 //! - [`stream`]: TCP and Unix stream transports: the reader callback and `write`.
 //! - [`stream_lifecycle`]: their construction, end of file, `close` and `connection_lost`.
+//! - [`stream_methods`]: `write` and `close` as C methods of their class.
 //! - [`datagram`]: UDP and Unix datagram transports (reads).
 //! - [`server`]: listening sockets: the accept loop and each accepted connection's set-up.
 
@@ -20,9 +21,11 @@ pub(crate) mod sock_ops;
 pub(crate) mod socket;
 pub(crate) mod stream;
 pub(crate) mod stream_lifecycle;
+pub(crate) mod stream_methods;
 pub(crate) mod transport;
 
 pub(crate) use datagram::DatagramReader;
 pub(crate) use server::Acceptor;
 pub(crate) use stream::TransportReader;
-pub(crate) use stream_lifecycle::{new_socket_transport, Step};
+pub(crate) use stream_lifecycle::{new_socket_transport, release_callbacks, Step};
+pub(crate) use stream_methods::install_stream_methods;

@@ -34,7 +34,7 @@ use pyo3::PyTraverseError;
 
 use ferroloop_core::sys::net;
 
-use super::socket::{fileno, retry_interrupted, socket_kind};
+use super::socket::{fileno, ipv4_address, retry_interrupted, socket_kind};
 use super::stream_lifecycle::new_socket_transport;
 use crate::event_loop::Loop;
 use crate::handles::Args;
@@ -51,8 +51,6 @@ struct Serving {
     /// The arguments of asyncio's `_accept_connection` after `backlog`
     /// (`ssl_handshake_timeout`, and `ssl_shutdown_timeout` from 3.11).
     rest: Py<PyTuple>,
-    /// `self._connection`, bound once: the callback of each accepted connection's step.
-    on_connection: Option<Py<PyAny>>,
     /// The listening socket's `(family, type, proto)`, which its connections get.
     kind: (i32, i32, i32),
     /// ferroloop's transport class when the loop's `_make_socket_transport` is ferroloop's
@@ -91,7 +89,6 @@ impl Acceptor {
                 sock: sock.unbind(),
                 server,
                 rest,
-                on_connection: None,
                 transport_class,
                 check_fd,
             }),
@@ -109,7 +106,7 @@ impl Acceptor {
     /// One readiness report: accept up to `backlog` connections.
     fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
-        let on_connection = {
+        {
             let this = slf.borrow();
             let Some(serving) = &this.serving else {
                 return Ok(());
@@ -117,18 +114,10 @@ impl Acceptor {
             if serving.event_loop.get().is_debug() {
                 return asyncio_accept_connection(py, serving, this.backlog);
             }
-            serving.on_connection.as_ref().map(|cb| cb.clone_ref(py))
-        };
-        let on_connection = match on_connection {
-            Some(callback) => callback,
-            None => {
-                let callback = slf.getattr(intern!(py, "_connection"))?.unbind();
-                if let Some(serving) = &mut slf.borrow_mut().serving {
-                    serving.on_connection = Some(callback.clone_ref(py));
-                }
-                callback
-            }
-        };
+        }
+        // A bound method per batch, not kept: kept, it would make the acceptor (and the
+        // server and listening socket it holds) a reference cycle, garbage for the cyclic GC.
+        let on_connection = slf.getattr(intern!(py, "_connection"))?.unbind();
         Acceptor::accept_batch(slf, on_connection)
     }
 
@@ -207,7 +196,6 @@ impl Acceptor {
             visit.call(&serving.sock)?;
             visit.call(&serving.server)?;
             visit.call(&serving.rest)?;
-            visit.call(&serving.on_connection)?;
             visit.call(&serving.transport_class)?;
         }
         Ok(())
@@ -269,9 +257,7 @@ impl Acceptor {
                 }
             };
             let addr = match peer.ipv4() {
-                Some((host, port)) => (std::net::Ipv4Addr::from(host).to_string(), port)
-                    .into_pyobject(py)?
-                    .into_any(),
+                Some(address) => ipv4_address(py, address)?,
                 // Other families: the same address, from the connection itself.
                 None => conn.call_method0(intern!(py, "getpeername"))?,
             };

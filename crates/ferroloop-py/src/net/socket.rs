@@ -153,3 +153,12 @@ pub(crate) fn recv_into(py: Python<'_>, fd: RawFd, buffer: &Buffer) -> PyResult<
 pub(crate) fn send(py: Python<'_>, fd: RawFd, data: &[u8]) -> PyResult<Option<usize>> {
     retry_interrupted(py, || net::send(fd, data))
 }
+
+/// `("a.b.c.d", port)`, an `AF_INET` address as `socket`'s `makesockaddr` gives it.
+pub(crate) fn ipv4_address(
+    py: Python<'_>,
+    (host, port): ([u8; 4], u16),
+) -> PyResult<Bound<'_, PyAny>> {
+    let host = std::net::Ipv4Addr::from(host).to_string();
+    Ok((host, port).into_pyobject(py)?.into_any())
+}

@@ -261,11 +261,21 @@ impl TransportReader {
         }
     }
 
-    /// `transport.write(data)` (the transport's instance attribute `write` is this bound
-    /// method): asyncio's `_SelectorSocketTransport.write` for the common case, sending at
-    /// once on a plain socket with nothing buffered; `_write_rest(data, n)` (Python) buffers
-    /// what the socket did not take, and every other case is asyncio's own `write`.
-    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        self.transport.traverse(&visit)
+    }
+
+    fn __clear__(&mut self) {
+        self.transport.clear();
+    }
+}
+
+impl TransportReader {
+    /// `transport.write(data)` (see `stream_methods`): asyncio's
+    /// `_SelectorSocketTransport.write` for the common case, sending at once on a plain socket
+    /// with nothing buffered; `_write_rest(data, n)` (Python) buffers what the socket did not
+    /// take, and every other case is asyncio's own `write`.
+    pub(crate) fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };
@@ -302,19 +312,5 @@ impl TransportReader {
         drop(buffer);
         transport.call_method1(intern!(py, "_write_rest"), (data, sent))?;
         Ok(())
-    }
-
-    /// `transport.close()` (the transport's instance attribute `close` is this bound method,
-    /// on transports made by `_new_socket_transport`): asyncio's `_SelectorTransport.close`.
-    fn close(slf: &Bound<'_, Self>) -> PyResult<()> {
-        stream_lifecycle::close(slf)
-    }
-
-    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        self.transport.traverse(&visit)
-    }
-
-    fn __clear__(&mut self) {
-        self.transport.clear();
     }
 }

@@ -9,13 +9,15 @@
 //! Every method that is not replaced here, and every other case (debug mode, another socket
 //! type), is asyncio's own code working on those attributes.
 //!
-//! Replaced: `_read_ready__on_eof` (inside the native reader), `close` (an instance attribute,
-//! as `write`), and the `_call_connection_lost` that `close` schedules, whose callable names
+//! Replaced: `_read_ready__on_eof` (inside the native reader), `close` (a C method of the
+//! class, as `write`: `stream_methods.rs`), and the `_call_connection_lost` that `close` schedules, whose callable names
 //! itself `_SelectorSocketTransport._call_connection_lost` as asyncio's bound method does, so
 //! that "Exception in callback ..." reads the same. A `_call_connection_lost` scheduled by
 //! asyncio's own code (the write path's flush, `abort`, `_force_close`) is the Python method.
 //! `tests/test_stream_transport.py` compares the attributes and every step with a transport
 //! made by asyncio's `__init__`.
+
+use std::sync::Mutex;
 
 use pyo3::exceptions::PyConnectionError;
 use pyo3::intern;
@@ -27,7 +29,7 @@ use ferroloop_core::reactor::Interest;
 use ferroloop_core::sys::net;
 
 use super::sock_ops::ensure_fd_no_transport;
-use super::socket::{close_socket, fileno, socket_kind};
+use super::socket::{close_socket, fileno, ipv4_address, socket_kind};
 use super::stream::TransportReader;
 use super::transport::{fatal_error, get, is_exit};
 use crate::errors::os_error;
@@ -153,6 +155,29 @@ fn address_or_none<'py>(
     }
 }
 
+/// `sock.getsockname()` of an `AF_INET` socket, `None` on `OSError`, as asyncio's `__init__`
+/// asks for it, without `socket`'s `inet_ntop` (a `sprintf`). The connections of one server
+/// share a local address, so the last one's tuple is reused: it is immutable, and one tuple
+/// for many transports saves each idle connection a tuple, a string and an int.
+fn local_ipv4_address(py: Python<'_>, fd: i32) -> PyResult<Bound<'_, PyAny>> {
+    type Ipv4Address = ([u8; 4], u16);
+    static LAST: Mutex<Option<(Ipv4Address, Py<PyAny>)>> = Mutex::new(None);
+    let Some(address) = net::local_address(fd).ok().and_then(|addr| addr.ipv4()) else {
+        return Ok(py.None().into_bound(py));
+    };
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((key, tuple)) = last.as_ref() {
+        if *key == address {
+            return Ok(tuple.bind(py).clone());
+        }
+    }
+    let tuple = ipv4_address(py, address)?;
+    let previous = last.replace((address, tuple.clone().unbind()));
+    drop(last);
+    drop(previous);
+    Ok(tuple)
+}
+
 /// `ferroloop._core._new_socket_transport(loop, cls, sock, protocol, waiter, extra, server,
 /// check_fd)`: asyncio's `cls(loop, sock, protocol, waiter, extra, server)` for an exact
 /// `socket.socket` outside debug mode (see the module docs). `check_fd`: 3.12+'s
@@ -185,8 +210,6 @@ pub fn new_socket_transport<'py>(
         TransportReader::new(transport.clone().unbind(), attributes.clone().unbind()),
     )?;
     attributes.set_item(intern!(py, "_read_ready"), &reader)?;
-    attributes.set_item(intern!(py, "write"), reader.getattr(intern!(py, "write"))?)?;
-    attributes.set_item(intern!(py, "close"), reader.getattr(intern!(py, "close"))?)?;
     // _SelectorSocketTransport.__init__, then _SelectorTransport.__init__.
     attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
     // _FlowControlMixin.__init__ and BaseTransport.__init__ (slots, not __dict__ entries);
@@ -208,10 +231,12 @@ pub fn new_socket_transport<'py>(
         .call1((asyncio.transport_socket.bind(py),))?;
     wrapped.setattr(intern!(py, "_sock"), sock)?;
     extra.set_item(intern!(py, "socket"), wrapped)?;
-    extra.set_item(
-        intern!(py, "sockname"),
-        address_or_none(sock, intern!(py, "getsockname"))?,
-    )?;
+    let (family, kind, proto) = socket_kind(sock)?;
+    let sockname = match family {
+        libc::AF_INET => local_ipv4_address(py, fd)?,
+        _ => address_or_none(sock, intern!(py, "getsockname"))?,
+    };
+    extra.set_item(intern!(py, "sockname"), sockname)?;
     if !extra.contains(intern!(py, "peername"))? {
         extra.set_item(
             intern!(py, "peername"),
@@ -253,7 +278,6 @@ pub fn new_socket_transport<'py>(
         attributes.set_item(intern!(py, "_write_ready"), transport.getattr(name)?)?;
     }
     // base_events._set_nodelay(sock).
-    let (family, kind, proto) = socket_kind(sock)?;
     if (family == libc::AF_INET || family == libc::AF_INET6)
         && kind == libc::SOCK_STREAM
         && proto == libc::IPPROTO_TCP
@@ -476,14 +500,27 @@ fn call_connection_lost(
         }
         Ok(())
     })();
-    for name in [
-        intern!(py, "_read_ready"),
-        intern!(py, "write"),
-        intern!(py, "close"),
-    ] {
+    release_callbacks(attributes)?;
+    finish
+}
+
+/// After `connection_lost`: let go of the native reader, which holds the transport, and set
+/// the bound methods asyncio keeps in the transport (`_read_ready_cb`, 3.12+'s `_write_ready`)
+/// to `None`. Each is a cycle through the transport's `__dict__`, which made every closed
+/// connection (the transport, its dicts, socket objects and addresses) garbage for the cyclic
+/// GC, a sixth of the CPU a short connection cost. Nothing calls them once the connection is
+/// lost: the transport is off the selector for good (docs/deviations.md).
+#[pyfunction]
+#[pyo3(name = "_release_stream_callbacks")]
+pub fn release_callbacks(attributes: &Bound<'_, PyDict>) -> PyResult<()> {
+    let py = attributes.py();
+    if attributes.contains(intern!(py, "_read_ready"))? {
+        attributes.del_item(intern!(py, "_read_ready"))?;
+    }
+    for name in [intern!(py, "_read_ready_cb"), intern!(py, "_write_ready")] {
         if attributes.contains(name)? {
-            attributes.del_item(name)?;
+            attributes.set_item(name, py.None())?;
         }
     }
-    finish
+    Ok(())
 }

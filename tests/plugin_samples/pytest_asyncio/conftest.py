@@ -1,0 +1,5 @@
+import samplelib
+
+
+def pytest_sessionfinish(session):
+    samplelib.record_session_end()
