@@ -178,6 +178,36 @@ def test_unclosed_loop_at_exit_is_quiet(tmp_path, factory):
     assert "Exception ignored" not in proc.stderr
 
 
+@pytest.mark.parametrize("own", [[], ["--watchdog", "5"], ["--watchdog=5"]])
+def test_cli_module_gets_its_options(tmp_path, own):
+    # Like `python -m module args`: everything after `-m MODULE` (or the script) is the program's,
+    # options included (`python -m ferroloop -m hypercorn --workers 0 app:app`).
+    (tmp_path / "argv_mod.py").write_text(
+        "import asyncio, json, sys\n"
+        "loop = asyncio.new_event_loop()\n"
+        "print(json.dumps([sys.argv[1:], type(loop).__module__]))\n"
+        "loop.close()\n"
+    )
+    args = ["--workers", "0", "-m", "x", "--watchdog", "1", "-h", "--", "app:app"]
+    p = run(["-m", "ferroloop", *own, "-m", "argv_mod", *args], cwd=str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [args, "ferroloop._loop"]
+    p = run(["-m", "ferroloop", *own, str(tmp_path / "argv_mod.py"), *args], cwd="/tmp")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout) == [args, "ferroloop._loop"]
+
+
+def test_cli_own_options_before_the_program():
+    p = run(["-m", "ferroloop", "--watchdog"], cwd="/tmp")
+    assert p.returncode == 2 and "--watchdog" in p.stderr
+    p = run(["-m", "ferroloop", "-m"], cwd="/tmp")
+    assert p.returncode == 2 and "-m" in p.stderr
+    p = run(["-m", "ferroloop", "--bogus", "script.py"], cwd="/tmp")
+    assert p.returncode == 2 and "--bogus" in p.stderr
+    p = run(["-m", "ferroloop"], cwd="/tmp")
+    assert p.returncode == 2 and "a script or -m MODULE is required" in p.stderr
+
+
 def repo_version():
     """The workspace version in Cargo.toml: the one place ferroloop's version comes from."""
     text = (Path(__file__).resolve().parents[1] / "Cargo.toml").read_text()

@@ -4,6 +4,7 @@ is still going on; a loop that never blocks gets no report; the thread ends with
 import asyncio
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -564,3 +565,29 @@ def test_collected_loop_stops_its_thread():
     del loop
     gc.collect()
     assert _wait_for_threads(before) == before
+
+
+@pytest.mark.nodebug
+def test_debug_mode_logs_only_asyncios_slow_callback_record(loop, request, caplog):
+    # anyio's test_unretrieved_future_exception_server_crash (scripts/test-ecosystem) runs in
+    # debug mode and accepts no asyncio log record but the "Executing ... took N seconds" of a
+    # slow callback; the watchdog that debug mode switches on adds its own WARNING records
+    # (a decision of issue #4, docs/deviations.md), which fail such a test on ferroloop.
+    if isinstance(loop, ferroloop.Loop):
+        request.applymarker(
+            pytest.mark.xfail(
+                strict=True,
+                reason="debug mode's watchdog logs records asyncio does not (docs/ecosystem.md)",
+            )
+        )
+    loop.set_debug(True)
+
+    def blocking():
+        time.sleep(1.0)  # well past slow_callback_duration (0.1 s) and the watchdog's threshold
+
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        loop.call_soon(blocking)
+        loop.run_until_complete(asyncio.sleep(0.01))
+    messages = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert any(re.search("took [0-9.]+ seconds", m) for m in messages), messages
+    assert [m for m in messages if not re.search("took [0-9.]+ seconds", m)] == []

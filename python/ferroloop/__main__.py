@@ -15,6 +15,23 @@ import runpy
 import sys
 
 
+def _split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Split the command line as ``python`` does: ferroloop's own options, up to and including
+    the script or ``-m MODULE``, then everything after it, which belongs to the program (so
+    ``python -m ferroloop -m hypercorn --workers 0 app:app`` passes ``--workers 0``)."""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m":
+            return argv[: i + 2], argv[i + 2 :]
+        if arg.startswith("-m") or not arg.startswith("-"):  # -mMODULE, or the script
+            return argv[: i + 1], argv[i + 1 :]
+        if arg == "--":
+            return argv[: i + 2], argv[i + 2 :]
+        i += 2 if arg == "--watchdog" else 1
+    return argv, []
+
+
 def _type_name(obj: object) -> str:
     cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"
@@ -85,6 +102,8 @@ def info_lines() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ferroloop",
+        usage="%(prog)s [-h] [--version] [--info] [--watchdog SECONDS] "
+        "(script.py | -m MODULE) [args ...]",
         description="Run a Python script with ferroloop as the asyncio event loop.",
     )
     parser.add_argument(
@@ -103,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
         "asyncio.run uses, watchdog) and exit",
     )
     parser.add_argument("target", nargs="?", help="the script to run")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="its arguments")
-    options = parser.parse_args(argv)
+    own, rest = _split_argv(sys.argv[1:] if argv is None else list(argv))
+    options = parser.parse_args(own)
+    options.args = rest
     if (options.version or options.info) and (
         options.module is not None or options.target is not None
     ):
