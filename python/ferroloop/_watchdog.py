@@ -35,17 +35,22 @@ ENV_VAR = "FERROLOOP_WATCHDOG"
 default_threshold: float | None = None
 
 
+#: Where the reports of a watchdog that only debug mode switched on go (see _report).
+DEBUG_MODE_LOGGER = logging.getLogger("ferroloop.watchdog")
+
+
 class _State:
     """A loop's watchdog settings. Kept out of the loop object: attributes added to a loop
     after ``__init__`` would slow every attribute lookup on it (CPython then gives up the
     instance's inline values for a real dict), and the tasks look up ``loop.call_soon``."""
 
-    __slots__ = ("thread", "handler", "explicit", "last")
+    __slots__ = ("thread", "handler", "explicit", "last", "from_debug_mode")
 
     thread: _core.Watchdog | None
     handler: Callable[[WatchdogReport], object] | None
     explicit: bool
     last: WatchdogReport | None
+    from_debug_mode: bool
 
     def __init__(self) -> None:
         self.thread = None
@@ -55,6 +60,9 @@ class _State:
         self.explicit = False
         # The last "blocked" report, completed by the "released" one.
         self.last = None
+        # On only because the loop is in debug mode: reports go to DEBUG_MODE_LOGGER, so that
+        # asyncio's logger has exactly asyncio's records in debug mode.
+        self.from_debug_mode = False
 
 
 # Loop -> its _State. Also how live threads are found at exit and in a forked child.
@@ -410,8 +418,11 @@ def _report(
         return
     # A WARNING record of the asyncio logger, emitted with log() rather than warning(): code
     # that counts asyncio's own slow-callback warnings (by patching logger.warning, as
-    # CPython's and uvloop's suites do) keeps seeing exactly asyncio's calls.
-    logger.log(logging.WARNING, report.format(), extra=report.log_extra())
+    # CPython's and uvloop's suites do) keeps seeing exactly asyncio's calls. Switched on by
+    # debug mode alone, the watchdog reports to its own logger instead: debug mode's asyncio
+    # records are then asyncio's, which tests of libraries check (anyio's do).
+    target = DEBUG_MODE_LOGGER if state.from_debug_mode else logger
+    target.log(logging.WARNING, report.format(), extra=report.log_extra())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -472,6 +483,7 @@ class WatchdogMixin:
         if threshold is not None and self.is_closed():
             raise RuntimeError("Event loop is closed")
         _state(self).explicit = True
+        _state(self).from_debug_mode = False
         self._watchdog_apply(threshold, handler)
 
     def get_watchdog(self) -> float | None:
@@ -516,7 +528,8 @@ class WatchdogMixin:
         threshold = default_threshold
         if threshold is None:
             threshold = _env_threshold()
-        if threshold is None and self._debug:
+        from_debug_mode = threshold is None and self._debug
+        if from_debug_mode:
             threshold = self.slow_callback_duration
             # asyncio accepts any duration (0 logs every callback); the watchdog needs a
             # positive one, so a non-positive or odd value leaves it off.
@@ -527,6 +540,7 @@ class WatchdogMixin:
                 threshold = None
         if threshold is not None or state is not None:
             self._watchdog_apply(threshold, None)
+            _state(self).from_debug_mode = from_debug_mode
 
     def _watchdog_close(self) -> None:
         self._watchdog_stop()
