@@ -250,27 +250,27 @@ def test_huge_delay(loop):
     loop.run_forever()
 
 
-def test_timers_follow_a_patched_loop_time(loop, request):
+def test_timers_follow_a_patched_loop_time(loop):
     # aiohttp's test_keepalive_expires_on_time (scripts/test-ecosystem) patches loop.time with
     # mock.patch.object and moves it to a timer's deadline: asyncio's _run_once reads
-    # self.time() and runs the timer; ferroloop's native iteration reads its own clock.
-    if isinstance(loop, ferroloop.Loop):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="ferroloop's timers use the native monotonic clock, not a patched "
-                "loop.time (docs/ecosystem.md)",
-            )
-        )
+    # self.time() and runs the timer, and call_later adds its delay to self.time().
 
     async def main():
         fired = []
         now = loop.time()
         with mock.patch.object(loop, "time", return_value=now):
             loop.call_at(now + 75, fired.append, "timer")
+            loop.call_later(100, fired.append, "later")
             loop.time.return_value = now + 75
             await asyncio.sleep(0)
             await asyncio.sleep(0)
+            assert fired == ["timer"]
+            loop.time.return_value = now + 100
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        # Unpatched: the real clock again (the next timer is an hour away, not due).
+        loop.call_later(3600, fired.append, "hour")
+        await asyncio.sleep(0.01)
         return fired
 
-    assert loop.run_until_complete(main()) == ["timer"]
+    assert loop.run_until_complete(main()) == ["timer", "later"]

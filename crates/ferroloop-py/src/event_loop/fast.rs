@@ -300,7 +300,7 @@ unsafe fn call_later(
     if delay.is_none() && py.version_info() >= (3, 11) {
         return Err(PyTypeError::new_err("delay must not be None"));
     }
-    let when = delay_to_when(py, &delay)?;
+    let when = delay_to_when(slf.get(), py, &delay)?;
     let handle = Loop::schedule_timer(&slf, when, call.callback, call.args, call.context)?;
     Ok(handle.into_ptr())
 }

@@ -106,6 +106,10 @@ struct LoopState {
     /// `{"loop": self}` while the loop runs: the keyword arguments of the futures and tasks
     /// it creates, built once rather than once per object.
     loop_kwargs: Option<Py<PyDict>>,
+    /// The Python loop object's `__dict__`, where `mock.patch.object(loop, "time", ...)` puts a
+    /// `time` of its own: asyncio's `call_later` and `_run_once` read `self.time()`, so timers
+    /// then follow the patched clock (see [`Loop::clock`]).
+    instance_dict: Option<Py<PyDict>>,
     /// An empty `contextvars.Context` that the loop's own native callbacks run in (the
     /// readers and done callbacks of `sock_*` waits, see `net/sock_ops.rs`): they read no context
     /// variable, so copying the caller's context for them would be wasted. Only this loop's
@@ -356,7 +360,7 @@ impl Loop {
     }
 
     /// Purge cancelled timers (asyncio's rule) and compute the poll timeout.
-    fn prepare_poll(&self, py: Python<'_>) -> Option<Duration> {
+    fn prepare_poll(&self, py: Python<'_>) -> PyResult<Option<Duration>> {
         let mut garbage: Vec<Timer> = Vec::new();
         {
             let mut state = self.state.borrow_mut(py);
@@ -389,14 +393,32 @@ impl Loop {
         for timer in garbage {
             self.recycle(py, timer.handle);
         }
-        let state = self.state.borrow(py);
-        if !state.ready.is_empty() || state.stopping {
-            Some(Duration::ZERO)
-        } else {
-            state.timers.peek().map(|timer| {
-                let timeout = (timer.when - monotonic()).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
-                Duration::from_secs_f64(timeout)
-            })
+        let next = {
+            let state = self.state.borrow(py);
+            if !state.ready.is_empty() || state.stopping {
+                return Ok(Some(Duration::ZERO));
+            }
+            state.timers.peek().map(|timer| timer.when)
+        };
+        let Some(when) = next else {
+            return Ok(None);
+        };
+        let timeout = (when - self.clock(py)?).clamp(0.0, MAXIMUM_SELECT_TIMEOUT);
+        Ok(Some(Duration::from_secs_f64(timeout)))
+    }
+
+    /// asyncio's `self.time()` where `call_later` and `_run_once` read it: the monotonic
+    /// clock, unless the loop object has a `time` attribute of its own (a test's
+    /// `mock.patch.object(loop, "time")`), which is then called, as asyncio does.
+    #[inline]
+    pub(crate) fn clock(&self, py: Python<'_>) -> PyResult<f64> {
+        let patched = match &self.state.borrow(py).instance_dict {
+            Some(attributes) => attributes.bind(py).get_item(intern!(py, "time"))?,
+            None => None,
+        };
+        match patched {
+            None => Ok(monotonic()),
+            Some(time) => time.call0()?.extract::<f64>(),
         }
     }
 
@@ -432,12 +454,12 @@ impl Loop {
     }
 
     /// Move due timers to the ready queue (asyncio: deadline before now + clock resolution).
-    fn queue_due_timers(&self, py: Python<'_>) {
-        let mut state = self.state.borrow_mut(py);
-        if state.timers.is_empty() {
-            return;
+    fn queue_due_timers(&self, py: Python<'_>) -> PyResult<()> {
+        if self.state.borrow(py).timers.is_empty() {
+            return Ok(());
         }
-        let end = monotonic() + CLOCK_RESOLUTION;
+        let end = self.clock(py)? + CLOCK_RESOLUTION;
+        let mut state = self.state.borrow_mut(py);
         while state.timers.peek().is_some_and(|t| t.when < end) {
             if let Some(timer) = state.timers.pop() {
                 self.shared
@@ -447,6 +469,7 @@ impl Loop {
                 state.ready.push_back(Ready::Native(timer.handle));
             }
         }
+        Ok(())
     }
 
     /// Run one ready entry.
@@ -516,7 +539,7 @@ impl Loop {
         let this = slf.get();
         // A closed loop has no reactor left to wait on (asyncio fails on its closed selector).
         this.check_closed(py)?;
-        let mut timeout = this.prepare_poll(py);
+        let mut timeout = this.prepare_poll(py)?;
         // A signal that arrived while callbacks ran (not during the poll, which EINTR would
         // end) has only tripped CPython's flag: asyncio's Python loop acts on it at its next
         // bytecode, so run the handlers before a poll that may block. Python callbacks run
@@ -539,7 +562,7 @@ impl Loop {
             this.trim_handle_pool(py, false);
         }
         this.poll_io(py, timeout)?;
-        this.queue_due_timers(py);
+        this.queue_due_timers(py)?;
         let ntodo = this.state.borrow(py).ready.len();
         let probe = &this.shared.probe;
         probe.iteration(ntodo);
@@ -589,8 +612,12 @@ fn new_untracked(py: Python<'_>, handle: Handle) -> PyResult<Py<Handle>> {
     Ok(handle)
 }
 
-pub(crate) fn delay_to_when(py: Python<'_>, delay: &Bound<'_, PyAny>) -> PyResult<f64> {
-    let now = monotonic();
+pub(crate) fn delay_to_when(
+    event_loop: &Loop,
+    py: Python<'_>,
+    delay: &Bound<'_, PyAny>,
+) -> PyResult<f64> {
+    let now = event_loop.clock(py)?;
     let when = if delay.is_exact_instance_of::<PyFloat>() || delay.is_instance_of::<PyInt>() {
         now + delay.extract::<f64>()?
     } else {
@@ -624,6 +651,7 @@ impl Loop {
                 closed: false,
                 tick: 0,
                 loop_kwargs: None,
+                instance_dict: None,
                 private_context: None,
                 parked_owners: FdMap::default(),
                 pool_trim_at: None,
@@ -638,11 +666,19 @@ impl Loop {
     }
 
     /// Give the native loop a weak reference to the Python loop object (for `Handle._loop`).
-    fn _bind_weakref(&self, py: Python<'_>, weakref: Py<PyAny>) -> PyResult<()> {
-        self.shared
+    fn _bind_weakref(slf: &Bound<'_, Self>, weakref: Py<PyAny>) -> PyResult<()> {
+        let py = slf.py();
+        let this = slf.get();
+        this.shared
             .loop_weakref
             .set(py, weakref)
-            .map_err(|_| PyRuntimeError::new_err("loop already bound"))
+            .map_err(|_| PyRuntimeError::new_err("loop already bound"))?;
+        let attributes = slf
+            .getattr(intern!(py, "__dict__"))
+            .ok()
+            .and_then(|attributes| attributes.cast_into::<PyDict>().ok());
+        this.state.borrow_mut(py).instance_dict = attributes.map(Bound::unbind);
+        Ok(())
     }
 
     fn time(&self) -> f64 {
