@@ -6,8 +6,6 @@ from unittest import mock
 
 import pytest
 
-import ferroloop
-
 
 def test_call_later_fires(loop):
     out = []
