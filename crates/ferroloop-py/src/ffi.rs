@@ -546,6 +546,28 @@ pub fn dict_discard(dict: &Bound<'_, pyo3::types::PyDict>, key: &Bound<'_, PyAny
     }
 }
 
+/// `obj.__dict__.get(name)`: an attribute of the instance itself, not of its class; `None`
+/// when it has no such attribute or no `__dict__`.
+pub fn instance_attribute<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, pyo3::types::PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let py = obj.py();
+    // SAFETY: a live object; PyObject_GenericGetDict returns a new reference to its __dict__
+    // or NULL with an exception set (no __dict__).
+    let attributes = unsafe { ffi::PyObject_GenericGetDict(obj.as_ptr(), ptr::null_mut()) };
+    if attributes.is_null() {
+        drop(PyErr::fetch(py));
+        return Ok(None);
+    }
+    // SAFETY: a new reference, owned from here.
+    let attributes = unsafe { Bound::from_owned_ptr(py, attributes) };
+    match attributes.cast_into::<pyo3::types::PyDict>() {
+        Ok(attributes) => attributes.get_item(name),
+        Err(_) => Ok(None),
+    }
+}
+
 /// True when `obj` is referenced by the caller alone and by no weak reference: nothing else
 /// can observe it, so it may be reused for something else.
 ///

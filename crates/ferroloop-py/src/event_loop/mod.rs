@@ -38,7 +38,9 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
 use crate::errors::os_error;
 use crate::ffi::{call_with_keywords, construct, KeywordNames};
-use crate::ffi::{check_signals, copy_context, current_frame, sole_owner, untrack};
+use crate::ffi::{
+    check_signals, copy_context, current_frame, instance_attribute, sole_owner, untrack,
+};
 use crate::ffi::{new_context, thread_state, ThreadState};
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
@@ -106,10 +108,6 @@ struct LoopState {
     /// `{"loop": self}` while the loop runs: the keyword arguments of the futures and tasks
     /// it creates, built once rather than once per object.
     loop_kwargs: Option<Py<PyDict>>,
-    /// The Python loop object's `__dict__`, where `mock.patch.object(loop, "time", ...)` puts a
-    /// `time` of its own: asyncio's `call_later` and `_run_once` read `self.time()`, so timers
-    /// then follow the patched clock (see [`Loop::clock`]).
-    instance_dict: Option<Py<PyDict>>,
     /// An empty `contextvars.Context` that the loop's own native callbacks run in (the
     /// readers and done callbacks of `sock_*` waits, see `net/sock_ops.rs`): they read no context
     /// variable, so copying the caller's context for them would be wasted. Only this loop's
@@ -412,8 +410,17 @@ impl Loop {
     /// `mock.patch.object(loop, "time")`), which is then called, as asyncio does.
     #[inline]
     pub(crate) fn clock(&self, py: Python<'_>) -> PyResult<f64> {
-        let patched = match &self.state.borrow(py).instance_dict {
-            Some(attributes) => attributes.bind(py).get_item(intern!(py, "time"))?,
+        // The Python loop object through the weak reference it gave (holding its __dict__
+        // here would hide a reference from the cyclic GC).
+        let event_loop = self.shared.loop_weakref.get(py).and_then(|weakref| {
+            weakref
+                .bind(py)
+                .cast::<pyo3::types::PyWeakrefReference>()
+                .ok()?
+                .upgrade()
+        });
+        let patched = match event_loop {
+            Some(event_loop) => instance_attribute(&event_loop, intern!(py, "time"))?,
             None => None,
         };
         match patched {
@@ -651,7 +658,6 @@ impl Loop {
                 closed: false,
                 tick: 0,
                 loop_kwargs: None,
-                instance_dict: None,
                 private_context: None,
                 parked_owners: FdMap::default(),
                 pool_trim_at: None,
@@ -666,19 +672,11 @@ impl Loop {
     }
 
     /// Give the native loop a weak reference to the Python loop object (for `Handle._loop`).
-    fn _bind_weakref(slf: &Bound<'_, Self>, weakref: Py<PyAny>) -> PyResult<()> {
-        let py = slf.py();
-        let this = slf.get();
-        this.shared
+    fn _bind_weakref(&self, py: Python<'_>, weakref: Py<PyAny>) -> PyResult<()> {
+        self.shared
             .loop_weakref
             .set(py, weakref)
-            .map_err(|_| PyRuntimeError::new_err("loop already bound"))?;
-        let attributes = slf
-            .getattr(intern!(py, "__dict__"))
-            .ok()
-            .and_then(|attributes| attributes.cast_into::<PyDict>().ok());
-        this.state.borrow_mut(py).instance_dict = attributes.map(Bound::unbind);
-        Ok(())
+            .map_err(|_| PyRuntimeError::new_err("loop already bound"))
     }
 
     fn time(&self) -> f64 {
