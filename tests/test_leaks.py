@@ -294,3 +294,37 @@ def test_closed_connections_leave_no_cyclic_garbage(debug):
         gc.garbage.clear()
         gc.enable()
         loop.close()
+
+
+def test_closed_datagram_transports_leave_no_cyclic_garbage():
+    import socket
+
+    import ferroloop
+
+    loop = ferroloop.new_event_loop()
+    refs = []
+
+    async def main():
+        for _ in range(5):
+            transport, _ = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+            )
+            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            peer.bind(("127.0.0.1", 0))
+            transport.sendto(b"x", peer.getsockname())  # the native sendto
+            assert peer.recv(10) == b"x"
+            peer.close()
+            transport.close()
+            await asyncio.sleep(0)
+            refs.append(weakref.ref(transport))
+            del transport
+
+    gc.collect()
+    gc.disable()
+    try:
+        loop.run_until_complete(main())
+        loop.run_until_complete(asyncio.sleep(0))
+        assert [ref() for ref in refs] == [None] * 5, "a closed datagram transport is alive"
+    finally:
+        gc.enable()
+        loop.close()
