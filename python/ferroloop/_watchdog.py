@@ -419,10 +419,14 @@ def _report(
     # A WARNING record of the asyncio logger, emitted with log() rather than warning(): code
     # that counts asyncio's own slow-callback warnings (by patching logger.warning, as
     # CPython's and uvloop's suites do) keeps seeing exactly asyncio's calls. Switched on by
-    # debug mode alone, the watchdog reports to its own logger instead: debug mode's asyncio
-    # records are then asyncio's, which tests of libraries check (anyio's do).
-    target = DEBUG_MODE_LOGGER if state.from_debug_mode else logger
-    target.log(logging.WARNING, report.format(), extra=report.log_extra())
+    # debug mode alone, the watchdog reports at DEBUG level to its own logger instead (asyncio's
+    # guide to debug mode has the DEBUG level switched on): the WARNING records of a program in
+    # debug mode are then asyncio's, which tests of libraries check (anyio's do, of every
+    # logger).
+    if state.from_debug_mode:
+        DEBUG_MODE_LOGGER.log(logging.DEBUG, report.format(), extra=report.log_extra())
+    else:
+        logger.log(logging.WARNING, report.format(), extra=report.log_extra())
 
 
 # ---------------------------------------------------------------------------------------------
