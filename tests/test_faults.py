@@ -136,6 +136,11 @@ def test_transient_faults_change_nothing(loop_name, workload, intensity, request
     assert report["outcome"] == TRANSIENT_EXPECTED[workload], report
     assert report["errors"] == [], report
     faulted = {name.split(".")[0] for name in report["faults"]}
+    assert faulted, f"no fault injected: {report['faults']}"
+    if intensity == "mix" and workload not in FAULTED_CALLS:
+        # One call in ten: a stream workload may make few enough reads (3.10's TLS reads
+        # 256 KiB at a time) that none is faulted; the storm checks each group.
+        return
     for group in FAULTED_CALLS.get(workload, (("recv",), ("send",))):
         assert faulted & set(group), f"no fault injected on {group}: {report['faults']}"
     if intensity == "storm":
