@@ -491,8 +491,16 @@ static METHODS: [MethodDef; 5] = [
 
 /// Add the fast methods to `_core.Loop`.
 pub(crate) fn install_fast_methods(class: &Bound<'_, PyType>) -> PyResult<()> {
+    install_methods(class, &METHODS)
+}
+
+/// Add static method definitions to `class` as method descriptors.
+pub(crate) fn install_methods(
+    class: &Bound<'_, PyType>,
+    defs: &'static [MethodDef],
+) -> PyResult<()> {
     let py = class.py();
-    for def in &METHODS {
+    for def in defs {
         // SAFETY: `def` is a static method definition; PyDescr_NewMethod returns a new
         // reference or NULL with an exception set. The definition outlives the descriptor.
         let descriptor = unsafe {

@@ -18,7 +18,7 @@
 mod fast;
 mod io;
 
-pub(crate) use fast::{fastcall_def, install_fast_methods, MethodDef};
+pub(crate) use fast::{fastcall_def, install_fast_methods, install_methods, MethodDef};
 
 use io::{FdKey, IoHandles};
 

@@ -9,20 +9,17 @@
 //! errors and messages are asyncio's. Being methods of the class, not bound methods stored in
 //! each transport, they cost an idle connection nothing.
 
-use std::ffi::CStr;
-use std::ptr;
-
 use pyo3::ffi;
 use pyo3::impl_::trampoline::get_trampoline_function;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyString, PyType};
+use pyo3::types::PyType;
 use pyo3::{intern, Borrowed};
 
 use super::stream::TransportReader;
 use super::stream_lifecycle;
 use super::transport::asyncio_method;
-use crate::event_loop::{fastcall_def, MethodDef};
+use crate::event_loop::{fastcall_def, install_methods, MethodDef};
 
 static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_CLOSE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -162,19 +159,5 @@ static METHODS: [MethodDef; 2] = [
 #[pyfunction]
 #[pyo3(name = "_install_stream_methods")]
 pub fn install_stream_methods(cls: &Bound<'_, PyType>) -> PyResult<()> {
-    let py = cls.py();
-    for def in &METHODS {
-        // SAFETY: `def` is a static method definition; PyDescr_NewMethod returns a new
-        // reference or NULL with an exception set. The definition outlives the descriptor.
-        let descriptor = unsafe {
-            Bound::from_owned_ptr_or_err(
-                py,
-                ffi::PyDescr_NewMethod(cls.as_type_ptr(), ptr::addr_of!(def.0).cast_mut()),
-            )?
-        };
-        // SAFETY: ml_name is a static NUL-terminated string.
-        let name = unsafe { CStr::from_ptr(def.0.ml_name) }.to_string_lossy();
-        cls.setattr(PyString::new(py, &name), descriptor)?;
-    }
-    Ok(())
+    install_methods(cls, &METHODS)
 }
