@@ -10,6 +10,7 @@
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -169,3 +170,19 @@ def _nodebug(request, monkeypatch):
     """Tests marked ``nodebug`` run with asyncio's debug mode off, whatever the environment."""
     if request.node.get_closest_marker("nodebug"):
         monkeypatch.delenv("PYTHONASYNCIODEBUG", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tls_cert_dir(tmp_path_factory):
+    """A directory with a self-signed certificate for localhost: cert.pem and key.pem."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is needed to make a self-signed certificate")
+    path = tmp_path_factory.mktemp("tls-cert")
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+         "-keyout", str(path / "key.pem"), "-out", str(path / "cert.pem")],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return str(path)

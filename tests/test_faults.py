@@ -20,7 +20,6 @@ the tests skip, unless ``FERROLOOP_FAULTS_REQUIRED=1`` (``scripts/test`` sets it
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,18 +60,8 @@ elif not sys.platform.startswith("linux"):
 
 
 @pytest.fixture(scope="module")
-def cert_dir(tmp_path_factory):
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("the openssl command is needed to make a self-signed certificate")
-    path = tmp_path_factory.mktemp("faults-cert")
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-         "-keyout", str(path / "key.pem"), "-out", str(path / "cert.pem")],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return str(path)
+def cert_dir(tls_cert_dir):
+    return tls_cert_dir
 
 
 def run_workload(loop_name, workload, spec, cert=None):

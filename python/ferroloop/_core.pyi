@@ -28,9 +28,11 @@ __all__ = [
     "_TransportStep",
     "_new_socket_transport",
     "_install_stream_methods",
+    "_install_tls_methods",
     "_release_stream_callbacks",
     "_register_hooks",
     "_register_watchdog_report",
+    "_tls_constants",
     "_contract_probes",
     "_sole_owner",
     "_weaklist_offset",
@@ -242,6 +244,12 @@ def _new_socket_transport(
 ) -> Any: ...
 def _install_stream_methods(cls: type) -> None: ...
 def _release_stream_callbacks(attributes: dict[str, Any]) -> None: ...
+
+# net/tls.rs, net/methods.rs: asyncio's SSLProtocol data path (3.11+).
+def _install_tls_methods(protocol_cls: type, transport_cls: type) -> None: ...
+def _tls_constants(
+    protocol_class: type, states: Any, ssl_object: type, again_errors: tuple[type, ...]
+) -> None: ...
 
 # python_hooks.rs: the Python half registers what the native half calls.
 def _register_hooks(hooks: Any) -> None: ...

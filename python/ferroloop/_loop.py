@@ -19,12 +19,19 @@ import sys
 import threading
 import types
 import weakref
-from asyncio import base_events, constants, events, selector_events, trsock, unix_events
+from asyncio import (
+    base_events,
+    constants,
+    events,
+    selector_events,
+    trsock,
+    unix_events,
+)
 from asyncio.log import logger
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import _core, _hooks  # noqa: F401  (_hooks registers itself with _core)
+from . import _core, _hooks, _sslproto  # noqa: F401  (_hooks registers itself with _core)
 from ._metrics import MetricsMixin
 from ._watchdog import WatchdogMixin
 
@@ -289,6 +296,31 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
             self._ensure_fd_no_transport(sock)
         return _SelectorSocketTransport(self, sock, protocol, waiter, extra, server)
 
+    def _make_ssl_transport(
+        self,
+        rawsock,
+        protocol,
+        sslcontext,
+        waiter=None,
+        *,
+        server_side=False,
+        server_hostname=None,
+        extra=None,
+        server=None,
+        **timeouts,
+    ):
+        # asyncio's own steps, with ferroloop's socket transport beneath the TLS layer (asyncio's
+        # method names selector_events' class): its reads (SSLProtocol is a BufferedProtocol
+        # from 3.11) and writes are native. ``timeouts``: ssl_handshake_timeout, and from 3.11
+        # ssl_shutdown_timeout, passed on as asyncio's method passes them.
+        if _PY312:
+            self._ensure_fd_no_transport(rawsock)
+        ssl_protocol = _sslproto.protocol_class()(
+            self, protocol, sslcontext, waiter, server_side, server_hostname, **timeouts
+        )
+        Loop._make_socket_transport(self, rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
     def _call_soon(self, callback, args, context):
         return self.call_soon(callback, *args, context=context)
 
@@ -338,7 +370,7 @@ class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
     ``write`` (sending at once when nothing is buffered) and ``close`` are C methods of this
     class that do asyncio's work natively while the reader is there and call asyncio's methods
     otherwise. In debug mode the reader is asyncio's method, so the slow-callback log names it
-    as asyncio's loop does. See crates/ferroloop-py/src/net/stream.rs and stream_methods.rs."""
+    as asyncio's loop does. See crates/ferroloop-py/src/net/stream.rs and methods.rs."""
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         if not loop.get_debug():

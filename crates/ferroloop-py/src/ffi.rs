@@ -3,7 +3,7 @@
 //! checking for pending signals, the buffer protocol, and the layout-based shortcuts
 //! (context and thread-state offsets, `sole_owner`). PyO3 has no zero-overhead wrappers for
 //! these. It imports nothing from the rest of the crate; the only other modules that use
-//! `pyo3::ffi` are the C method tables of `event_loop/fast.rs` and `net/stream_methods.rs`
+//! `pyo3::ffi` are the C method tables of `event_loop/fast.rs` and `net/methods.rs`
 //! (`scripts/test` checks this). Every internal relied on here is listed, with its checks and
 //! the versions verified, in `docs/cpython-contract.md`.
 
@@ -546,25 +546,30 @@ pub fn dict_discard(dict: &Bound<'_, pyo3::types::PyDict>, key: &Bound<'_, PyAny
     }
 }
 
-/// `obj.__dict__.get(name)`: an attribute of the instance itself, not of its class; `None`
-/// when it has no such attribute or no `__dict__`.
-pub fn instance_attribute<'py>(
-    obj: &Bound<'py, PyAny>,
-    name: &Bound<'py, pyo3::types::PyString>,
-) -> PyResult<Option<Bound<'py, PyAny>>> {
+/// `obj.__dict__` (`PyObject_GenericGetDict`), `None` when it has none.
+pub fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, pyo3::types::PyDict>> {
     let py = obj.py();
     // SAFETY: a live object; PyObject_GenericGetDict returns a new reference to its __dict__
     // or NULL with an exception set (no __dict__).
     let attributes = unsafe { ffi::PyObject_GenericGetDict(obj.as_ptr(), ptr::null_mut()) };
     if attributes.is_null() {
         drop(PyErr::fetch(py));
-        return Ok(None);
+        return None;
     }
     // SAFETY: a new reference, owned from here.
     let attributes = unsafe { Bound::from_owned_ptr(py, attributes) };
-    match attributes.cast_into::<pyo3::types::PyDict>() {
-        Ok(attributes) => attributes.get_item(name),
-        Err(_) => Ok(None),
+    attributes.cast_into::<pyo3::types::PyDict>().ok()
+}
+
+/// `obj.__dict__.get(name)`: an attribute of the instance itself, not of its class; `None`
+/// when it has no such attribute or no `__dict__`.
+pub fn instance_attribute<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, pyo3::types::PyString>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    match instance_dict(obj) {
+        Some(attributes) => attributes.get_item(name),
+        None => Ok(None),
     }
 }
 

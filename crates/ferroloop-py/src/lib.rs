@@ -34,6 +34,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::Step>()?;
     m.add_function(wrap_pyfunction!(net::new_socket_transport, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_stream_methods, m)?)?;
+    m.add_function(wrap_pyfunction!(net::install_tls_methods, m)?)?;
+    m.add_function(wrap_pyfunction!(net::tls_constants, m)?)?;
     m.add_function(wrap_pyfunction!(net::release_callbacks, m)?)?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;

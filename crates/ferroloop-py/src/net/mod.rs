@@ -10,22 +10,26 @@
 //! - [`transport`]: what stream and datagram transports share.
 //! - [`stream`]: TCP and Unix stream transports: the reader callback and `write`.
 //! - [`stream_lifecycle`]: their construction, end of file, `close` and `connection_lost`.
-//! - [`stream_methods`]: `write` and `close` as C methods of their class.
+//! - [`methods`]: C methods of ferroloop's subclasses of asyncio's transports and of
+//!   `SSLProtocol` (the entry points into [`stream`], [`stream_lifecycle`] and [`tls`]).
+//! - [`tls`]: the data path of asyncio's `SSLProtocol` once the handshake is done.
 //! - [`datagram`]: UDP and Unix datagram transports (reads).
 //! - [`server`]: listening sockets: the accept loop and each accepted connection's set-up.
 
 pub(crate) mod buffer;
 pub(crate) mod datagram;
+pub(crate) mod methods;
 pub(crate) mod server;
 pub(crate) mod sock_ops;
 pub(crate) mod socket;
 pub(crate) mod stream;
 pub(crate) mod stream_lifecycle;
-pub(crate) mod stream_methods;
+pub(crate) mod tls;
 pub(crate) mod transport;
 
 pub(crate) use datagram::DatagramReader;
+pub(crate) use methods::{install_stream_methods, install_tls_methods};
 pub(crate) use server::Acceptor;
 pub(crate) use stream::TransportReader;
 pub(crate) use stream_lifecycle::{new_socket_transport, release_callbacks, Step};
-pub(crate) use stream_methods::install_stream_methods;
+pub(crate) use tls::tls_constants;

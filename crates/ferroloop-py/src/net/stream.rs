@@ -258,7 +258,7 @@ impl TransportReader {
 }
 
 impl TransportReader {
-    /// `transport.write(data)` (see `stream_methods`): asyncio's
+    /// `transport.write(data)` (see `methods`): asyncio's
     /// `_SelectorSocketTransport.write` for the common case, sending at once on a plain socket
     /// with nothing buffered; `_write_rest(data, n)` (Python) buffers what the socket did not
     /// take, and every other case is asyncio's own `write`.

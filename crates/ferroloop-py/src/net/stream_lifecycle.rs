@@ -10,7 +10,7 @@
 //! type), is asyncio's own code working on those attributes.
 //!
 //! Replaced: `_read_ready__on_eof` (inside the native reader), `close` (a C method of the
-//! class, as `write`: `stream_methods.rs`), and the `_call_connection_lost` that `close` schedules, whose callable names
+//! class, as `write`: `methods.rs`), and the `_call_connection_lost` that `close` schedules, whose callable names
 //! itself `_SelectorSocketTransport._call_connection_lost` as asyncio's bound method does, so
 //! that "Exception in callback ..." reads the same. A `_call_connection_lost` scheduled by
 //! asyncio's own code (the write path's flush, `abort`, `_force_close`) is the Python method.

@@ -17,9 +17,20 @@ pub(crate) fn asyncio_method<'py>(
     class_name: &str,
     name: &str,
 ) -> PyResult<&'py Bound<'py, PyAny>> {
+    asyncio_class_method(py, cell, "asyncio.selector_events", class_name, name)
+}
+
+/// `<module>.<class_name>.<name>`, looked up once.
+pub(crate) fn asyncio_class_method<'py>(
+    py: Python<'py>,
+    cell: &'static PyOnceLock<Py<PyAny>>,
+    module: &str,
+    class_name: &str,
+    name: &str,
+) -> PyResult<&'py Bound<'py, PyAny>> {
     cell.get_or_try_init(py, || {
         Ok::<_, PyErr>(
-            py.import("asyncio.selector_events")?
+            py.import(module)?
                 .getattr(class_name)?
                 .getattr(name)?
                 .unbind(),

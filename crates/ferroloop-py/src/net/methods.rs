@@ -1,0 +1,313 @@
+//! The C method tables of ferroloop's subclasses of asyncio's transport and protocol
+//! classes: methods that do asyncio's work natively in the case they cover and call asyncio's
+//! own method, with the same arguments, in any other (so its errors and messages stay
+//! asyncio's). Being methods of the class, not bound methods stored in each instance, they
+//! cost an idle connection nothing.
+//!
+//! - `ferroloop._loop._SelectorSocketTransport` (TCP and Unix streams): `write` and `close`.
+//!   On a transport whose reader callback (`_read_ready`) is a native [`TransportReader`], they
+//!   are the reader's `write` and `stream_lifecycle::close`; on any other (made in debug mode,
+//!   or after `connection_lost`, when the reader is gone) asyncio's.
+//! - `ferroloop._sslproto.SSLProtocol`: `get_buffer` and `buffer_updated`; and its
+//!   `_SSLProtocolTransport`: `write` (`tls.rs`).
+
+use pyo3::ffi;
+use pyo3::impl_::trampoline::get_trampoline_function;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
+use pyo3::{intern, Borrowed};
+
+use super::stream::TransportReader;
+use super::stream_lifecycle;
+use super::tls;
+use super::transport::{asyncio_class_method, asyncio_method};
+use crate::event_loop::{fastcall_def, install_methods, MethodDef};
+
+static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_CLOSE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The transport's native reader, if `_read_ready` is one.
+fn native_reader<'py>(transport: &Bound<'py, PyAny>) -> Option<Bound<'py, TransportReader>> {
+    let py = transport.py();
+    let reader = transport.getattr(intern!(py, "_read_ready")).ok()?;
+    reader.cast_into::<TransportReader>().ok()
+}
+
+/// `method(transport, *args, **kwargs)` for a fast call's arguments.
+///
+/// # Safety
+/// `args`, `nargs` and `kwnames` are a vectorcall's arguments (CPython's, unchanged).
+unsafe fn delegate(
+    method: &Bound<'_, PyAny>,
+    transport: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    let py = method.py();
+    let keywords = match kwnames.is_null() {
+        true => 0,
+        // SAFETY: `kwnames` is a tuple of names when it is not NULL.
+        false => unsafe { ffi::PyTuple_GET_SIZE(kwnames) },
+    };
+    let mut vector = Vec::with_capacity((1 + nargs + keywords) as usize);
+    vector.push(transport);
+    // SAFETY: a vectorcall passes `nargs` positional then `keywords` keyword values.
+    vector.extend_from_slice(unsafe {
+        std::slice::from_raw_parts(args, (nargs + keywords) as usize)
+    });
+    // SAFETY: borrowed references, alive for the call; the result is a new reference or NULL
+    // with an exception set.
+    let result = unsafe {
+        ffi::PyObject_Vectorcall(
+            method.as_ptr(),
+            vector.as_ptr(),
+            (nargs + 1) as usize,
+            kwnames,
+        )
+    };
+    if result.is_null() {
+        return Err(PyErr::fetch(py));
+    }
+    Ok(result)
+}
+
+/// `transport.write(data)`.
+///
+/// # Safety
+/// Called by CPython as a fast method of the transport class (see `install`).
+unsafe fn write(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: CPython passes the instance (the descriptor checked its type) and `nargs`
+    // arguments.
+    let transport = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    if nargs == 1 && kwnames.is_null() {
+        if let Some(reader) = native_reader(&transport) {
+            // SAFETY: one positional argument.
+            let data = unsafe { Borrowed::from_ptr(py, *args) };
+            reader.borrow().write(py, &data)?;
+            return Ok(py.None().into_ptr());
+        }
+    }
+    let method = asyncio_method(py, &ASYNCIO_WRITE, "_SelectorSocketTransport", "write")?;
+    // SAFETY: CPython's arguments, unchanged.
+    unsafe { delegate(method, slf, args, nargs, kwnames) }
+}
+
+/// `transport.close()`.
+///
+/// # Safety
+/// Called by CPython as a fast method of the transport class (see `install`).
+unsafe fn close(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: as in `write`.
+    let transport = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    if nargs == 0 && kwnames.is_null() {
+        if let Some(reader) = native_reader(&transport) {
+            stream_lifecycle::close(&reader)?;
+            return Ok(py.None().into_ptr());
+        }
+    }
+    let method = asyncio_method(py, &ASYNCIO_CLOSE, "_SelectorSocketTransport", "close")?;
+    // SAFETY: CPython's arguments, unchanged.
+    unsafe { delegate(method, slf, args, nargs, kwnames) }
+}
+
+/// The C entry point `$entry` of the method body `$body` (`fn(py, slf, args, nargs,
+/// kwnames) -> PyResult<*mut PyObject>`), run as pyo3 runs its own methods: attached, panics
+/// turned into exceptions, errors restored.
+macro_rules! entry {
+    ($entry:ident, $body:ident) => {
+        unsafe extern "C" fn $entry(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            // SAFETY: CPython calls it as a fast method with keywords; pyo3's trampoline
+            // attaches, catches panics and restores errors.
+            unsafe {
+                get_trampoline_function!(fastcall_cfunction_with_keywords, $body)(
+                    slf, args, nargs, kwnames,
+                )
+            }
+        }
+    };
+}
+
+entry!(write_entry, write);
+entry!(close_entry, close);
+entry!(tls_get_buffer_entry, tls_get_buffer);
+entry!(tls_buffer_updated_entry, tls_buffer_updated);
+entry!(tls_write_entry, tls_write);
+
+/// The one positional argument of a call that has exactly one and no keywords.
+///
+/// # Safety
+/// `args`, `nargs` and `kwnames` are a vectorcall's arguments.
+unsafe fn single<'a, 'py>(
+    py: Python<'py>,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> Option<Borrowed<'a, 'py, PyAny>> {
+    if nargs == 1 && kwnames.is_null() {
+        // SAFETY: one positional argument, borrowed for the call.
+        Some(unsafe { Borrowed::from_ptr(py, *args) })
+    } else {
+        None
+    }
+}
+
+static ASYNCIO_GET_BUFFER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_BUFFER_UPDATED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static ASYNCIO_TLS_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// `SSLProtocol.get_buffer(n)`.
+///
+/// # Safety
+/// Called by CPython as a fast method of the protocol class (see `install_tls_methods`).
+unsafe fn tls_get_buffer(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: CPython passes the instance and the call's arguments.
+    let protocol = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    // SAFETY: CPython's arguments.
+    if let Some(n) = unsafe { single(py, args, nargs, kwnames) } {
+        if let Some(buffer) = tls::get_buffer(&protocol, &n)? {
+            return Ok(buffer.into_ptr());
+        }
+    }
+    let method = asyncio_class_method(
+        py,
+        &ASYNCIO_GET_BUFFER,
+        "asyncio.sslproto",
+        "SSLProtocol",
+        "get_buffer",
+    )?;
+    // SAFETY: CPython's arguments, unchanged.
+    unsafe { delegate(method, slf, args, nargs, kwnames) }
+}
+
+/// `SSLProtocol.buffer_updated(nbytes)`.
+///
+/// # Safety
+/// As `tls_get_buffer`.
+unsafe fn tls_buffer_updated(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: as in `tls_get_buffer`.
+    let protocol = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    // SAFETY: CPython's arguments.
+    if let Some(nbytes) = unsafe { single(py, args, nargs, kwnames) } {
+        if tls::buffer_updated(&protocol, &nbytes)? {
+            return Ok(py.None().into_ptr());
+        }
+    }
+    let method = asyncio_class_method(
+        py,
+        &ASYNCIO_BUFFER_UPDATED,
+        "asyncio.sslproto",
+        "SSLProtocol",
+        "buffer_updated",
+    )?;
+    // SAFETY: CPython's arguments, unchanged.
+    unsafe { delegate(method, slf, args, nargs, kwnames) }
+}
+
+/// `_SSLProtocolTransport.write(data)`.
+///
+/// # Safety
+/// Called by CPython as a fast method of the transport class (see `install_tls_methods`).
+unsafe fn tls_write(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: as in `tls_get_buffer`.
+    let transport = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    // SAFETY: CPython's arguments.
+    if let Some(data) = unsafe { single(py, args, nargs, kwnames) } {
+        if tls::write(&transport, &data)? {
+            return Ok(py.None().into_ptr());
+        }
+    }
+    let method = asyncio_class_method(
+        py,
+        &ASYNCIO_TLS_WRITE,
+        "asyncio.sslproto",
+        "_SSLProtocolTransport",
+        "write",
+    )?;
+    // SAFETY: CPython's arguments, unchanged.
+    unsafe { delegate(method, slf, args, nargs, kwnames) }
+}
+
+static METHODS: [MethodDef; 2] = [
+    fastcall_def(
+        c"write",
+        c"Write some data bytes to the transport.",
+        write_entry,
+    ),
+    fastcall_def(c"close", c"Close the transport.", close_entry),
+];
+
+/// `ferroloop._core._install_stream_methods(cls)`: `cls.write` and `cls.close` become the
+/// native methods. `cls` is ferroloop's subclass of `_SelectorSocketTransport`.
+#[pyfunction]
+#[pyo3(name = "_install_stream_methods")]
+pub fn install_stream_methods(cls: &Bound<'_, PyType>) -> PyResult<()> {
+    install_methods(cls, &METHODS)
+}
+
+static TLS_PROTOCOL_METHODS: [MethodDef; 2] = [
+    fastcall_def(
+        c"get_buffer",
+        c"Called to allocate a new receive buffer.",
+        tls_get_buffer_entry,
+    ),
+    fastcall_def(
+        c"buffer_updated",
+        c"Called when the buffer was updated with the received data.",
+        tls_buffer_updated_entry,
+    ),
+];
+
+static TLS_TRANSPORT_METHODS: [MethodDef; 1] = [fastcall_def(
+    c"write",
+    c"Write some data bytes to the transport.",
+    tls_write_entry,
+)];
+
+/// `ferroloop._core._install_tls_methods(protocol_cls, transport_cls)`: ferroloop's
+/// subclasses of `SSLProtocol` and `_SSLProtocolTransport` get the native methods.
+#[pyfunction]
+#[pyo3(name = "_install_tls_methods")]
+pub fn install_tls_methods(
+    protocol_cls: &Bound<'_, PyType>,
+    transport_cls: &Bound<'_, PyType>,
+) -> PyResult<()> {
+    install_methods(protocol_cls, &TLS_PROTOCOL_METHODS)?;
+    install_methods(transport_cls, &TLS_TRANSPORT_METHODS)
+}

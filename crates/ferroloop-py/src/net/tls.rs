@@ -1,0 +1,406 @@
+//! TLS: the data path of asyncio's `SSLProtocol` (3.11+) once the handshake is done, natively.
+//!
+//! ferroloop's TLS connections are asyncio's own `SSLProtocol` and `_SSLProtocolTransport`
+//! (subclassed in `ferroloop._sslproto`, so every attribute, method, state and error is
+//! asyncio's), on ferroloop's socket transport. Three methods of the subclasses are C methods
+//! (`methods.rs`) that run the code below: `SSLProtocol.get_buffer` and `buffer_updated` (the
+//! socket transport's reads) and `_SSLProtocolTransport.write` (the application's writes).
+//! Each does what asyncio's method does, step for step, in the state where the connection
+//! spends its life (`WRAPPED`, nothing held back); in any other case it calls asyncio's own
+//! method or step (`_do_handshake`, `_do_flush`, `_do_read__buffered`, `_do_write`,
+//! `_control_app_writing`, `_fatal_error`, ...), so handshakes, shutdown, flow control and
+//! errors are asyncio's code.
+//!
+//! What this saves per record: the Python frames of `buffer_updated`, `_do_read`,
+//! `_do_read__copied`, `_process_outgoing`, `_control_app_writing`, `_control_ssl_reading`,
+//! `write`, `_write_appdata` and `_do_write`, the enum class attribute lookups of their state
+//! checks, `ssl.SSLObject`'s Python `read`/`write` wrappers, and the `SSLWantReadError` that
+//! ends each of asyncio's read loops: when nothing is left to decrypt (the incoming BIO and the
+//! SSL object's own buffer are empty) the next `read` could only raise it, so it is not made.
+
+use pyo3::exceptions::PyException;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBytes, PyDict, PyList, PySlice, PyTuple, PyType};
+
+use super::transport::attr;
+use crate::ffi::{bytes_len, instance_dict};
+
+/// What the native methods compare with, given once by `ferroloop._sslproto`.
+struct Constants {
+    /// `SSLProtocolState` members.
+    wrapped: Py<PyAny>,
+    do_handshake: Py<PyAny>,
+    flushing: Py<PyAny>,
+    shutdown: Py<PyAny>,
+    /// ferroloop's `SSLProtocol` subclass.
+    protocol_class: Py<PyType>,
+    /// `ssl.SSLObject`: for exactly it, `read`, `write` and `pending` are called on its C
+    /// object (`_sslobj`), as its Python methods do.
+    ssl_object: Py<PyType>,
+    /// `sslproto.SSLAgainErrors`.
+    again_errors: Py<PyAny>,
+}
+
+static CONSTANTS: PyOnceLock<Constants> = PyOnceLock::new();
+
+/// `ferroloop._core._tls_constants(...)`: see [`Constants`].
+#[pyfunction]
+#[pyo3(name = "_tls_constants")]
+pub fn tls_constants(
+    protocol_class: &Bound<'_, PyType>,
+    states: &Bound<'_, PyAny>,
+    ssl_object: &Bound<'_, PyType>,
+    again_errors: &Bound<'_, PyTuple>,
+) -> PyResult<()> {
+    let py = states.py();
+    let member = |name: &str| states.getattr(name).map(Bound::unbind);
+    let constants = Constants {
+        wrapped: member("WRAPPED")?,
+        do_handshake: member("DO_HANDSHAKE")?,
+        flushing: member("FLUSHING")?,
+        shutdown: member("SHUTDOWN")?,
+        protocol_class: protocol_class.clone().unbind(),
+        ssl_object: ssl_object.clone().unbind(),
+        again_errors: again_errors.clone().into_any().unbind(),
+    };
+    // A second call (a re-import) keeps the first constants: they are the same objects.
+    let _ = CONSTANTS.set(py, constants);
+    Ok(())
+}
+
+/// An `SSLProtocol` and its `__dict__`, where its attributes are read.
+struct Protocol<'py> {
+    object: Bound<'py, PyAny>,
+    attributes: Bound<'py, PyDict>,
+    constants: &'py Constants,
+}
+
+macro_rules! get {
+    ($protocol:expr, $name:literal) => {
+        attr(
+            &$protocol.object,
+            &$protocol.attributes,
+            intern!($protocol.object.py(), $name),
+        )
+    };
+}
+
+macro_rules! call {
+    ($protocol:expr, $name:literal $(, $arg:expr)*) => {
+        $protocol
+            .object
+            .call_method1(intern!($protocol.object.py(), $name), ($($arg,)*))
+    };
+}
+
+impl<'py> Protocol<'py> {
+    /// `object` when it is ferroloop's `SSLProtocol` (not a subclass of it) with a `__dict__`.
+    fn of(object: &Bound<'py, PyAny>) -> Option<Protocol<'py>> {
+        let constants = CONSTANTS.get(object.py())?;
+        if !object
+            .get_type()
+            .is(constants.protocol_class.bind(object.py()))
+        {
+            return None;
+        }
+        Some(Protocol {
+            object: object.clone(),
+            attributes: instance_dict(object)?,
+            constants,
+        })
+    }
+
+    fn py(&self) -> Python<'py> {
+        self.object.py()
+    }
+
+    fn in_state(&self, state: &Bound<'py, PyAny>, member: &Py<PyAny>) -> bool {
+        state.is(member.bind(self.py()))
+    }
+
+    fn flag(&self, value: PyResult<Bound<'py, PyAny>>) -> PyResult<bool> {
+        value?.is_truthy()
+    }
+
+    /// The C object of `self._sslobj` when it is exactly an `ssl.SSLObject` (whose `read`,
+    /// `write` and `pending` only call it), else `self._sslobj` itself; and which it is.
+    fn ssl_object(&self) -> PyResult<(Bound<'py, PyAny>, bool)> {
+        let sslobj = get!(self, "_sslobj")?;
+        if sslobj
+            .get_type()
+            .is(self.constants.ssl_object.bind(self.py()))
+        {
+            if let Ok(inner) = sslobj.getattr(intern!(self.py(), "_sslobj")) {
+                return Ok((inner, true));
+            }
+        }
+        Ok((sslobj, false))
+    }
+
+    /// `_fatal_error(exc, 'Fatal error on SSL protocol')` for an `Exception`, as asyncio's
+    /// `try`/`except Exception` around its steps does; anything else propagates.
+    fn guard(&self, result: PyResult<()>) -> PyResult<()> {
+        match result {
+            Err(error) if error.is_instance_of::<PyException>(self.py()) => {
+                let message = intern!(self.py(), "Fatal error on SSL protocol");
+                call!(self, "_fatal_error", error.into_value(self.py()), message)?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+}
+
+/// `SSLProtocol.get_buffer(n)`, or `None` to call asyncio's (the buffer must grow, or `n`
+/// is not an int).
+pub(crate) fn get_buffer<'py>(
+    object: &Bound<'py, PyAny>,
+    n: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let Some(protocol) = Protocol::of(object) else {
+        return Ok(None);
+    };
+    let (Ok(n), Ok(max_size)) = (
+        n.extract::<isize>(),
+        get!(protocol, "max_size")?.extract::<isize>(),
+    ) else {
+        return Ok(None);
+    };
+    let want = if n <= 0 || n > max_size { max_size } else { n };
+    let buffer = get!(protocol, "_ssl_buffer")?;
+    if (buffer.len()? as isize) < want {
+        return Ok(None);
+    }
+    get!(protocol, "_ssl_buffer_view").map(Some)
+}
+
+/// `SSLProtocol.buffer_updated(nbytes)`; `false` to call asyncio's (`nbytes` is not an int).
+pub(crate) fn buffer_updated(
+    object: &Bound<'_, PyAny>,
+    nbytes: &Bound<'_, PyAny>,
+) -> PyResult<bool> {
+    let Some(protocol) = Protocol::of(object) else {
+        return Ok(false);
+    };
+    let Ok(nbytes) = nbytes.extract::<isize>() else {
+        return Ok(false);
+    };
+    let py = protocol.py();
+    let view = get!(protocol, "_ssl_buffer_view")?;
+    let head = view.get_item(PySlice::new(py, 0, nbytes, 1))?;
+    get!(protocol, "_incoming")?.call_method1(intern!(py, "write"), (head,))?;
+    let state = get!(protocol, "_state")?;
+    let constants = protocol.constants;
+    if protocol.in_state(&state, &constants.wrapped) {
+        do_read(&protocol)?;
+    } else if protocol.in_state(&state, &constants.do_handshake) {
+        call!(protocol, "_do_handshake")?;
+    } else if protocol.in_state(&state, &constants.flushing) {
+        call!(protocol, "_do_flush")?;
+    } else if protocol.in_state(&state, &constants.shutdown) {
+        call!(protocol, "_do_shutdown")?;
+    }
+    Ok(true)
+}
+
+/// asyncio's `_do_read` in the `WRAPPED` state.
+fn do_read(protocol: &Protocol<'_>) -> PyResult<()> {
+    let steps = || -> PyResult<()> {
+        if !protocol.flag(get!(protocol, "_app_reading_paused"))? {
+            if protocol.flag(get!(protocol, "_app_protocol_is_buffer"))? {
+                call!(protocol, "_do_read__buffered")?;
+            } else {
+                read_copied(protocol)?;
+            }
+            if protocol.flag(get!(protocol, "_write_backlog"))? {
+                call!(protocol, "_do_write")?;
+            } else {
+                process_outgoing(protocol)?;
+            }
+        }
+        control_ssl_reading(protocol)
+    };
+    protocol.guard(steps())
+}
+
+/// asyncio's `_do_read__copied`: decrypt what has come, hand it to `data_received` in one
+/// piece, and start the shutdown on the peer's `close_notify`.
+fn read_copied(protocol: &Protocol<'_>) -> PyResult<()> {
+    let py = protocol.py();
+    let (sslobj, exact) = protocol.ssl_object()?;
+    let incoming = get!(protocol, "_incoming")?;
+    let max_size = get!(protocol, "max_size")?;
+    let again = protocol.constants.again_errors.bind(py);
+    let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
+    let mut close_notify = false;
+    loop {
+        let chunk = match sslobj.call_method1(intern!(py, "read"), (&max_size,)) {
+            Ok(chunk) => chunk,
+            Err(error) if error.matches(py, again)? => break,
+            Err(error) => return Err(error),
+        };
+        if !chunk.is_truthy()? {
+            close_notify = true;
+            break;
+        }
+        chunks.push(chunk);
+        // Nothing left to decrypt: asyncio's next read would raise SSLWantReadError.
+        if exact
+            && pending(&incoming.getattr(intern!(py, "pending"))?)
+            && pending(&sslobj.call_method0(intern!(py, "pending"))?)
+        {
+            break;
+        }
+    }
+    match chunks.len() {
+        0 => {}
+        1 => {
+            let app = get!(protocol, "_app_protocol")?;
+            app.call_method1(intern!(py, "data_received"), (chunks.pop(),))?;
+        }
+        _ => {
+            let data = PyBytes::new(py, b"")
+                .call_method1(intern!(py, "join"), (PyList::new(py, chunks)?,))?;
+            let app = get!(protocol, "_app_protocol")?;
+            app.call_method1(intern!(py, "data_received"), (data,))?;
+        }
+    }
+    if close_notify {
+        call!(protocol, "_call_eof_received")?;
+        call!(protocol, "_start_shutdown")?;
+    }
+    Ok(())
+}
+
+/// `count == 0` for an int count (anything else counts as not empty).
+fn pending(count: &Bound<'_, PyAny>) -> bool {
+    matches!(count.extract::<isize>(), Ok(0))
+}
+
+/// asyncio's `_process_outgoing`: what the SSL object wrote goes to the socket transport.
+fn process_outgoing(protocol: &Protocol<'_>) -> PyResult<()> {
+    let py = protocol.py();
+    if !protocol.flag(get!(protocol, "_ssl_writing_paused"))? {
+        let data = get!(protocol, "_outgoing")?.call_method0(intern!(py, "read"))?;
+        if data.len()? > 0 {
+            get!(protocol, "_transport")?.call_method1(intern!(py, "write"), (data,))?;
+        }
+    }
+    control_app_writing(protocol)
+}
+
+/// Whether asyncio's flow-control step for `size` against `high`/`low` and `paused` would act
+/// (pause above the high-water mark, resume at or below the low one); `true` when a value is
+/// not an int, so that asyncio's step decides.
+fn flow_control_acts(
+    size: PyResult<isize>,
+    high: &Bound<'_, PyAny>,
+    low: &Bound<'_, PyAny>,
+    paused: bool,
+) -> bool {
+    let (Ok(size), Ok(high), Ok(low)) = (size, high.extract::<isize>(), low.extract::<isize>())
+    else {
+        return true;
+    };
+    if paused {
+        size <= low
+    } else {
+        size >= high
+    }
+}
+
+/// asyncio's `_control_app_writing`, called only when it has something to do.
+fn control_app_writing(protocol: &Protocol<'_>) -> PyResult<()> {
+    let py = protocol.py();
+    let outgoing = get!(protocol, "_outgoing")?.getattr(intern!(py, "pending"))?;
+    let backlog = get!(protocol, "_write_buffer_size")?;
+    let size = outgoing
+        .extract::<isize>()
+        .and_then(|a| Ok(a + backlog.extract::<isize>()?));
+    let paused = protocol.flag(get!(protocol, "_app_writing_paused"))?;
+    let high = get!(protocol, "_outgoing_high_water")?;
+    let low = get!(protocol, "_outgoing_low_water")?;
+    if flow_control_acts(size, &high, &low, paused) {
+        call!(protocol, "_control_app_writing")?;
+    }
+    Ok(())
+}
+
+/// asyncio's `_control_ssl_reading`, called only when it has something to do.
+fn control_ssl_reading(protocol: &Protocol<'_>) -> PyResult<()> {
+    let py = protocol.py();
+    let size = get!(protocol, "_incoming")?.getattr(intern!(py, "pending"))?;
+    let paused = protocol.flag(get!(protocol, "_ssl_reading_paused"))?;
+    let high = get!(protocol, "_incoming_high_water")?;
+    let low = get!(protocol, "_incoming_low_water")?;
+    if flow_control_acts(size.extract::<isize>(), &high, &low, paused) {
+        call!(protocol, "_control_ssl_reading")?;
+    }
+    Ok(())
+}
+
+/// `_SSLProtocolTransport.write(data)` for `bytes` on a `WRAPPED` connection with nothing
+/// held back; `false` to call asyncio's.
+pub(crate) fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let py = transport.py();
+    if !data.is_exact_instance_of::<PyBytes>() {
+        return Ok(false);
+    }
+    let Some(attributes) = instance_dict(transport) else {
+        return Ok(false);
+    };
+    let Some(object) = attributes.get_item(intern!(py, "_ssl_protocol"))? else {
+        return Ok(false);
+    };
+    let Some(protocol) = Protocol::of(&object) else {
+        return Ok(false);
+    };
+    let size = bytes_len(data);
+    if size == 0 {
+        return Ok(true);
+    }
+    let state = get!(protocol, "_state")?;
+    if !protocol.in_state(&state, &protocol.constants.wrapped)
+        || protocol.flag(get!(protocol, "_write_backlog"))?
+    {
+        return Ok(false);
+    }
+    // _write_appdata((data,)): into the backlog, then _do_write, which takes it out again
+    // once the SSL object has it all.
+    let steps = || -> PyResult<()> {
+        let (sslobj, _) = protocol.ssl_object()?;
+        match sslobj.call_method1(intern!(py, "write"), (data,)) {
+            Ok(count) => {
+                let count = count.extract::<isize>()?;
+                if count < size {
+                    // A partial write: asyncio's loop goes on with the rest.
+                    let rest = data.get_item(PySlice::new(py, count, isize::MAX, 1))?;
+                    hold_back(&protocol, &rest, size - count)?;
+                    call!(protocol, "_do_write")?;
+                    return Ok(());
+                }
+            }
+            Err(error) => {
+                hold_back(&protocol, data, size)?;
+                if !error.matches(py, protocol.constants.again_errors.bind(py))? {
+                    return Err(error);
+                }
+            }
+        }
+        process_outgoing(&protocol)
+    };
+    protocol.guard(steps())?;
+    Ok(true)
+}
+
+/// `data` (of `size` bytes) into `_write_backlog`, counted in `_write_buffer_size`.
+fn hold_back(protocol: &Protocol<'_>, data: &Bound<'_, PyAny>, size: isize) -> PyResult<()> {
+    let py = protocol.py();
+    get!(protocol, "_write_backlog")?.call_method1(intern!(py, "append"), (data,))?;
+    let total = get!(protocol, "_write_buffer_size")?.add(size)?;
+    protocol
+        .object
+        .setattr(intern!(py, "_write_buffer_size"), total)
+}

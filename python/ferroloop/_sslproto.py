@@ -1,0 +1,59 @@
+"""TLS on ferroloop: asyncio's ``SSLProtocol`` and ``_SSLProtocolTransport`` (3.11+), subclassed
+so that their data path runs natively.
+
+Three methods are C methods of these subclasses (crates/ferroloop-py/src/net/tls.rs and
+methods.rs): ``SSLProtocol.get_buffer`` and ``buffer_updated`` (each read of the socket
+transport) and ``_SSLProtocolTransport.write``. They do what asyncio's methods do in the state a
+connection spends its life in (``WRAPPED``, nothing held back) and call asyncio's own methods
+and steps in any other case, so the handshake, shutdown, flow control, errors and messages are
+the running version's asyncio. Everything else is inherited. Python 3.10's ``SSLProtocol`` is a
+different design (``_SSLPipe``): it is used unchanged there.
+"""
+
+from __future__ import annotations
+
+import ssl
+import sys
+from asyncio import sslproto
+from typing import Any
+
+from . import _core
+
+__all__ = ("protocol_class",)
+
+_ASYNCIO_SSL_PROTOCOL = sslproto.SSLProtocol
+
+if sys.version_info >= (3, 11):
+
+    class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
+        """asyncio's TLS transport, with a native ``write``."""
+
+    class SSLProtocol(sslproto.SSLProtocol):
+        """asyncio's ``SSLProtocol``, with native ``get_buffer`` and ``buffer_updated``."""
+
+        def _get_app_transport(self) -> Any:
+            # asyncio's method, making this module's transport class.
+            if self._app_transport is None:
+                if self._app_transport_created:
+                    raise RuntimeError("Creating _SSLProtocolTransport twice")
+                self._app_transport = _SSLProtocolTransport(self._loop, self)
+                self._app_transport_created = True
+            return self._app_transport
+
+    _core._install_tls_methods(SSLProtocol, _SSLProtocolTransport)
+    _core._tls_constants(
+        SSLProtocol, sslproto.SSLProtocolState, ssl.SSLObject, sslproto.SSLAgainErrors
+    )
+
+    def protocol_class() -> type:
+        """The class a new TLS connection's protocol is made from: ferroloop's, unless
+        ``asyncio.sslproto.SSLProtocol`` has been replaced (then the replacement, as asyncio's
+        own code would use it)."""
+        if sslproto.SSLProtocol is _ASYNCIO_SSL_PROTOCOL:
+            return SSLProtocol
+        return sslproto.SSLProtocol
+
+else:
+
+    def protocol_class() -> type:
+        return sslproto.SSLProtocol

@@ -1,0 +1,286 @@
+"""TLS connections: asyncio's ``SSLProtocol`` on each loop. On ferroloop (3.11+) it runs on
+ferroloop's socket transport, and its data path (``get_buffer``, ``buffer_updated``, the TLS
+transport's ``write``) is native (crates/ferroloop-py/src/net/tls.rs); every test here runs on
+both loops, or records what the application sees on both and compares."""
+
+import asyncio
+import os
+import ssl
+import sys
+
+import pytest
+
+import ferroloop
+from ferroloop import _sslproto
+
+from conftest import is_ferroloop
+
+NATIVE_TLS = sys.version_info >= (3, 11)
+
+
+@pytest.fixture
+def contexts(tls_cert_dir):
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(
+        os.path.join(tls_cert_dir, "cert.pem"), os.path.join(tls_cert_dir, "key.pem")
+    )
+    client = ssl.create_default_context(cafile=os.path.join(tls_cert_dir, "cert.pem"))
+    return server, client
+
+
+class Recorder(asyncio.Protocol):
+    """A server protocol that records what it is told and echoes unless told otherwise."""
+
+    def __init__(self, trace, echo=True):
+        self.trace = trace
+        self.echo = echo
+        self.received = bytearray()
+        self.made = asyncio.get_running_loop().create_future()
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.trace.append("made")
+        self.made.set_result(None)
+
+    def data_received(self, data):
+        assert type(data) is bytes
+        self.received += data
+        if self.echo:
+            self.transport.write(data)
+
+    def eof_received(self):
+        self.trace.append("eof")
+
+    def pause_writing(self):
+        self.trace.append("pause_writing")
+
+    def resume_writing(self):
+        self.trace.append("resume_writing")
+
+    def connection_lost(self, exc):
+        self.trace.append(("lost", type(exc).__name__ if exc else None))
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+async def serve(contexts, protocol):
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: protocol, "127.0.0.1", 0, ssl=contexts[0])
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=contexts[1], server_hostname="localhost"
+    )
+    await asyncio.wait_for(protocol.made, 10)
+    return server, reader, writer
+
+
+def test_echo_of_every_size(loop, contexts):
+    """Records of every size, one at a time and many in one go, both ways; the connection's
+    objects are asyncio's classes (ferroloop's subclasses of them on 3.11+)."""
+    sizes = [1, 1000, 16384, 16385, 100_000, 1 << 20]
+    payload = os.urandom(max(sizes))
+    trace = []
+
+    async def main():
+        protocol = Recorder(trace)
+        server, reader, writer = await serve(contexts, protocol)
+        for size in sizes:
+            writer.write(payload[:size])
+            await writer.drain()
+            assert await reader.readexactly(size) == payload[:size]
+        # Many records arriving at once, decrypted in one go.
+        writer.writelines([payload[:1000]] * 50)
+        await writer.drain()
+        assert await reader.readexactly(50_000) == payload[:1000] * 50
+        app = protocol.transport
+        assert isinstance(app, asyncio.Transport)
+        assert isinstance(app._ssl_protocol, asyncio.sslproto.SSLProtocol)
+        if is_ferroloop(loop) and NATIVE_TLS:
+            assert type(app._ssl_protocol) is _sslproto.SSLProtocol
+            assert type(writer.transport._ssl_protocol) is _sslproto.SSLProtocol
+            raw = app._ssl_protocol._transport
+            assert isinstance(raw, ferroloop._loop._SelectorSocketTransport)
+        assert app.get_extra_info("peercert") is None  # the client sent none
+        assert app.get_extra_info("cipher") is not None
+        writer.close()
+        await writer.wait_closed()
+        assert await asyncio.wait_for(protocol.lost, 10) is None
+        server.close()
+        await server.wait_closed()
+        return len(protocol.received)
+
+    total = loop.run_until_complete(main())
+    assert total == sum(sizes) + 50_000
+    assert trace == ["made", "eof", ("lost", None)]
+
+
+def test_app_write_flow_control_calls(contexts):
+    """With a write high-water mark of 0, each write and each read pauses or resumes the
+    application's writing: the calls come in asyncio's order on ferroloop."""
+
+    async def main():
+        trace = []
+
+        class Proto(Recorder):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                transport.set_write_buffer_limits(high=0, low=0)
+
+            def data_received(self, data):
+                trace.append(("data", len(data)))
+                self.transport.write(data[:10])
+                trace.append("wrote")
+                self.transport.write(data[10:])
+                trace.append("wrote")
+
+        protocol = Proto(trace, echo=False)
+        server, reader, writer = await serve(contexts, protocol)
+        for size in (100, 5000):
+            writer.write(b"x" * size)
+            await reader.readexactly(size)
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(protocol.lost, 10)
+        server.close()
+        await server.wait_closed()
+        return trace
+
+    traces = {}
+    for name, run in (("asyncio", asyncio.run), ("ferroloop", ferroloop.run)):
+        traces[name] = run(main())
+    assert "pause_writing" in traces["asyncio"] and "resume_writing" in traces["asyncio"]
+    assert traces["ferroloop"] == traces["asyncio"]
+
+
+def test_pause_reading_holds_data_back(loop, contexts):
+    async def main():
+        trace = []
+        protocol = Recorder(trace, echo=False)
+        server, reader, writer = await serve(contexts, protocol)
+        writer.write(b"a" * 100)
+        await writer.drain()
+        while len(protocol.received) < 100:
+            await asyncio.sleep(0.01)
+        protocol.transport.pause_reading()
+        assert not protocol.transport.is_reading()
+        writer.write(b"b" * 100)
+        await writer.drain()
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        held = len(protocol.received)
+        protocol.transport.resume_reading()
+        while len(protocol.received) < 200:
+            await asyncio.sleep(0.01)
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(protocol.lost, 10)
+        server.close()
+        await server.wait_closed()
+        return held, bytes(protocol.received)
+
+    held, received = loop.run_until_complete(main())
+    assert held == 100
+    assert received == b"a" * 100 + b"b" * 100
+
+
+@pytest.mark.expect_errors
+def test_error_in_data_received_is_fatal(loop, loop_errors, contexts):
+    async def main():
+        trace = []
+
+        class Proto(Recorder):
+            def data_received(self, data):
+                raise ValueError("boom")
+
+        protocol = Proto(trace)
+        server, reader, writer = await serve(contexts, protocol)
+        writer.write(b"hello")
+        exc = await asyncio.wait_for(protocol.lost, 10)
+        assert await reader.read() == b""
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return trace, exc
+
+    trace, exc = loop.run_until_complete(main())
+    assert type(exc) is ValueError
+    assert trace == ["made", ("lost", "ValueError")]
+    [context] = loop_errors
+    assert context["message"] == "Fatal error on SSL protocol"
+    assert type(context["exception"]) is ValueError
+
+
+def test_write_arguments(loop, contexts):
+    async def main():
+        trace = []
+        protocol = Recorder(trace, echo=False)
+        server, reader, writer = await serve(contexts, protocol)
+        app = protocol.transport
+        with pytest.raises(TypeError, match="data: expecting a bytes-like instance, got str"):
+            app.write("text")
+        with pytest.raises(TypeError):
+            app.write()
+        app.write(b"")
+        app.write(bytearray(b"12"))
+        app.write(memoryview(b"345"))
+        app.write(b"6")
+        app.writelines([b"7", b"89"])
+        assert await reader.readexactly(9) == b"123456789"
+        app.close()
+        app.write(b"after close")  # dropped, as asyncio drops it: no error
+        assert await reader.read() == b""
+        await asyncio.wait_for(protocol.lost, 10)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+def test_peer_close_notify_mid_stream(loop, contexts):
+    """Data then close_notify in one read: the data first, then eof_received, then the
+    shutdown and connection_lost(None)."""
+
+    async def main():
+        trace = []
+        protocol = Recorder(trace, echo=False)
+        server, reader, writer = await serve(contexts, protocol)
+        writer.write(b"last words")
+        writer.close()
+        await writer.wait_closed()
+        assert await asyncio.wait_for(protocol.lost, 10) is None
+        server.close()
+        await server.wait_closed()
+        return trace, bytes(protocol.received)
+
+    trace, received = loop.run_until_complete(main())
+    assert received == b"last words"
+    assert trace == ["made", "eof", ("lost", None)]
+
+
+def test_replaced_sslproto_class_is_used(loop, contexts, monkeypatch):
+    """A test or library that replaces ``asyncio.sslproto.SSLProtocol`` gets its class on
+    ferroloop too, as on asyncio's loop."""
+    made = []
+
+    class Spy(asyncio.sslproto.SSLProtocol):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio.sslproto, "SSLProtocol", Spy)
+
+    async def main():
+        protocol = Recorder([])
+        server, reader, writer = await serve(contexts, protocol)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(protocol.lost, 10)
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+    assert len(made) == 2 and all(type(p) is Spy for p in made)
