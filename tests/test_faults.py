@@ -130,7 +130,7 @@ def test_transient_faults_change_nothing(loop_name, workload, intensity, request
         # One call in ten: a stream workload may make few enough reads (3.10's TLS reads
         # 256 KiB at a time) that none is faulted; the storm checks each group.
         return
-    for group in FAULTED_CALLS.get(workload, (("recv",), ("send",))):
+    for group in FAULTED_CALLS.get(workload, (("recv", "recvmsg"), ("send", "sendmsg"))):
         assert faulted & set(group), f"no fault injected on {group}: {report['faults']}"
     if intensity == "storm":
         kinds = {name.split(".")[1] for name in report["faults"]}
