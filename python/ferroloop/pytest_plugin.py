@@ -447,14 +447,14 @@ class _LoopReport:
     """
 
     def __init__(self):
-        self.ran = collections.Counter()
+        self.ran: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         events = asyncio.events
         self._original = original = events._set_running_loop
         ran, lock = self.ran, self._lock
         # Each loop counts once, however often it starts (asyncio.run starts its loop three
         # times: the coroutine, then the shutdown of async generators and of the executor).
-        seen = weakref.WeakSet()
+        seen: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
         def _set_running_loop(loop):
             if loop is not None:
