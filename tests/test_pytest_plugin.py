@@ -208,6 +208,81 @@ def test_sample_with_both_loops(sample, tmp_path):
     assert both.counts().get("passed") == plain.counts().get("passed") + n_async
 
 
+def loops_that_ran(run):
+    """{loop class: times it ran} from the --ferroloop-report line of a run."""
+    lines = [
+        line
+        for line in run.proc.stdout.splitlines()
+        if line.startswith("ferroloop: loops that ran: ")
+    ]
+    assert len(lines) == 1, run.proc.stdout
+    found = {}
+    for item in lines[0].removeprefix("ferroloop: loops that ran: ").split(", "):
+        name, _, n = item.rpartition(" x")
+        found[name] = int(n)
+    return found
+
+
+def test_sample_report_of_the_loops_that_ran(sample, tmp_path):
+    """--ferroloop-report counts the loops that ran, by class, with and without --ferroloop,
+    and changes no loop."""
+    kind, async_tests, sync_tests = sample
+    plain = run_sample(kind, tmp_path, "--ferroloop-report")
+    ferro = run_sample(kind, tmp_path, "--ferroloop", "--ferroloop-report")
+    for r in plain.records:
+        assert r["loop"] != FERROLOOP_LOOP, r
+    for r in ferro.records:
+        assert r["loop"] == FERROLOOP_LOOP, r
+    asyncio_loops, ferro_loops = loops_that_ran(plain), loops_that_ran(ferro)
+    # Every loop a record saw is in the report (each ran at least once per test that saw it).
+    assert set(asyncio_loops) == {r["loop"] for r in plain.records}, asyncio_loops
+    assert set(ferro_loops) == {FERROLOOP_LOOP}, ferro_loops
+    tests = {r["test"] for r in plain.records}
+    assert sum(asyncio_loops.values()) >= len(tests)
+    # The same loops ran, on the other loop class.
+    assert sum(ferro_loops.values()) == sum(asyncio_loops.values())
+
+
+def test_report_counts_loops_in_threads_and_restores_the_function(tmp_path):
+    """Loops run in other threads are counted; asyncio's function is put back at the end."""
+    project = tmp_path / "p"
+    project.mkdir()
+    (project / "test_threads.py").write_text(
+        "import asyncio, threading\n"
+        "def test_threads():\n"
+        "    threads = [threading.Thread(target=asyncio.run, args=(asyncio.sleep(0),))\n"
+        "               for _ in range(3)]\n"
+        "    for t in threads: t.start()\n"
+        "    for t in threads: t.join()\n"
+        "    asyncio.run(asyncio.sleep(0))\n"
+    )
+    # pytest calls the conftest's pytest_unconfigure after the report's (registered later,
+    # at pytest_configure): it sees whether asyncio's function is back.
+    (project / "conftest.py").write_text(
+        "import asyncio, pathlib\n"
+        "ORIGINAL = asyncio.events._set_running_loop\n"
+        "def pytest_unconfigure(config):\n"
+        "    restored = asyncio.events._set_running_loop is ORIGINAL\n"
+        "    pathlib.Path('restored.txt').write_text(str(restored))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    for args, loop in (
+        ([], "asyncio.unix_events._UnixSelectorEventLoop"),
+        (["--ferroloop"], FERROLOOP_LOOP),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--ferroloop-report", *args],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert loops_that_ran(Run(proc, [])) == {loop: 4}, args
+        assert (project / "restored.txt").read_text() == "True", args
+
+
 def test_flag_spellings(tmp_path):
     """`--ferroloop PATH` keeps PATH as a path; a value other than `both` is refused."""
     project = tmp_path / "p"

@@ -1,8 +1,8 @@
 """The pytest plugin: ``pytest --ferroloop`` and ``pytest --ferroloop=both``.
 
 Registered through the ``pytest11`` entry point, so it is loaded wherever ferroloop is installed,
-and inert unless asked: without the flag it only adds the option and the ``ferroloop_both``
-marker. With it:
+and inert unless asked: without the flag (or ``--ferroloop-report``) it only adds the options and
+the ``ferroloop_both`` marker. With it:
 
 ``--ferroloop``
     every test runs on ferroloop: ferroloop's policy is installed for each test (setup, call and
@@ -14,6 +14,10 @@ marker. With it:
 ``--ferroloop=both``
     each asyncio test runs twice, ``[asyncio]`` (what the test gets without the flag) and
     ``[ferroloop]``: through the same hooks, as parameters with those ids.
+``--ferroloop-report``
+    with or without the flag: at the end, the event loops that ran during the session, by
+    class, with how many times each ran (``ferroloop: loops that ran: ferroloop._loop.Loop
+    x12``), which shows what the tests really ran on. Changes no loop.
 
 How each framework is hooked is in ``docs/pytest-plugin.md``. Importing this module imports
 neither pytest-asyncio nor anyio.
@@ -22,10 +26,13 @@ neither pytest-asyncio nor anyio.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import inspect
+import threading
 import unittest
 import warnings
+import weakref
 from collections.abc import Collection, Mapping
 
 import pytest
@@ -63,6 +70,14 @@ def pytest_addoption(parser):
         help="run each asyncio test twice, on asyncio's loop and on ferroloop, with "
         "[asyncio]/[ferroloop] in the test id",
     )
+    group.addoption(
+        "--ferroloop-report",
+        dest="ferroloop_report",
+        action="store_true",
+        default=False,
+        help="at the end, print the event loops that ran during the session, by class "
+        "(with or without --ferroloop; changes no loop)",
+    )
 
 
 def pytest_configure(config):
@@ -71,6 +86,8 @@ def pytest_configure(config):
         "ferroloop_both: under --ferroloop=both, run this test once per loop (for a "
         "synchronous test that runs its own loop, e.g. with asyncio.run)",
     )
+    if config.getoption("ferroloop_report", False):
+        config.pluginmanager.register(_LoopReport(), "ferroloop-report")
     mode = config.getoption("ferroloop", None)
     if mode is not None:
         config.pluginmanager.register(_Switch(config, mode), "ferroloop-switch")
@@ -416,6 +433,64 @@ class _Switch:
         cached = fixturedef.cached_result
         if cached is not None and cached[2] is None:
             fixturedef.cached_result = (new, *cached[1:])
+
+
+class _LoopReport:
+    """``--ferroloop-report``: counts the event loops that ran during the session, by class
+    (each loop once).
+
+    A loop that starts running announces itself with ``asyncio.events._set_running_loop(loop)``
+    (asyncio's ``run_forever`` does, so ``run_until_complete``, ``asyncio.run`` and
+    ``asyncio.Runner``; ferroloop's loop does the same): the report wraps that function from
+    ``pytest_configure`` to ``pytest_unconfigure``, in every thread. A loop that took its own
+    reference to the function before the session (a compiled loop may) is not counted.
+    """
+
+    def __init__(self):
+        self.ran: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        events = asyncio.events
+        self._original = original = events._set_running_loop
+        ran, lock = self.ran, self._lock
+        # Each loop counts once, however often it starts (asyncio.run starts its loop three
+        # times: the coroutine, then the shutdown of async generators and of the executor).
+        seen: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+        def _set_running_loop(loop):
+            if loop is not None:
+                cls = type(loop)
+                with lock:
+                    try:
+                        new = loop not in seen
+                        if new:
+                            seen.add(loop)
+                    except TypeError:  # a loop class without weak references: each start
+                        new = True
+                    if new:
+                        ran[f"{cls.__module__}.{cls.__qualname__}"] += 1
+            original(loop)
+
+        self._wrapper = _set_running_loop
+        events._set_running_loop = _set_running_loop
+        # The same function, re-exported: for code that calls it as asyncio._set_running_loop.
+        self._package = getattr(asyncio, "_set_running_loop", None) is original
+        if self._package:
+            asyncio._set_running_loop = _set_running_loop
+
+    def pytest_unconfigure(self, config):
+        # Put the function back unless something wrapped it after us (it keeps our wrapper).
+        if asyncio.events._set_running_loop is self._wrapper:
+            asyncio.events._set_running_loop = self._original
+        if self._package and getattr(asyncio, "_set_running_loop", None) is self._wrapper:
+            asyncio._set_running_loop = self._original
+
+    def summary(self):
+        with self._lock:
+            ran = self.ran.most_common()
+        return ", ".join(f"{name} x{n}" for name, n in ran) or "none"
+
+    def pytest_terminal_summary(self, terminalreporter):
+        terminalreporter.write_line(f"ferroloop: loops that ran: {self.summary()}")
 
 
 class _AsyncioFactories:
