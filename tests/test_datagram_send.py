@@ -60,6 +60,49 @@ def test_sendto_addresses(loop):
     peer.close()
 
 
+def _ipv6_loopback():
+    try:
+        probe = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        probe.bind(("::1", 0))
+    except OSError:
+        return False
+    probe.close()
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback (::1) on this machine")
+@pytest.mark.expect_errors
+def test_sendto_ipv6_addresses(loop, loop_errors):
+    peer = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    peer.bind(("::1", 0))
+    peer.settimeout(5)
+    port = peer.getsockname()[1]
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(Collect, local_addr=("::1", 0))
+    )
+    here = transport.get_extra_info("sockname")
+    transport.sendto(b"two", ("::1", port))
+    transport.sendto(b"three", ("::1", port, 0))
+    transport.sendto(b"four", ("0:0:0:0:0:0:0:1", port, 0, 0))
+    transport.sendto(memoryview(b"five"), peer.getsockname())
+    got = [peer.recvfrom(100) for _ in range(4)]
+    assert [d for d, _ in got] == [b"two", b"three", b"four", b"five"]
+    assert {a for _, a in got} == {here}
+    # Addresses socket refuses: asyncio's outcome (a fatal error for a port out of range, an
+    # error_received for an address of the other family), on both loops.
+    transport.sendto(b"bad", ("127.0.0.1", port))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert [type(e) for e in proto.errors] == [socket.gaierror]
+    transport.sendto(b"bad", ("::1", 70000))
+    loop.run_until_complete(asyncio.sleep(0.05))
+    [context] = loop_errors
+    assert context["message"] == "Fatal write error on datagram transport"
+    assert type(context["exception"]) is OverflowError
+    assert transport.is_closing()
+    loop.run_until_complete(asyncio.sleep(0))
+    peer.close()
+
+
 def test_sendto_connected(loop):
     peer = _udp_peer()
     transport, proto = loop.run_until_complete(

@@ -245,6 +245,35 @@ pub fn send_to_ipv4(fd: RawFd, data: &[u8], host: [u8; 4], port: u16) -> io::Res
     })
 }
 
+/// `sendto(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, <IPv6 address, port, flow, scope>)`.
+pub fn send_to_ipv6(
+    fd: RawFd,
+    data: &[u8],
+    host: [u8; 16],
+    port: u16,
+    flowinfo: u32,
+    scope_id: u32,
+) -> io::Result<usize> {
+    // SAFETY: all-zero is a valid sockaddr_in6 (plain integers and bytes).
+    let mut sin6: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+    sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+    sin6.sin6_port = port.to_be();
+    sin6.sin6_flowinfo = flowinfo.to_be();
+    sin6.sin6_addr.s6_addr = host;
+    sin6.sin6_scope_id = scope_id;
+    // SAFETY: `data` and `sin6` are valid for the call; the kernel only reads them.
+    result(unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            SEND_FLAGS,
+            (&sin6 as *const libc::sockaddr_in6).cast(),
+            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+        )
+    })
+}
+
 /// True for the errors that mean "not now, wait for readiness" (`EAGAIN`/`EWOULDBLOCK`).
 #[inline]
 pub fn would_block(error: &io::Error) -> bool {
@@ -375,6 +404,23 @@ mod tests {
         let (n, from) = b.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"ping");
         assert_eq!(from, a.local_addr().unwrap());
+    }
+
+    #[test]
+    fn send_to_ipv6_reaches_the_address() {
+        let receiver = std::net::UdpSocket::bind("[::1]:0");
+        let Ok(receiver) = receiver else {
+            return; // no IPv6 loopback on this machine
+        };
+        let sender = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let port = receiver.local_addr().unwrap().port();
+        let host = std::net::Ipv6Addr::LOCALHOST.octets();
+        let n = send_to_ipv6(sender.as_raw_fd(), b"six", host, port, 0, 0).unwrap();
+        assert_eq!(n, 3);
+        let mut buf = [0u8; 8];
+        let (n, from) = receiver.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"six");
+        assert_eq!(from, sender.local_addr().unwrap());
     }
 
     #[test]

@@ -25,6 +25,8 @@ enum Destination {
     /// The connected peer: `send`.
     Peer,
     Ipv4([u8; 4], u16),
+    /// Address, port, flow information, scope.
+    Ipv6([u8; 16], u16, u32, u32),
 }
 
 /// `("a.b.c.d", port)` as an IPv4 address and port, if it is exactly that (anything else,
@@ -33,6 +35,31 @@ fn ipv4_destination(addr: &Bound<'_, PyAny>) -> Option<Destination> {
     let (host, port): (String, u16) = addr.extract().ok()?;
     let host: std::net::Ipv4Addr = host.parse().ok()?;
     Some(Destination::Ipv4(host.octets(), port))
+}
+
+/// `("x:y::z", port[, flowinfo[, scope_id]])` with a numeric IPv6 address, if it is exactly
+/// that with values `socket` accepts (anything else, a host name or a `%scope` included, is
+/// left to `socket.sendto` and its errors).
+fn ipv6_destination(addr: &Bound<'_, PyAny>) -> Option<Destination> {
+    let tuple = addr.cast::<pyo3::types::PyTuple>().ok()?;
+    let (host, port, flowinfo, scope_id) = match tuple.len() {
+        2 => {
+            let (host, port): (String, u16) = tuple.extract().ok()?;
+            (host, port, 0, 0)
+        }
+        3 => {
+            let (host, port, flowinfo): (String, u16, u32) = tuple.extract().ok()?;
+            (host, port, flowinfo, 0)
+        }
+        4 => tuple.extract::<(String, u16, u32, u32)>().ok()?,
+        _ => return None,
+    };
+    // socket: "flowinfo must be 0-1048575."
+    if flowinfo > 0xF_FFFF {
+        return None;
+    }
+    let host: std::net::Ipv6Addr = host.parse().ok()?;
+    Some(Destination::Ipv6(host.octets(), port, flowinfo, scope_id))
 }
 
 /// An IPv4 sender: address and port.
@@ -56,23 +83,31 @@ const RECENT_SENDERS: usize = 8;
 #[pyclass(module = "ferroloop._core", name = "_DatagramReader")]
 pub struct DatagramReader {
     transport: TransportRef,
-    /// Whether the socket is a plain IPv4 one (checked on the first datagram).
-    ipv4: GilCell<Option<bool>>,
+    /// The family of the socket when it is a plain `socket.socket`, else -1 (checked once).
+    family: GilCell<Option<i32>>,
     /// Recent senders and their address tuples (a server hears from a few peers in turn),
     /// the oldest replaced first.
     senders: GilCell<Vec<(Ipv4Sender, Py<PyAny>)>>,
 }
 
 impl DatagramReader {
-    /// Whether the socket is a plain IPv4 one (`socket.socket`, `AF_INET`), checked once.
-    fn is_ipv4(&self, sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    /// The socket's family when it is a plain `socket.socket`, else -1; checked once.
+    fn plain_family(&self, sock: &Bound<'_, PyAny>) -> PyResult<i32> {
         let py = sock.py();
-        if let Some(ipv4) = *self.ipv4.borrow(py) {
-            return Ok(ipv4);
+        if let Some(family) = *self.family.borrow(py) {
+            return Ok(family);
         }
-        let ipv4 = is_plain_socket(sock)? && socket_kind(sock)?.0 == libc::AF_INET;
-        *self.ipv4.borrow_mut(py) = Some(ipv4);
-        Ok(ipv4)
+        let family = match is_plain_socket(sock)? {
+            true => socket_kind(sock)?.0,
+            false => -1,
+        };
+        *self.family.borrow_mut(py) = Some(family);
+        Ok(family)
+    }
+
+    /// Whether the socket is a plain IPv4 one (`socket.socket`, `AF_INET`).
+    fn is_ipv4(&self, sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(self.plain_family(sock)? == libc::AF_INET)
     }
 
     /// The destination of `addr` when it is the very address tuple of a recent sender (an
@@ -108,7 +143,7 @@ impl DatagramReader {
     fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
         DatagramReader {
             transport: TransportRef::new(transport, attributes),
-            ipv4: GilCell::new(None),
+            family: GilCell::new(None),
             senders: GilCell::new(Vec::new()),
         }
     }
@@ -182,7 +217,8 @@ impl DatagramReader {
 
     /// `transport.sendto(data, addr=None)` (an instance attribute of the transport): asyncio's
     /// `_SelectorDatagramTransport.sendto` when the datagram can go out at once on a plain
-    /// socket: connected (`send`), or to an IPv4 `(host, port)` on an IPv4 socket. A send that
+    /// socket: connected (`send`), to an IPv4 `(host, port)` on an IPv4 socket, or to a
+    /// numeric IPv6 `(host, port[, flowinfo[, scope_id]])` on an IPv6 socket. A send that
     /// would block buffers the datagram with `_buffer_datagram`, as asyncio does; every other
     /// case is asyncio's own `sendto`. A socket connected to an unnamed Unix peer (a
     /// `socketpair`) sends with `send`, as uvloop does, where asyncio calls `sendto(data, None)`
@@ -243,21 +279,26 @@ impl DatagramReader {
                 .is_ok_and(|name| name.to_str().is_ok_and(str::is_empty));
         let destination = if peername.is_truthy()? || unnamed_peer {
             Destination::Peer
-        } else if self.is_ipv4(&sock)? {
-            match self
-                .recent_sender(py, addr)
-                .or_else(|| ipv4_destination(addr))
-            {
+        } else {
+            let found = match self.plain_family(&sock)? {
+                libc::AF_INET => self
+                    .recent_sender(py, addr)
+                    .or_else(|| ipv4_destination(addr)),
+                libc::AF_INET6 => ipv6_destination(addr),
+                _ => None,
+            };
+            match found {
                 Some(destination) => destination,
                 None => return asyncio(),
             }
-        } else {
-            return asyncio();
         };
         let fd = fileno(&sock)?;
         let sent = retry_interrupted(py, || match destination {
             Destination::Peer => net::send(fd, buffer.as_slice()),
             Destination::Ipv4(host, port) => net::send_to_ipv4(fd, buffer.as_slice(), host, port),
+            Destination::Ipv6(host, port, flowinfo, scope_id) => {
+                net::send_to_ipv6(fd, buffer.as_slice(), host, port, flowinfo, scope_id)
+            }
         });
         drop(buffer);
         match sent {
