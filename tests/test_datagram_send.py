@@ -88,6 +88,13 @@ def test_sendto_ipv6_addresses(loop, loop_errors):
     got = [peer.recvfrom(100) for _ in range(4)]
     assert [d for d, _ in got] == [b"two", b"three", b"four", b"five"]
     assert {a for _, a in got} == {here}
+    # Reads: the sender's address as socket gives it; an answer to that very tuple.
+    for n in range(3):
+        peer.sendto(b"back%d" % n, here)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert proto.datagrams == [(b"back%d" % n, peer.getsockname()) for n in range(3)]
+    transport.sendto(b"reply", proto.datagrams[-1][1])
+    assert peer.recvfrom(100) == (b"reply", here)
     # Addresses socket refuses: asyncio's outcome (a fatal error for a port out of range, an
     # error_received for an address of the other family), on both loops.
     transport.sendto(b"bad", ("127.0.0.1", port))

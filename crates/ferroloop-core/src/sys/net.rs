@@ -112,6 +112,29 @@ impl SockAddr {
     }
 }
 
+impl SockAddr {
+    /// The IPv6 address, port (host byte order), flow information (host byte order) and
+    /// scope, if that is what it is.
+    pub fn ipv6(&self) -> Option<([u8; 16], u16, u32, u32)> {
+        if self.storage.ss_family as libc::c_int != libc::AF_INET6
+            || (self.len as usize) < std::mem::size_of::<libc::sockaddr_in6>()
+        {
+            return None;
+        }
+        // SAFETY: the family is AF_INET6 and the kernel wrote a whole sockaddr_in6, which
+        // sockaddr_storage is large and aligned enough to hold.
+        let sin6 = unsafe {
+            &*(&self.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+        };
+        Some((
+            sin6.sin6_addr.s6_addr,
+            u16::from_be(sin6.sin6_port),
+            u32::from_be(sin6.sin6_flowinfo),
+            sin6.sin6_scope_id,
+        ))
+    }
+}
+
 /// `getsockname(fd)`: the socket's own address.
 pub fn local_address(fd: RawFd) -> io::Result<SockAddr> {
     let mut addr = SockAddr {

@@ -62,8 +62,57 @@ fn ipv6_destination(addr: &Bound<'_, PyAny>) -> Option<Destination> {
     Some(Destination::Ipv6(host.octets(), port, flowinfo, scope_id))
 }
 
-/// An IPv4 sender: address and port.
-type Ipv4Sender = ([u8; 4], u16);
+/// A datagram's sender, as the kernel gave it.
+#[derive(Clone, Copy, PartialEq)]
+enum Sender {
+    /// Address and port.
+    Ipv4([u8; 4], u16),
+    /// Address, port, flow information, scope.
+    Ipv6([u8; 16], u16, u32, u32),
+}
+
+impl Sender {
+    fn of(address: &net::SockAddr) -> Option<Sender> {
+        if let Some((host, port)) = address.ipv4() {
+            return Some(Sender::Ipv4(host, port));
+        }
+        let (host, port, flowinfo, scope_id) = address.ipv6()?;
+        Some(Sender::Ipv6(host, port, flowinfo, scope_id))
+    }
+
+    /// Where an answer to it goes.
+    fn destination(self) -> Destination {
+        match self {
+            Sender::Ipv4(host, port) => Destination::Ipv4(host, port),
+            Sender::Ipv6(host, port, flowinfo, scope) => {
+                Destination::Ipv6(host, port, flowinfo, scope)
+            }
+        }
+    }
+
+    /// The address tuple `socket`'s `makesockaddr` builds: `(host, port)` for IPv4,
+    /// `(host, port, flowinfo, scope_id)` for IPv6, the host as `inet_ntop` writes it.
+    fn tuple(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        match self {
+            Sender::Ipv4(host, port) => ipv4_address(py, (host, port)),
+            Sender::Ipv6(host, port, flowinfo, scope_id) => {
+                let address = std::net::Ipv6Addr::from(host);
+                let text = if host[..10].iter().all(|&b| b == 0) {
+                    // IPv4-compatible and -mapped forms: the C library's own spelling.
+                    let packed = pyo3::types::PyBytes::new(py, &host);
+                    py.import("socket")?
+                        .getattr("inet_ntop")?
+                        .call1((libc::AF_INET6, packed))?
+                } else {
+                    pyo3::types::PyString::new(py, &address.to_string()).into_any()
+                };
+                Ok((text, port, flowinfo, scope_id)
+                    .into_pyobject(py)?
+                    .into_any())
+            }
+        }
+    }
+}
 
 /// How many datagrams one readiness report delivers at most (asyncio delivers one; libuv,
 /// and so uvloop, up to 32). Reading until `EAGAIN` saves a poll per datagram on a busy
@@ -74,11 +123,12 @@ const DATAGRAMS_PER_EVENT: usize = 32;
 const RECENT_SENDERS: usize = 8;
 
 /// The reader callback of one datagram transport: asyncio's
-/// `_SelectorDatagramTransport._read_ready` for an IPv4 socket (`socket.socket`, `AF_INET`),
+/// `_SelectorDatagramTransport._read_ready` for an IPv4 or IPv6 socket (`socket.socket`),
 /// repeated until the socket has nothing more or [`DATAGRAMS_PER_EVENT`] datagrams came:
 /// each a `recvfrom` into a per-thread buffer (asyncio's `recvfrom(max_size)` allocates
 /// `max_size`, 256 KiB, for every datagram), and the sender's `(host, port)` built as `socket`
-/// builds it, or reused when one of the last few datagrams came from the same sender. Other
+/// builds it (`(host, port, flowinfo, scope_id)` for IPv6), or reused when one of the last few
+/// datagrams came from the same sender. Other
 /// sockets, and a `max_size` larger than the buffer, take asyncio's own method.
 #[pyclass(module = "ferroloop._core", name = "_DatagramReader")]
 pub struct DatagramReader {
@@ -87,7 +137,7 @@ pub struct DatagramReader {
     family: GilCell<Option<i32>>,
     /// Recent senders and their address tuples (a server hears from a few peers in turn),
     /// the oldest replaced first.
-    senders: GilCell<Vec<(Ipv4Sender, Py<PyAny>)>>,
+    senders: GilCell<Vec<(Sender, Py<PyAny>)>>,
 }
 
 impl DatagramReader {
@@ -105,9 +155,12 @@ impl DatagramReader {
         Ok(family)
     }
 
-    /// Whether the socket is a plain IPv4 one (`socket.socket`, `AF_INET`).
-    fn is_ipv4(&self, sock: &Bound<'_, PyAny>) -> PyResult<bool> {
-        Ok(self.plain_family(sock)? == libc::AF_INET)
+    /// Whether the socket is a plain IPv4 or IPv6 one (`socket.socket`, `AF_INET[6]`).
+    fn is_inet(&self, sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+        Ok(matches!(
+            self.plain_family(sock)?,
+            libc::AF_INET | libc::AF_INET6
+        ))
     }
 
     /// The destination of `addr` when it is the very address tuple of a recent sender (an
@@ -117,15 +170,15 @@ impl DatagramReader {
             .borrow(py)
             .iter()
             .find(|(_, tuple)| tuple.as_ptr() == addr.as_ptr())
-            .map(|((host, port), _)| Destination::Ipv4(*host, *port))
+            .map(|(sender, _)| sender.destination())
     }
 
     /// `("a.b.c.d", port)`, as `socket`'s `makesockaddr` builds it (`inet_ntop`).
-    fn address<'py>(&self, py: Python<'py>, sender: Ipv4Sender) -> PyResult<Bound<'py, PyAny>> {
+    fn address<'py>(&self, py: Python<'py>, sender: Sender) -> PyResult<Bound<'py, PyAny>> {
         if let Some((_, address)) = self.senders.borrow(py).iter().find(|(s, _)| *s == sender) {
             return Ok(address.bind(py).clone());
         }
-        let address = ipv4_address(py, sender)?;
+        let address = sender.tuple(py)?;
         let evicted = {
             let mut senders = self.senders.borrow_mut(py);
             let evicted = (senders.len() == RECENT_SENDERS).then(|| senders.remove(0));
@@ -163,9 +216,9 @@ impl DatagramReader {
             return Ok(());
         }
         let sock = get!(py, transport, attributes, "_sock")?;
-        let ipv4 = self.is_ipv4(&sock)?;
+        let inet = self.is_inet(&sock)?;
         let size = match get!(py, transport, attributes, "max_size")?.extract::<usize>() {
-            Ok(size) if ipv4 && size <= SCRATCH_SIZE => size,
+            Ok(size) if inet && size <= SCRATCH_SIZE => size,
             _ => {
                 asyncio_method(
                     py,
@@ -204,7 +257,7 @@ impl DatagramReader {
                     break;
                 }
             };
-            let address = match sender.ipv4() {
+            let address = match Sender::of(&sender) {
                 Some(sender) => self.address(py, sender)?,
                 // No address from the kernel: what `makesockaddr` gives for an empty one.
                 None => py.None().into_bound(py),
@@ -284,7 +337,9 @@ impl DatagramReader {
                 libc::AF_INET => self
                     .recent_sender(py, addr)
                     .or_else(|| ipv4_destination(addr)),
-                libc::AF_INET6 => ipv6_destination(addr),
+                libc::AF_INET6 => self
+                    .recent_sender(py, addr)
+                    .or_else(|| ipv6_destination(addr)),
                 _ => None,
             };
             match found {
