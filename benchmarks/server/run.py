@@ -84,6 +84,14 @@ WORKLOADS = [
     ),
     Workload("churn", "churn", "churn", "tcp", what="connect + 64 B echo + close, 8 concurrent"),
     Workload(
+        "accept_storm",
+        "storm",
+        "churn",
+        "tcp",
+        conns=500,
+        what="connect + 64 B echo + close, 500 concurrent (an accept storm)",
+    ),
+    Workload(
         "idle_rss",
         "idle",
         "idle",

@@ -29,6 +29,7 @@ WORKLOADS = (
     "udp",
     "http",
     "churn",
+    "storm",
     "idle",
     "tls_protocol",
     "tls_streams",
@@ -115,6 +116,11 @@ async def serve(loop, workload: str, addr: str, cert: str | None, key: str | Non
     if workload in ("tcp_protocol", "churn", "idle", "tls_protocol"):
         STEP = "loop.create_server(ssl=...)" if ssl_ctx else "loop.create_server()"
         keep.append(await loop.create_server(EchoProtocol, *inet, ssl=ssl_ctx))
+    elif workload == "storm":
+        # Hundreds of connections at once: a listen backlog that holds them (asyncio's
+        # default of 100 would leave connects waiting for SYN retransmissions).
+        STEP = "loop.create_server(backlog=1024)"
+        keep.append(await loop.create_server(EchoProtocol, *inet, backlog=1024))
     elif workload == "unix_protocol":
         STEP = "loop.create_unix_server()"
         keep.append(await loop.create_unix_server(EchoProtocol, path))
