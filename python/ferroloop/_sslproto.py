@@ -25,11 +25,20 @@ _ASYNCIO_SSL_PROTOCOL = sslproto.SSLProtocol
 
 if sys.version_info >= (3, 11):
 
+    def _asyncio_repr(self: object) -> str:
+        # object's default repr as asyncio's class gives it (exception handler contexts,
+        # "unclosed transport" warnings, logs): "<asyncio.sslproto.SSLProtocol object at 0x...>".
+        return f"<{sslproto.__name__}.{type(self).__qualname__} object at {id(self):#x}>"
+
     class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
         """asyncio's TLS transport, with a native ``write``."""
 
+        __repr__ = _asyncio_repr
+
     class SSLProtocol(sslproto.SSLProtocol):
         """asyncio's ``SSLProtocol``, with native ``get_buffer`` and ``buffer_updated``."""
+
+        __repr__ = _asyncio_repr
 
         def _get_app_transport(self) -> Any:
             # asyncio's method, making this module's transport class.
