@@ -170,14 +170,50 @@ unsafe fn single<'a, 'py>(
     }
 }
 
+/// One of asyncio's `sslproto` methods, looked up once: the cell, the class, the name.
+type AsyncioMethod = (&'static PyOnceLock<Py<PyAny>>, &'static str, &'static str);
+
 static ASYNCIO_GET_BUFFER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_BUFFER_UPDATED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_TLS_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
+/// A TLS method of one positional argument: `native(self, argument)` when called that way and
+/// it takes the case (`Some(result)`), else asyncio's method with the same arguments.
+///
+/// # Safety
+/// Called by CPython as a fast method of the class (see `install_tls_methods`); `slf`,
+/// `args`, `nargs` and `kwnames` are its arguments, unchanged.
+unsafe fn tls_method<'py>(
+    py: Python<'py>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+    native: impl FnOnce(&Bound<'py, PyAny>, &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>>,
+    (cell, class_name, name): AsyncioMethod,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: CPython passes the instance (the descriptor checked its type).
+    let object = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    // SAFETY: CPython's arguments.
+    if let Some(argument) = unsafe { single(py, args, nargs, kwnames) } {
+        if let Some(result) = native(&object, &argument)? {
+            return Ok(result.into_ptr());
+        }
+    }
+    let method = asyncio_class_method(py, cell, "asyncio.sslproto", class_name, name)?;
+    // SAFETY: CPython's arguments, unchanged.
+    unsafe { delegate(method, slf, args, nargs, kwnames) }
+}
+
+/// `None` for a native step that took the case, nothing (asyncio's method) otherwise.
+fn none_if(py: Python<'_>, taken: bool) -> Option<Bound<'_, PyAny>> {
+    taken.then(|| py.None().into_bound(py))
+}
+
 /// `SSLProtocol.get_buffer(n)`.
 ///
 /// # Safety
-/// Called by CPython as a fast method of the protocol class (see `install_tls_methods`).
+/// See `tls_method`.
 unsafe fn tls_get_buffer(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
@@ -185,29 +221,15 @@ unsafe fn tls_get_buffer(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    // SAFETY: CPython passes the instance and the call's arguments.
-    let protocol = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
-    // SAFETY: CPython's arguments.
-    if let Some(n) = unsafe { single(py, args, nargs, kwnames) } {
-        if let Some(buffer) = tls::get_buffer(&protocol, &n)? {
-            return Ok(buffer.into_ptr());
-        }
-    }
-    let method = asyncio_class_method(
-        py,
-        &ASYNCIO_GET_BUFFER,
-        "asyncio.sslproto",
-        "SSLProtocol",
-        "get_buffer",
-    )?;
+    let asyncio = (&ASYNCIO_GET_BUFFER, "SSLProtocol", "get_buffer");
     // SAFETY: CPython's arguments, unchanged.
-    unsafe { delegate(method, slf, args, nargs, kwnames) }
+    unsafe { tls_method(py, slf, args, nargs, kwnames, tls::get_buffer, asyncio) }
 }
 
 /// `SSLProtocol.buffer_updated(nbytes)`.
 ///
 /// # Safety
-/// As `tls_get_buffer`.
+/// See `tls_method`.
 unsafe fn tls_buffer_updated(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
@@ -215,29 +237,18 @@ unsafe fn tls_buffer_updated(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    // SAFETY: as in `tls_get_buffer`.
-    let protocol = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
-    // SAFETY: CPython's arguments.
-    if let Some(nbytes) = unsafe { single(py, args, nargs, kwnames) } {
-        if tls::buffer_updated(&protocol, &nbytes)? {
-            return Ok(py.None().into_ptr());
-        }
-    }
-    let method = asyncio_class_method(
-        py,
-        &ASYNCIO_BUFFER_UPDATED,
-        "asyncio.sslproto",
-        "SSLProtocol",
-        "buffer_updated",
-    )?;
+    let native = |protocol: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>| {
+        Ok(none_if(py, tls::buffer_updated(protocol, nbytes)?))
+    };
+    let asyncio = (&ASYNCIO_BUFFER_UPDATED, "SSLProtocol", "buffer_updated");
     // SAFETY: CPython's arguments, unchanged.
-    unsafe { delegate(method, slf, args, nargs, kwnames) }
+    unsafe { tls_method(py, slf, args, nargs, kwnames, native, asyncio) }
 }
 
 /// `_SSLProtocolTransport.write(data)`.
 ///
 /// # Safety
-/// Called by CPython as a fast method of the transport class (see `install_tls_methods`).
+/// See `tls_method`.
 unsafe fn tls_write(
     py: Python<'_>,
     slf: *mut ffi::PyObject,
@@ -245,23 +256,12 @@ unsafe fn tls_write(
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
-    // SAFETY: as in `tls_get_buffer`.
-    let transport = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
-    // SAFETY: CPython's arguments.
-    if let Some(data) = unsafe { single(py, args, nargs, kwnames) } {
-        if tls::write(&transport, &data)? {
-            return Ok(py.None().into_ptr());
-        }
-    }
-    let method = asyncio_class_method(
-        py,
-        &ASYNCIO_TLS_WRITE,
-        "asyncio.sslproto",
-        "_SSLProtocolTransport",
-        "write",
-    )?;
+    let native = |transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>| {
+        Ok(none_if(py, tls::write(transport, data)?))
+    };
+    let asyncio = (&ASYNCIO_TLS_WRITE, "_SSLProtocolTransport", "write");
     // SAFETY: CPython's arguments, unchanged.
-    unsafe { delegate(method, slf, args, nargs, kwnames) }
+    unsafe { tls_method(py, slf, args, nargs, kwnames, native, asyncio) }
 }
 
 static METHODS: [MethodDef; 2] = [
