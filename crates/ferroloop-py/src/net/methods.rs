@@ -148,9 +148,6 @@ macro_rules! entry {
 
 entry!(write_entry, write);
 entry!(close_entry, close);
-entry!(tls_get_buffer_entry, tls_get_buffer);
-entry!(tls_buffer_updated_entry, tls_buffer_updated);
-entry!(tls_write_entry, tls_write);
 
 /// The one positional argument of a call that has exactly one and no keywords.
 ///
@@ -170,15 +167,16 @@ unsafe fn single<'a, 'py>(
     }
 }
 
+/// The native step of a TLS method: the result, or `None` to call asyncio's method.
+type NativeStep<'py> =
+    fn(&Bound<'py, PyAny>, &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>>;
+
 /// One of asyncio's `sslproto` methods, looked up once: the cell, the class, the name.
 type AsyncioMethod = (&'static PyOnceLock<Py<PyAny>>, &'static str, &'static str);
 
-static ASYNCIO_GET_BUFFER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static ASYNCIO_BUFFER_UPDATED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static ASYNCIO_TLS_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
 /// A TLS method of one positional argument: `native(self, argument)` when called that way and
-/// it takes the case (`Some(result)`), else asyncio's method with the same arguments.
+/// it takes the case (`Some(result)`), else asyncio's `sslproto.<class_name>.<name>` (looked
+/// up once into `cell`) with the same arguments.
 ///
 /// # Safety
 /// Called by CPython as a fast method of the class (see `install_tls_methods`); `slf`,
@@ -189,7 +187,7 @@ unsafe fn tls_method<'py>(
     args: *const *mut ffi::PyObject,
     nargs: ffi::Py_ssize_t,
     kwnames: *mut ffi::PyObject,
-    native: impl FnOnce(&Bound<'py, PyAny>, &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>>,
+    native: NativeStep<'py>,
     (cell, class_name, name): AsyncioMethod,
 ) -> PyResult<*mut ffi::PyObject> {
     // SAFETY: CPython passes the instance (the descriptor checked its type).
@@ -205,64 +203,59 @@ unsafe fn tls_method<'py>(
     unsafe { delegate(method, slf, args, nargs, kwnames) }
 }
 
-/// `None` for a native step that took the case, nothing (asyncio's method) otherwise.
-fn none_if(py: Python<'_>, taken: bool) -> Option<Bound<'_, PyAny>> {
-    taken.then(|| py.None().into_bound(py))
-}
-
-/// `SSLProtocol.get_buffer(n)`.
-///
-/// # Safety
-/// See `tls_method`.
-unsafe fn tls_get_buffer(
-    py: Python<'_>,
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> PyResult<*mut ffi::PyObject> {
-    let asyncio = (&ASYNCIO_GET_BUFFER, "SSLProtocol", "get_buffer");
-    // SAFETY: CPython's arguments, unchanged.
-    unsafe { tls_method(py, slf, args, nargs, kwnames, tls::get_buffer, asyncio) }
-}
-
-/// `SSLProtocol.buffer_updated(nbytes)`.
-///
-/// # Safety
-/// See `tls_method`.
-unsafe fn tls_buffer_updated(
-    py: Python<'_>,
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> PyResult<*mut ffi::PyObject> {
-    let native = |protocol: &Bound<'_, PyAny>, nbytes: &Bound<'_, PyAny>| {
-        Ok(none_if(py, tls::buffer_updated(protocol, nbytes)?))
+/// The C entry `$entry` of the TLS method `$class.$name` whose native step is `$native` (see
+/// `tls_method`).
+macro_rules! tls_entry {
+    ($entry:ident, $native:path, $class:literal, $name:literal) => {
+        unsafe extern "C" fn $entry(
+            slf: *mut ffi::PyObject,
+            args: *const *mut ffi::PyObject,
+            nargs: ffi::Py_ssize_t,
+            kwnames: *mut ffi::PyObject,
+        ) -> *mut ffi::PyObject {
+            /// # Safety
+            /// See `tls_method`.
+            unsafe fn body(
+                py: Python<'_>,
+                slf: *mut ffi::PyObject,
+                args: *const *mut ffi::PyObject,
+                nargs: ffi::Py_ssize_t,
+                kwnames: *mut ffi::PyObject,
+            ) -> PyResult<*mut ffi::PyObject> {
+                static ASYNCIO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+                let asyncio = (&ASYNCIO, $class, $name);
+                // SAFETY: CPython's arguments, unchanged.
+                unsafe { tls_method(py, slf, args, nargs, kwnames, $native, asyncio) }
+            }
+            // SAFETY: CPython calls it as a fast method with keywords; pyo3's trampoline
+            // attaches, catches panics and restores errors.
+            unsafe {
+                get_trampoline_function!(fastcall_cfunction_with_keywords, body)(
+                    slf, args, nargs, kwnames,
+                )
+            }
+        }
     };
-    let asyncio = (&ASYNCIO_BUFFER_UPDATED, "SSLProtocol", "buffer_updated");
-    // SAFETY: CPython's arguments, unchanged.
-    unsafe { tls_method(py, slf, args, nargs, kwnames, native, asyncio) }
 }
 
-/// `_SSLProtocolTransport.write(data)`.
-///
-/// # Safety
-/// See `tls_method`.
-unsafe fn tls_write(
-    py: Python<'_>,
-    slf: *mut ffi::PyObject,
-    args: *const *mut ffi::PyObject,
-    nargs: ffi::Py_ssize_t,
-    kwnames: *mut ffi::PyObject,
-) -> PyResult<*mut ffi::PyObject> {
-    let native = |transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>| {
-        Ok(none_if(py, tls::write(transport, data)?))
-    };
-    let asyncio = (&ASYNCIO_TLS_WRITE, "_SSLProtocolTransport", "write");
-    // SAFETY: CPython's arguments, unchanged.
-    unsafe { tls_method(py, slf, args, nargs, kwnames, native, asyncio) }
-}
+tls_entry!(
+    tls_get_buffer_entry,
+    tls::get_buffer,
+    "SSLProtocol",
+    "get_buffer"
+);
+tls_entry!(
+    tls_buffer_updated_entry,
+    tls::buffer_updated,
+    "SSLProtocol",
+    "buffer_updated"
+);
+tls_entry!(
+    tls_write_entry,
+    tls::write,
+    "_SSLProtocolTransport",
+    "write"
+);
 
 static METHODS: [MethodDef; 2] = [
     fastcall_def(

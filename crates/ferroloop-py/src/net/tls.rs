@@ -176,16 +176,17 @@ pub(crate) fn get_buffer<'py>(
     get!(protocol, "_ssl_buffer_view").map(Some)
 }
 
-/// `SSLProtocol.buffer_updated(nbytes)`; `false` to call asyncio's (`nbytes` is not an int).
-pub(crate) fn buffer_updated(
-    object: &Bound<'_, PyAny>,
-    nbytes: &Bound<'_, PyAny>,
-) -> PyResult<bool> {
+/// `SSLProtocol.buffer_updated(nbytes)`: `None`, or nothing to call asyncio's (`nbytes` is
+/// not an int).
+pub(crate) fn buffer_updated<'py>(
+    object: &Bound<'py, PyAny>,
+    nbytes: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     let Some(protocol) = Protocol::of(object) else {
-        return Ok(false);
+        return Ok(None);
     };
     let Ok(nbytes) = nbytes.extract::<isize>() else {
-        return Ok(false);
+        return Ok(None);
     };
     let py = protocol.py();
     let view = get!(protocol, "_ssl_buffer_view")?;
@@ -202,7 +203,7 @@ pub(crate) fn buffer_updated(
     } else if protocol.in_state(&state, &constants.shutdown) {
         call!(protocol, "_do_shutdown")?;
     }
-    Ok(true)
+    Ok(Some(py.None().into_bound(py)))
 }
 
 /// asyncio's `_do_read` in the `WRAPPED` state.
@@ -342,30 +343,33 @@ fn control_ssl_reading(protocol: &Protocol<'_>) -> PyResult<()> {
 }
 
 /// `_SSLProtocolTransport.write(data)` for `bytes` on a `WRAPPED` connection with nothing
-/// held back; `false` to call asyncio's.
-pub(crate) fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+/// held back: `None`, or nothing to call asyncio's.
+pub(crate) fn write<'py>(
+    transport: &Bound<'py, PyAny>,
+    data: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
     let py = transport.py();
     if !data.is_exact_instance_of::<PyBytes>() {
-        return Ok(false);
+        return Ok(None);
     }
     let Some(attributes) = instance_dict(transport) else {
-        return Ok(false);
+        return Ok(None);
     };
     let Some(object) = attributes.get_item(intern!(py, "_ssl_protocol"))? else {
-        return Ok(false);
+        return Ok(None);
     };
     let Some(protocol) = Protocol::of(&object) else {
-        return Ok(false);
+        return Ok(None);
     };
     let size = bytes_len(data);
     if size == 0 {
-        return Ok(true);
+        return Ok(Some(py.None().into_bound(py)));
     }
     let state = get!(protocol, "_state")?;
     if !protocol.in_state(&state, &protocol.constants.wrapped)
         || protocol.flag(get!(protocol, "_write_backlog"))?
     {
-        return Ok(false);
+        return Ok(None);
     }
     // _write_appdata((data,)): into the backlog, then _do_write, which takes it out again
     // once the SSL object has it all.
@@ -392,7 +396,7 @@ pub(crate) fn write(transport: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> Py
         process_outgoing(&protocol)
     };
     protocol.guard(steps())?;
-    Ok(true)
+    Ok(Some(py.None().into_bound(py)))
 }
 
 /// `data` (of `size` bytes) into `_write_backlog`, counted in `_write_buffer_size`.
