@@ -24,23 +24,22 @@ static DROPS_EMPTY: PyOnceLock<bool> = PyOnceLock::new();
 enum Destination {
     /// The connected peer: `send`.
     Peer,
-    Ipv4([u8; 4], u16),
-    /// Address, port, flow information, scope.
-    Ipv6([u8; 16], u16, u32, u32),
+    /// An IPv4 or IPv6 address: `sendto`.
+    To(Address),
 }
 
 /// `("a.b.c.d", port)` as an IPv4 address and port, if it is exactly that (anything else,
 /// a host name included, is left to `socket.sendto`).
-fn ipv4_destination(addr: &Bound<'_, PyAny>) -> Option<Destination> {
+fn ipv4_destination(addr: &Bound<'_, PyAny>) -> Option<Address> {
     let (host, port): (String, u16) = addr.extract().ok()?;
     let host: std::net::Ipv4Addr = host.parse().ok()?;
-    Some(Destination::Ipv4(host.octets(), port))
+    Some(Address::Ipv4(host.octets(), port))
 }
 
 /// `("x:y::z", port[, flowinfo[, scope_id]])` with a numeric IPv6 address, if it is exactly
 /// that with values `socket` accepts (anything else, a host name or a `%scope` included, is
 /// left to `socket.sendto` and its errors).
-fn ipv6_destination(addr: &Bound<'_, PyAny>) -> Option<Destination> {
+fn ipv6_destination(addr: &Bound<'_, PyAny>) -> Option<Address> {
     let tuple = addr.cast::<pyo3::types::PyTuple>().ok()?;
     let (host, port, flowinfo, scope_id) = match tuple.len() {
         2 => {
@@ -59,43 +58,33 @@ fn ipv6_destination(addr: &Bound<'_, PyAny>) -> Option<Destination> {
         return None;
     }
     let host: std::net::Ipv6Addr = host.parse().ok()?;
-    Some(Destination::Ipv6(host.octets(), port, flowinfo, scope_id))
+    Some(Address::Ipv6(host.octets(), port, flowinfo, scope_id))
 }
 
-/// A datagram's sender, as the kernel gave it.
+/// An IPv4 or IPv6 address: a datagram's sender as the kernel gave it, or where one goes.
 #[derive(Clone, Copy, PartialEq)]
-enum Sender {
+enum Address {
     /// Address and port.
     Ipv4([u8; 4], u16),
     /// Address, port, flow information, scope.
     Ipv6([u8; 16], u16, u32, u32),
 }
 
-impl Sender {
-    fn of(address: &net::SockAddr) -> Option<Sender> {
+impl Address {
+    fn of(address: &net::SockAddr) -> Option<Address> {
         if let Some((host, port)) = address.ipv4() {
-            return Some(Sender::Ipv4(host, port));
+            return Some(Address::Ipv4(host, port));
         }
         let (host, port, flowinfo, scope_id) = address.ipv6()?;
-        Some(Sender::Ipv6(host, port, flowinfo, scope_id))
-    }
-
-    /// Where an answer to it goes.
-    fn destination(self) -> Destination {
-        match self {
-            Sender::Ipv4(host, port) => Destination::Ipv4(host, port),
-            Sender::Ipv6(host, port, flowinfo, scope) => {
-                Destination::Ipv6(host, port, flowinfo, scope)
-            }
-        }
+        Some(Address::Ipv6(host, port, flowinfo, scope_id))
     }
 
     /// The address tuple `socket`'s `makesockaddr` builds: `(host, port)` for IPv4,
     /// `(host, port, flowinfo, scope_id)` for IPv6, the host as `inet_ntop` writes it.
     fn tuple(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         match self {
-            Sender::Ipv4(host, port) => ipv4_address(py, (host, port)),
-            Sender::Ipv6(host, port, flowinfo, scope_id) => {
+            Address::Ipv4(host, port) => ipv4_address(py, (host, port)),
+            Address::Ipv6(host, port, flowinfo, scope_id) => {
                 let address = std::net::Ipv6Addr::from(host);
                 let text = if host[..10].iter().all(|&b| b == 0) {
                     // IPv4-compatible and -mapped forms: the C library's own spelling.
@@ -137,7 +126,7 @@ pub struct DatagramReader {
     family: GilCell<Option<i32>>,
     /// Recent senders and their address tuples (a server hears from a few peers in turn),
     /// the oldest replaced first.
-    senders: GilCell<Vec<(Sender, Py<PyAny>)>>,
+    senders: GilCell<Vec<(Address, Py<PyAny>)>>,
 }
 
 impl DatagramReader {
@@ -165,16 +154,16 @@ impl DatagramReader {
 
     /// The destination of `addr` when it is the very address tuple of a recent sender (an
     /// echo answers with the tuple it was given): no parsing.
-    fn recent_sender(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> Option<Destination> {
+    fn recent_sender(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> Option<Address> {
         self.senders
             .borrow(py)
             .iter()
             .find(|(_, tuple)| tuple.as_ptr() == addr.as_ptr())
-            .map(|(sender, _)| sender.destination())
+            .map(|(sender, _)| *sender)
     }
 
     /// `("a.b.c.d", port)`, as `socket`'s `makesockaddr` builds it (`inet_ntop`).
-    fn address<'py>(&self, py: Python<'py>, sender: Sender) -> PyResult<Bound<'py, PyAny>> {
+    fn address<'py>(&self, py: Python<'py>, sender: Address) -> PyResult<Bound<'py, PyAny>> {
         if let Some((_, address)) = self.senders.borrow(py).iter().find(|(s, _)| *s == sender) {
             return Ok(address.bind(py).clone());
         }
@@ -257,7 +246,7 @@ impl DatagramReader {
                     break;
                 }
             };
-            let address = match Sender::of(&sender) {
+            let address = match Address::of(&sender) {
                 Some(sender) => self.address(py, sender)?,
                 // No address from the kernel: what `makesockaddr` gives for an empty one.
                 None => py.None().into_bound(py),
@@ -333,25 +322,23 @@ impl DatagramReader {
         let destination = if peername.is_truthy()? || unnamed_peer {
             Destination::Peer
         } else {
-            let found = match self.plain_family(&sock)? {
-                libc::AF_INET => self
-                    .recent_sender(py, addr)
-                    .or_else(|| ipv4_destination(addr)),
-                libc::AF_INET6 => self
-                    .recent_sender(py, addr)
-                    .or_else(|| ipv6_destination(addr)),
-                _ => None,
+            let parse = match self.plain_family(&sock)? {
+                libc::AF_INET => ipv4_destination,
+                libc::AF_INET6 => ipv6_destination,
+                _ => return asyncio(),
             };
-            match found {
-                Some(destination) => destination,
+            match self.recent_sender(py, addr).or_else(|| parse(addr)) {
+                Some(address) => Destination::To(address),
                 None => return asyncio(),
             }
         };
         let fd = fileno(&sock)?;
         let sent = retry_interrupted(py, || match destination {
             Destination::Peer => net::send(fd, buffer.as_slice()),
-            Destination::Ipv4(host, port) => net::send_to_ipv4(fd, buffer.as_slice(), host, port),
-            Destination::Ipv6(host, port, flowinfo, scope_id) => {
+            Destination::To(Address::Ipv4(host, port)) => {
+                net::send_to_ipv4(fd, buffer.as_slice(), host, port)
+            }
+            Destination::To(Address::Ipv6(host, port, flowinfo, scope_id)) => {
                 net::send_to_ipv6(fd, buffer.as_slice(), host, port, flowinfo, scope_id)
             }
         });
