@@ -15,8 +15,9 @@ from ferroloop import _loop as ferro_loop_module
 from conftest import active_connections, socket_pair, tcp_pair, ticker
 
 
-def _state(transport):
-    """Every attribute of a transport, instance dict and slots, as (name, kind-of-value)."""
+def _state(transport, names):
+    """The attributes ``names`` and the slots of asyncio's base classes of a transport, as
+    (name, kind-of-value)."""
 
     def kind(value):
         if hasattr(value, "__self__") and hasattr(value, "__func__"):
@@ -25,7 +26,6 @@ def _state(transport):
             return value
         return type(value).__name__
 
-    names = set(vars(transport)) - {"_read_ready", "write", "close"}
     state = {name: kind(getattr(transport, name)) for name in names}
     for slot in ("_extra", "_loop", "_protocol_paused", "_high_water", "_low_water"):
         state[slot] = kind(getattr(transport, slot))
@@ -72,16 +72,39 @@ def test_native_construction_matches_asyncios_init(make_socks, buffered, monkeyp
                 assert inits == [t]
             made.append((t, s1, s2, waiter))
         (native_t, *_), (python_t, *_) = made
-        native_state = _state(native_t)
-        python_state = _state(python_t)
+        # Every attribute asyncio's __init__ chain gives, read the same way on ferroloop's
+        # slotted class (slots, and properties for the bound methods asyncio stores).
+        names = set(vars(python_t)) - {"_read_ready", "write", "close"}
+        native_state = _state(native_t, names)
+        python_state = _state(python_t, names)
         # The two sockets differ: compare the shape of the addresses, not their values.
         for state in (native_state, python_state):
             state["_sock_fd"] = "fd"
             for key in ("sockname", "peername"):
                 state["extra"][key] = type(state["extra"][key]).__name__
         assert native_state == python_state
+        # The slotted class made by asyncio's own __init__ chain (its super() calls rebound to
+        # the slotted copies): the same state, and asyncio's reader method.
+        s1, s2 = make_socks()
+        waiter = loop.create_future()
+        slotted = ferroloop._stream_transport._SelectorSocketTransport(
+            loop, s1, P(), waiter, {"x": 1}
+        )
+        made.append((slotted, s1, s2, waiter))
+        slotted_state = _state(slotted, names)
+        slotted_state["_sock_fd"] = "fd"
+        for key in ("sockname", "peername"):
+            slotted_state["extra"][key] = type(slotted_state["extra"][key]).__name__
+        assert slotted_state == python_state
+        assert slotted._read_ready.__func__ is (
+            asyncio.selector_events._SelectorSocketTransport._read_ready
+        )
         assert loop._transports[native_t._sock_fd] is native_t
-        assert isinstance(native_t, asyncio.selector_events._SelectorSocketTransport)
+        assert isinstance(python_t, asyncio.selector_events._SelectorSocketTransport)
+        assert isinstance(native_t, asyncio.Transport)
+        assert type(native_t) is ferroloop._stream_transport._SelectorSocketTransport
+        assert vars(native_t) == {}  # nothing in an instance __dict__
+        assert native_t._read_ready is native_t._reader
         loop.run_until_complete(asyncio.sleep(0))
         for t, s1, s2, waiter in made:
             assert waiter.done() and waiter.result() is None
@@ -472,3 +495,45 @@ def test_close_releases_the_callbacks_at_once_from_312(loop):
     assert t._read_ready_cb is None and t._write_ready is None
     loop.run_until_complete(asyncio.sleep(0))
     b.close()
+
+
+@pytest.mark.parametrize("first_read", ["open", "after_close"])
+def test_extra_of_an_accepted_connection(loop, first_read):
+    """ferroloop makes an accepted IPv4 connection's extra dict when first read: the same keys,
+    order and values as asyncio's, read while the connection is open or only once it is
+    closed (the peer gone, the socket closed)."""
+
+    async def main():
+        made = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.set_result(transport)
+
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        address = server.sockets[0].getsockname()
+        client = socket.create_connection(address)
+        client_address = client.getsockname()
+        t = await made
+        seen = {}
+        if first_read == "open":
+            seen["open"] = (t.get_extra_info("peername"), t.get_extra_info("sockname"))
+        client.close()
+        t.close()
+        await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+        sock = t.get_extra_info("socket")
+        seen["keys"] = list(t._extra)
+        seen["closed"] = (t.get_extra_info("peername"), t.get_extra_info("sockname"))
+        seen["socket"] = (type(sock).__name__, sock.fileno(), sock is t.get_extra_info("socket"))
+        seen["missing"] = t.get_extra_info("nonexistent", "default")
+        return seen, client_address, address
+
+    seen, client_address, address = loop.run_until_complete(main())
+    assert seen["keys"] == ["peername", "socket", "sockname"]
+    assert seen["closed"] == (client_address, address)
+    if first_read == "open":
+        assert seen["open"] == (client_address, address)
+    assert seen["socket"] == ("TransportSocket", -1, True)
+    assert seen["missing"] == "default"

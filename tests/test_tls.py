@@ -105,7 +105,7 @@ def test_echo_of_every_size(loop, contexts):
             assert type(app._ssl_protocol) is _sslproto.SSLProtocol
             assert type(writer.transport._ssl_protocol) is _sslproto.SSLProtocol
             raw = app._ssl_protocol._transport
-            assert isinstance(raw, ferroloop._loop._SelectorSocketTransport)
+            assert isinstance(raw, ferroloop._stream_transport._SelectorSocketTransport)
         # Reprs read as asyncio's (exception handler contexts, warnings, logs).
         assert repr(app).startswith("<asyncio.sslproto._SSLProtocolTransport object at ")
         assert repr(app._ssl_protocol).startswith("<asyncio.sslproto.SSLProtocol object at ")

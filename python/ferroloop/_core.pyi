@@ -26,6 +26,7 @@ __all__ = [
     "_DatagramReader",
     "_Acceptor",
     "_TransportStep",
+    "_PendingExtra",
     "_new_socket_transport",
     "_install_stream_methods",
     "_install_tls_methods",
@@ -194,7 +195,7 @@ class _TransportReader:
     # Named like the transport method it stands for (in tracebacks and reprs).
     @property
     def __qualname__(self) -> str: ...
-    def __new__(cls, transport: Any, attributes: dict[str, Any]) -> _TransportReader: ...
+    def __new__(cls, transport: Any, attributes: dict[str, Any] | None) -> _TransportReader: ...
     def __call__(self) -> None: ...
 
 @final
@@ -226,6 +227,11 @@ class _Acceptor:
     def _connection(self, conn: socket.socket, addr: Any) -> None: ...
 
 @final
+class _PendingExtra:
+    # net/extra.rs: an accepted IPv4 connection's extra dict, made when first read.
+    def build(self) -> dict[str, Any]: ...
+
+@final
 class _TransportStep:
     # Named like the transport method it stands for (in tracebacks and reprs).
     @property
@@ -242,7 +248,7 @@ def _new_socket_transport(
     server: Any,
     check_fd: bool,
 ) -> Any: ...
-def _install_stream_methods(cls: type) -> None: ...
+def _install_stream_methods(cls: type, unset: Any = None) -> None: ...
 def _release_stream_callbacks(attributes: dict[str, Any]) -> None: ...
 
 # net/tls.rs, net/methods.rs: asyncio's SSLProtocol data path (3.11+).

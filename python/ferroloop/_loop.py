@@ -31,7 +31,7 @@ from asyncio.log import logger
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import _core, _hooks, _sslproto  # noqa: F401  (_hooks registers itself with _core)
+from . import _core, _hooks, _sslproto, _stream_transport  # noqa: F401  (_hooks registers itself)
 from ._metrics import MetricsMixin
 from ._watchdog import WatchdogMixin
 
@@ -249,7 +249,7 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
                 server,
                 backlog,
                 rest,
-                _SelectorSocketTransport if native else None,
+                _stream_transport._SelectorSocketTransport if native else None,
                 _PY312,
             )
             self._add_reader(sock.fileno(), acceptor)
@@ -290,7 +290,14 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
             # asyncio's __init__ chain, natively: the same attributes, calls and callbacks
             # (see crates/ferroloop-py/src/net/stream_lifecycle.rs).
             return _core._new_socket_transport(
-                self, _SelectorSocketTransport, sock, protocol, waiter, extra, server, _PY312
+                self,
+                _stream_transport._SelectorSocketTransport,
+                sock,
+                protocol,
+                waiter,
+                extra,
+                server,
+                _PY312,
             )
         if _PY312:
             self._ensure_fd_no_transport(sock)
@@ -378,16 +385,8 @@ class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
             self._read_ready = _core._TransportReader(self, self.__dict__)
         super().__init__(loop, sock, protocol, waiter, extra, server)
 
-    def _write_rest(self, data, n):
-        """asyncio's ``write`` after ``self._sock.send(data)`` took ``n`` bytes (0: it would
-        have blocked) of non-empty ``data``, with an empty buffer: wait for writability and
-        buffer the rest. The buffer is a bytearray up to 3.11, a deque of memoryviews since."""
-        self._loop._add_writer(self._sock_fd, self._write_ready)
-        if isinstance(self._buffer, bytearray):
-            self._buffer.extend(data[n:])
-        else:
-            self._buffer.append(memoryview(data)[n:])
-        self._maybe_pause_protocol()
+    # asyncio's write after a partial send (the slotted class's, see _stream_transport.py).
+    _write_rest = _stream_transport._write_rest
 
     def _call_connection_lost(self, exc):
         try:

@@ -537,6 +537,29 @@ pub fn object_new<'py>(cls: &Bound<'py, pyo3::types::PyType>) -> PyResult<Bound<
     }
 }
 
+/// `descriptor.__set__(obj, value)` through the descriptor type's `tp_descr_set`, without
+/// the bound method-wrapper a Python-level call makes (a base class's slot that a subclass
+/// shadows with a property).
+pub fn descriptor_set(
+    descriptor: &Bound<'_, PyAny>,
+    obj: &Bound<'_, PyAny>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = descriptor.py();
+    // SAFETY: live objects; `tp_descr_set`, when set, takes (descriptor, instance, value) and
+    // returns 0, or -1 with an exception set.
+    unsafe {
+        let Some(set) = (*ffi::Py_TYPE(descriptor.as_ptr())).tp_descr_set else {
+            descriptor.call_method1(pyo3::intern!(py, "__set__"), (obj, value))?;
+            return Ok(());
+        };
+        if set(descriptor.as_ptr(), obj.as_ptr(), value.as_ptr()) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+    }
+    Ok(())
+}
+
 /// `del dict[key]` if the key is there; nothing otherwise (no `KeyError` object is made
 /// visible: the one CPython raises is cleared).
 pub fn dict_discard(dict: &Bound<'_, pyo3::types::PyDict>, key: &Bound<'_, PyAny>) {

@@ -32,11 +32,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::DatagramReader>()?;
     m.add_class::<net::Acceptor>()?;
     m.add_class::<net::Step>()?;
+    m.add_class::<net::PendingExtra>()?;
     m.add_function(wrap_pyfunction!(net::new_socket_transport, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_stream_methods, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_tls_methods, m)?)?;
     m.add_function(wrap_pyfunction!(net::tls_constants, m)?)?;
-    m.add_function(wrap_pyfunction!(net::release_callbacks, m)?)?;
+    m.add_function(wrap_pyfunction!(net::release_stream_callbacks, m)?)?;
     m.add_class::<handles::Handle>()?;
     m.add_class::<handles::TimerHandle>()?;
     metrics::register(m)?;

@@ -184,7 +184,7 @@ impl DatagramReader {
     #[new]
     fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
         DatagramReader {
-            transport: TransportRef::new(transport, attributes),
+            transport: TransportRef::new(transport, Some(attributes)),
             family: GilCell::new(None),
             senders: GilCell::new(Vec::new()),
         }

@@ -11,6 +11,7 @@
 //! - `ferroloop._sslproto.SSLProtocol`: `get_buffer` and `buffer_updated`; and its
 //!   `_SSLProtocolTransport`: `write` (`tls.rs`).
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::ffi;
 use pyo3::impl_::trampoline::get_trampoline_function;
 use pyo3::prelude::*;
@@ -18,19 +19,23 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 use pyo3::{intern, Borrowed};
 
-use super::stream::TransportReader;
+use super::stream::{asyncio_write, is_slotted, slotted_of, Slotted, TransportReader, SLOTTED};
 use super::stream_lifecycle;
 use super::tls;
 use super::transport::{asyncio_class_method, asyncio_method};
 use crate::event_loop::{fastcall_def, install_methods, MethodDef};
 
-static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_CLOSE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-/// The transport's native reader, if `_read_ready` is one.
+/// The transport's native reader, if `_read_ready` is one (on the slotted class, the
+/// `_reader` slot behind that property).
 fn native_reader<'py>(transport: &Bound<'py, PyAny>) -> Option<Bound<'py, TransportReader>> {
     let py = transport.py();
-    let reader = transport.getattr(intern!(py, "_read_ready")).ok()?;
+    let name = match is_slotted(transport) {
+        true => intern!(py, "_reader"),
+        false => intern!(py, "_read_ready"),
+    };
+    let reader = transport.getattr(name).ok()?;
     reader.cast_into::<TransportReader>().ok()
 }
 
@@ -95,9 +100,9 @@ unsafe fn write(
             return Ok(py.None().into_ptr());
         }
     }
-    let method = asyncio_method(py, &ASYNCIO_WRITE, "_SelectorSocketTransport", "write")?;
+    let method = asyncio_write(&transport)?;
     // SAFETY: CPython's arguments, unchanged.
-    unsafe { delegate(method, slf, args, nargs, kwnames) }
+    unsafe { delegate(&method, slf, args, nargs, kwnames) }
 }
 
 /// `transport.close()`.
@@ -119,9 +124,12 @@ unsafe fn close(
             return Ok(py.None().into_ptr());
         }
     }
-    let method = asyncio_method(py, &ASYNCIO_CLOSE, "_SelectorSocketTransport", "close")?;
+    let method = match slotted_of(&transport) {
+        Some(slotted) => slotted.close.bind(py).clone(),
+        None => asyncio_method(py, &ASYNCIO_CLOSE, "_SelectorSocketTransport", "close")?.clone(),
+    };
     // SAFETY: CPython's arguments, unchanged.
-    unsafe { delegate(method, slf, args, nargs, kwnames) }
+    unsafe { delegate(&method, slf, args, nargs, kwnames) }
 }
 
 /// The C entry point `$entry` of the method body `$body` (`fn(py, slf, args, nargs,
@@ -266,11 +274,29 @@ static METHODS: [MethodDef; 2] = [
     fastcall_def(c"close", c"Close the transport.", close_entry),
 ];
 
-/// `ferroloop._core._install_stream_methods(cls)`: `cls.write` and `cls.close` become the
-/// native methods. `cls` is ferroloop's subclass of `_SelectorSocketTransport`.
+/// `ferroloop._core._install_stream_methods(cls, unset=None)`: `cls.write` and `cls.close`
+/// become the native methods. `cls` is ferroloop's subclass of `_SelectorSocketTransport`, or,
+/// with `unset` (the value of its `_read_cb` / `_write_cb` slots until set), ferroloop's
+/// slotted stream transport class, which native construction then makes.
 #[pyfunction]
-#[pyo3(name = "_install_stream_methods")]
-pub fn install_stream_methods(cls: &Bound<'_, PyType>) -> PyResult<()> {
+#[pyo3(name = "_install_stream_methods", signature = (cls, unset=None))]
+pub fn install_stream_methods(cls: &Bound<'_, PyType>, unset: Option<Py<PyAny>>) -> PyResult<()> {
+    if let Some(unset) = unset {
+        let py = cls.py();
+        // Before the C methods replace them: the class's own or its slotted base's.
+        let own = |name: &str| -> PyResult<Py<PyAny>> { Ok(cls.getattr(name)?.unbind()) };
+        let slotted = Slotted {
+            class: cls.clone().unbind(),
+            unset,
+            write: own("write")?,
+            close: own("close")?,
+        };
+        if SLOTTED.set(py, slotted).is_err() {
+            return Err(PyRuntimeError::new_err(
+                "the slotted stream transport class is installed already",
+            ));
+        }
+    }
     install_methods(cls, &METHODS)
 }
 

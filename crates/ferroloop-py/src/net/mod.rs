@@ -10,6 +10,7 @@
 //! - [`transport`]: what stream and datagram transports share.
 //! - [`stream`]: TCP and Unix stream transports: the reader callback and `write`.
 //! - [`stream_lifecycle`]: their construction, end of file, `close` and `connection_lost`.
+//! - [`extra`]: their `extra` dict, made when first read.
 //! - [`methods`]: C methods of ferroloop's subclasses of asyncio's transports and of
 //!   `SSLProtocol` (the entry points into [`stream`], [`stream_lifecycle`] and [`tls`]).
 //! - [`tls`]: the data path of asyncio's `SSLProtocol` once the handshake is done.
@@ -18,6 +19,7 @@
 
 pub(crate) mod buffer;
 pub(crate) mod datagram;
+pub(crate) mod extra;
 pub(crate) mod methods;
 pub(crate) mod server;
 pub(crate) mod sock_ops;
@@ -28,8 +30,9 @@ pub(crate) mod tls;
 pub(crate) mod transport;
 
 pub(crate) use datagram::DatagramReader;
+pub(crate) use extra::PendingExtra;
 pub(crate) use methods::{install_stream_methods, install_tls_methods};
 pub(crate) use server::Acceptor;
 pub(crate) use stream::TransportReader;
-pub(crate) use stream_lifecycle::{new_socket_transport, release_callbacks, Step};
+pub(crate) use stream_lifecycle::{new_socket_transport, release_stream_callbacks, Step};
 pub(crate) use tls::tls_constants;

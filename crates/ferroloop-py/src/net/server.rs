@@ -137,22 +137,42 @@ impl Acceptor {
         let outcome = (|| {
             let made = serving.protocol_factory.bind(py).call0()?;
             protocol = Some(made.clone());
-            let extra = PyDict::new(py);
-            extra.set_item(intern!(py, "peername"), addr)?;
             let server = serving.server.bind(py);
+            // An IPv4 peer comes as the kernel gave it (see `accept_batch`).
+            let peer = match addr.extract::<u64>() {
+                Ok(packed) => Some(unpack_ipv4(packed)),
+                Err(_) => None,
+            };
             match &serving.transport_class {
-                Some(class) if !event_loop.get().is_debug() => make_socket_transport(
-                    event_loop,
-                    class.bind(py),
-                    &conn,
-                    Some(serving.kind),
-                    &made,
-                    &py.None().into_bound(py),
-                    extra.as_any(),
-                    server,
-                    serving.check_fd,
-                ),
+                Some(class) if !event_loop.get().is_debug() => {
+                    let (extra, peer) = match peer {
+                        Some(peer) => (py.None().into_bound(py), Some(peer)),
+                        None => {
+                            let extra = PyDict::new(py);
+                            extra.set_item(intern!(py, "peername"), &addr)?;
+                            (extra.into_any(), None)
+                        }
+                    };
+                    make_socket_transport(
+                        event_loop,
+                        class.bind(py),
+                        &conn,
+                        Some(serving.kind),
+                        &made,
+                        &py.None().into_bound(py),
+                        &extra,
+                        peer,
+                        server,
+                        serving.check_fd,
+                    )
+                }
                 _ => {
+                    let addr = match peer {
+                        Some(peer) => ipv4_address(py, peer)?,
+                        None => addr,
+                    };
+                    let extra = PyDict::new(py);
+                    extra.set_item(intern!(py, "peername"), addr)?;
                     let kwargs = PyDict::new(py);
                     kwargs.set_item(intern!(py, "extra"), extra)?;
                     kwargs.set_item(intern!(py, "server"), server)?;
@@ -257,9 +277,10 @@ impl Acceptor {
                     return Err(error);
                 }
             };
+            // An IPv4 peer as one int (`pack_ipv4`), turned into asyncio's tuple only when
+            // read; other families: the same address, from the connection itself.
             let addr = match peer.ipv4() {
-                Some(address) => ipv4_address(py, address)?,
-                // Other families: the same address, from the connection itself.
+                Some(address) => pack_ipv4(address).into_pyobject(py)?.into_any(),
                 None => conn.call_method0(intern!(py, "getpeername"))?,
             };
             let args = PyTuple::new(py, [conn, addr])?;
@@ -273,6 +294,16 @@ impl Acceptor {
         }
         Ok(())
     }
+}
+
+/// An IPv4 address and port as one int (host in the upper 32 bits), to pass to the connection
+/// step without making asyncio's `(host, port)` tuple.
+fn pack_ipv4((host, port): ([u8; 4], u16)) -> u64 {
+    (u64::from(u32::from_be_bytes(host)) << 16) | u64::from(port)
+}
+
+fn unpack_ipv4(packed: u64) -> ([u8; 4], u16) {
+    (((packed >> 16) as u32).to_be_bytes(), packed as u16)
 }
 
 /// The `socket.socket` of an accepted fd, as `socket.accept()` makes it (the listening

@@ -21,7 +21,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyType};
 use pyo3::PyTraverseError;
 
 use pyo3::exceptions::PyRuntimeError;
@@ -29,13 +29,78 @@ use pyo3::exceptions::PyRuntimeError;
 use super::buffer::{byte_buffer, recv_bytes, Buffer};
 use super::socket::{fileno, is_plain_socket, recv_into, send};
 use super::stream_lifecycle;
-use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
+use super::transport::{asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef};
 use crate::event_loop::Loop;
 use crate::ffi::{bound_method_function, bytes_len, BUFFER_WRITABLE};
 
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_BUFFER_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static BUFFERED_PROTOCOL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+/// ferroloop's slotted stream transport class (`ferroloop._stream_transport`) and the value
+/// its `_read_cb` / `_write_cb` slots hold until `_read_ready_cb` / `_write_ready` are set.
+pub(crate) struct Slotted {
+    pub(crate) class: Py<PyType>,
+    pub(crate) unset: Py<PyAny>,
+    /// The class's copies of asyncio's `write` and `close` (whose `super()` is the copy's
+    /// base), which the C methods call in the cases they do not take.
+    pub(crate) write: Py<PyAny>,
+    pub(crate) close: Py<PyAny>,
+}
+
+pub(crate) static SLOTTED: PyOnceLock<Slotted> = PyOnceLock::new();
+
+/// asyncio's `write` for `transport`: the slotted class's copy, or asyncio's own.
+pub(crate) fn asyncio_write<'py>(transport: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = transport.py();
+    match slotted_of(transport) {
+        Some(slotted) => Ok(slotted.write.bind(py).clone()),
+        None => {
+            Ok(asyncio_method(py, &ASYNCIO_WRITE, "_SelectorSocketTransport", "write")?.clone())
+        }
+    }
+}
+
+/// ferroloop's slotted class, if `transport` is of it.
+pub(crate) fn slotted_of<'a>(transport: &Bound<'_, PyAny>) -> Option<&'a Slotted> {
+    let py = transport.py();
+    SLOTTED
+        .get(py)
+        .filter(|slotted| transport.get_type().is(slotted.class.bind(py)))
+}
+
+/// Whether `transport` is of ferroloop's slotted stream transport class.
+pub(crate) fn is_slotted(transport: &Bound<'_, PyAny>) -> bool {
+    slotted_of(transport).is_some()
+}
+
+/// The read path of a slotted transport: from the protocol's type (as asyncio's
+/// `set_protocol` chooses) while `_read_ready_cb` was never set, else what it was set to.
+fn slotted_read_path(
+    transport: &Bound<'_, PyAny>,
+    attributes: &Attributes<'_>,
+) -> PyResult<ReadPath> {
+    let py = transport.py();
+    let set = get!(py, transport, attributes, "_read_cb")?;
+    let unset = SLOTTED.get(py).map(|slotted| slotted.unset.bind(py));
+    if !unset.is_some_and(|unset| set.is(unset)) {
+        return read_path(&set);
+    }
+    let buffered = BUFFERED_PROTOCOL.get_or_try_init(py, || {
+        Ok::<_, PyErr>(
+            py.import("asyncio.protocols")?
+                .getattr("BufferedProtocol")?
+                .cast_into::<PyType>()?
+                .unbind(),
+        )
+    })?;
+    let protocol = get!(py, transport, attributes, "_protocol")?;
+    Ok(match protocol.is_instance(buffered.bind(py))? {
+        true => ReadPath::GetBuffer,
+        false => ReadPath::DataReceived,
+    })
+}
 
 /// Which of asyncio's read paths `_read_ready_cb` is.
 #[derive(PartialEq)]
@@ -77,9 +142,13 @@ fn read_path(callback: &Bound<'_, PyAny>) -> PyResult<ReadPath> {
 
 /// End of file on a transport: natively outside debug mode, unless `_read_ready__on_eof` was
 /// patched on the instance.
-fn read_eof(transport: &Bound<'_, PyAny>, attributes: &Bound<'_, PyDict>) -> PyResult<()> {
+fn read_eof(transport: &Bound<'_, PyAny>, attributes: &Attributes<'_>) -> PyResult<()> {
     let py = transport.py();
-    let native = !attributes.contains(intern!(py, "_read_ready__on_eof"))?
+    let patched = match attributes {
+        Some(attributes) => attributes.contains(intern!(py, "_read_ready__on_eof"))?,
+        None => false,
+    };
+    let native = !patched
         && get!(py, transport, attributes, "_loop")?
             .cast::<Loop>()
             .is_ok_and(|event_loop| !event_loop.get().is_debug());
@@ -94,7 +163,7 @@ fn read_eof(transport: &Bound<'_, PyAny>, attributes: &Bound<'_, PyDict>) -> PyR
 /// `recv_into` of the buffer, `protocol.buffer_updated(n)`, with asyncio's messages.
 fn read_into_protocol_buffer(
     transport: &Bound<'_, PyAny>,
-    attributes: &Bound<'_, PyDict>,
+    attributes: &Attributes<'_>,
     sock: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = transport.py();
@@ -170,7 +239,8 @@ pub struct TransportReader {
 #[pymethods]
 impl TransportReader {
     #[new]
-    pub(crate) fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
+    #[pyo3(signature = (transport, attributes))]
+    pub(crate) fn new(transport: Py<PyAny>, attributes: Option<Py<PyDict>>) -> Self {
         TransportReader {
             transport: TransportRef::new(transport, attributes),
         }
@@ -186,8 +256,16 @@ impl TransportReader {
         let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };
-        let callback = get!(py, transport, attributes, "_read_ready_cb")?;
-        let path = read_path(&callback)?;
+        let path = match attributes {
+            Some(_) => read_path(&get!(py, transport, attributes, "_read_ready_cb")?)?,
+            None => slotted_read_path(&transport, &attributes)?,
+        };
+        // asyncio's `_read_ready()`: `self._read_ready_cb()`.
+        let callback = || {
+            get!(py, transport, attributes, "_read_ready_cb")?
+                .call0()
+                .map(drop)
+        };
         if path == ReadPath::GetBuffer {
             if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
                 return Ok(());
@@ -198,8 +276,7 @@ impl TransportReader {
             }
         }
         if path != ReadPath::DataReceived {
-            callback.call0()?;
-            return Ok(());
+            return callback();
         }
         // asyncio: _read_ready__data_received.
         if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
@@ -210,10 +287,7 @@ impl TransportReader {
         let size = match max_size.extract::<isize>().map(usize::try_from) {
             Ok(Ok(size)) if is_plain_socket(&sock)? => size,
             // Not the usual socket or size: asyncio's own code, with its errors.
-            _ => {
-                callback.call0()?;
-                return Ok(());
-            }
+            _ => return callback(),
         };
         let received = fileno(&sock).and_then(|fd| recv_bytes(py, fd, size));
         let data = match received {
@@ -277,8 +351,7 @@ impl TransportReader {
         };
         // Empty data: asyncio's write returns early (after its checks).
         let Some(buffer) = buffer.filter(|b| b.len() > 0) else {
-            asyncio_method(py, &ASYNCIO_WRITE, "_SelectorSocketTransport", "write")?
-                .call1((transport, data))?;
+            asyncio_write(&transport)?.call1((&transport, data))?;
             return Ok(());
         };
         let sent = fileno(&sock).and_then(|fd| send(py, fd, buffer.as_slice()));

@@ -19,7 +19,7 @@
 
 use std::sync::Mutex;
 
-use pyo3::exceptions::PyConnectionError;
+use pyo3::exceptions::{PyConnectionError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -28,14 +28,16 @@ use pyo3::types::{PyDict, PyTuple, PyType};
 use ferroloop_core::reactor::Interest;
 use ferroloop_core::sys::net;
 
+use super::extra::PendingExtra;
 use super::server::{attach_transport, detach_transport};
 use super::sock_ops::ensure_fd_no_transport;
 use super::socket::{close_socket, fileno, ipv4_address, socket_kind};
 use super::stream::TransportReader;
-use super::transport::{fatal_error, get, is_exit};
+use super::stream::{is_slotted, SLOTTED};
+use super::transport::{fatal_error, get, is_exit, set, Attributes};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
-use crate::ffi::{dict_discard, object_new};
+use crate::ffi::{descriptor_set, dict_discard, instance_dict, object_new};
 use crate::handles::Args;
 
 /// What differs between the supported asyncio versions, read once from asyncio itself.
@@ -52,6 +54,9 @@ struct Asyncio {
     close_releases_callbacks: bool,
     transport_socket: Py<PyType>,
     buffered_protocol: Py<PyType>,
+    /// `BaseTransport`'s `_extra` slot (its member descriptor), which ferroloop's slotted
+    /// class shadows with a property.
+    extra_slot: Py<PyAny>,
     set_result_unless_cancelled: Py<PyAny>,
     /// `socket.socket`, whose objects' `close` is done natively.
     socket_type: Py<PyType>,
@@ -96,6 +101,12 @@ fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
                 .import("asyncio.trsock")?
                 .getattr("TransportSocket")?
                 .cast_into::<PyType>()?
+                .unbind(),
+            extra_slot: py
+                .import("asyncio.transports")?
+                .getattr("BaseTransport")?
+                .getattr("__dict__")?
+                .get_item("_extra")?
                 .unbind(),
             buffered_protocol: py
                 .import("asyncio.protocols")?
@@ -194,12 +205,14 @@ pub fn new_socket_transport<'py>(
     check_fd: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     make_socket_transport(
-        event_loop, cls, sock, None, protocol, waiter, extra, server, check_fd,
+        event_loop, cls, sock, None, protocol, waiter, extra, None, server, check_fd,
     )
 }
 
 /// [`new_socket_transport`], for a socket whose `(family, type, proto)` the caller may know
-/// already (an accepted connection's are its listening socket's).
+/// already (an accepted connection's are its listening socket's), and whose IPv4 peer the
+/// caller may have from `accept` (`peer`: `extra["peername"]`, made only when read on the
+/// slotted class).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn make_socket_transport<'py>(
     event_loop: &Bound<'py, Loop>,
@@ -209,6 +222,7 @@ pub(crate) fn make_socket_transport<'py>(
     protocol: &Bound<'py, PyAny>,
     waiter: &Bound<'py, PyAny>,
     extra: &Bound<'py, PyAny>,
+    peer: Option<([u8; 4], u16)>,
     server: &Bound<'py, PyAny>,
     check_fd: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -219,32 +233,50 @@ pub(crate) fn make_socket_transport<'py>(
         ensure_fd_no_transport(event_loop, fd)?;
     }
     let transport = object_new(cls)?;
-    let attributes = transport
-        .getattr(intern!(py, "__dict__"))?
-        .cast_into::<PyDict>()?;
+    // A subclass of asyncio's class keeps its attributes in its `__dict__`; ferroloop's
+    // slotted class in slots (its `__dict__`, for other attributes, is made only when needed).
+    let attributes = match is_slotted(&transport) {
+        true => None,
+        false => Some(
+            instance_dict(&transport)
+                .ok_or_else(|| PyTypeError::new_err("a transport class without __dict__"))?,
+        ),
+    };
     let reader = Bound::new(
         py,
-        TransportReader::new(transport.clone().unbind(), attributes.clone().unbind()),
+        TransportReader::new(
+            transport.clone().unbind(),
+            attributes.as_ref().map(|a| a.clone().unbind()),
+        ),
     )?;
-    attributes.set_item(intern!(py, "_read_ready"), &reader)?;
-    // _SelectorSocketTransport.__init__, then _SelectorTransport.__init__.
-    attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
+    let slotted = match &attributes {
+        Some(attributes) => {
+            attributes.set_item(intern!(py, "_read_ready"), &reader)?;
+            // _SelectorSocketTransport.__init__, then _SelectorTransport.__init__.
+            attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
+            None
+        }
+        None => {
+            // The slots asyncio has no attribute for: the reader, and the values of
+            // `_read_ready_cb` and `_write_ready` (the bound methods asyncio's __init__ stores,
+            // made on access).
+            let slotted = SLOTTED.get(py).ok_or_else(|| {
+                PyTypeError::new_err("ferroloop's stream transport class is not installed")
+            })?;
+            transport.setattr(intern!(py, "_reader"), &reader)?;
+            transport.setattr(intern!(py, "_read_cb"), slotted.unset.bind(py))?;
+            if asyncio.write_ready.is_some() {
+                transport.setattr(intern!(py, "_write_cb"), slotted.unset.bind(py))?;
+            }
+            Some(slotted)
+        }
+    };
     // _FlowControlMixin.__init__ and BaseTransport.__init__ (slots, not __dict__ entries);
     // _set_write_buffer_limits() with no argument: 64 KiB and a quarter of it.
-    let extra = if extra.is_none() {
-        PyDict::new(py).into_any()
-    } else {
-        extra.clone()
-    };
-    transport.setattr(intern!(py, "_extra"), &extra)?;
     transport.setattr(intern!(py, "_loop"), event_loop)?;
     transport.setattr(intern!(py, "_protocol_paused"), false)?;
     transport.setattr(intern!(py, "_high_water"), asyncio.high_water.bind(py))?;
     transport.setattr(intern!(py, "_low_water"), asyncio.low_water.bind(py))?;
-    // trsock.TransportSocket(sock): its __init__ only sets its one slot.
-    let wrapped = object_new(asyncio.transport_socket.bind(py))?;
-    wrapped.setattr(intern!(py, "_sock"), sock)?;
-    extra.set_item(intern!(py, "socket"), wrapped)?;
     let (family, kind, proto) = match sock_kind {
         Some(known) => known,
         None => socket_kind(sock)?,
@@ -253,42 +285,89 @@ pub(crate) fn make_socket_transport<'py>(
         libc::AF_INET => local_ipv4_address(py, fd)?,
         _ => address_or_none(sock, intern!(py, "getsockname"))?,
     };
-    extra.set_item(intern!(py, "sockname"), sockname)?;
-    if !extra.contains(intern!(py, "peername"))? {
-        extra.set_item(
-            intern!(py, "peername"),
-            address_or_none(sock, intern!(py, "getpeername"))?,
+    match (slotted, peer) {
+        // An accepted IPv4 connection on the slotted class, with no extra of the caller's:
+        // the dict is made when first read (`extra.rs`). `BaseTransport`'s slot, under the
+        // class's `_extra` property.
+        (Some(_), Some(peer)) if extra.is_none() => {
+            let pending = Bound::new(
+                py,
+                PendingExtra::new(sock.clone().unbind(), peer, sockname.unbind()),
+            )?;
+            descriptor_set(asyncio.extra_slot.bind(py), &transport, pending.as_any())?;
+        }
+        _ => {
+            let extra = if extra.is_none() {
+                PyDict::new(py).into_any()
+            } else {
+                extra.clone()
+            };
+            if let Some(peer) = peer {
+                extra.set_item(intern!(py, "peername"), ipv4_address(py, peer)?)?;
+            }
+            match slotted {
+                Some(_) => descriptor_set(asyncio.extra_slot.bind(py), &transport, &extra)?,
+                None => transport.setattr(intern!(py, "_extra"), &extra)?,
+            }
+            // trsock.TransportSocket(sock): its __init__ only sets its one slot.
+            let wrapped = object_new(asyncio.transport_socket.bind(py))?;
+            wrapped.setattr(intern!(py, "_sock"), sock)?;
+            extra.set_item(intern!(py, "socket"), wrapped)?;
+            extra.set_item(intern!(py, "sockname"), sockname)?;
+            if !extra.contains(intern!(py, "peername"))? {
+                extra.set_item(
+                    intern!(py, "peername"),
+                    address_or_none(sock, intern!(py, "getpeername"))?,
+                )?;
+            }
+        }
+    }
+    set!(py, transport, attributes, "_sock", sock)?;
+    set!(py, transport, attributes, "_sock_fd", fd)?;
+    set!(py, transport, attributes, "_protocol_connected", false)?;
+    // _SelectorSocketTransport.set_protocol, then _SelectorTransport.set_protocol.
+    if slotted.is_none() {
+        let read_path = if protocol.is_instance(asyncio.buffered_protocol.bind(py))? {
+            intern!(py, "_read_ready__get_buffer")
+        } else {
+            intern!(py, "_read_ready__data_received")
+        };
+        set!(
+            py,
+            transport,
+            attributes,
+            "_read_ready_cb",
+            transport.getattr(read_path)?
         )?;
     }
-    attributes.set_item(intern!(py, "_sock"), sock)?;
-    attributes.set_item(intern!(py, "_sock_fd"), fd)?;
-    attributes.set_item(intern!(py, "_protocol_connected"), false)?;
-    // _SelectorSocketTransport.set_protocol, then _SelectorTransport.set_protocol.
-    let read_path = if protocol.is_instance(asyncio.buffered_protocol.bind(py))? {
-        intern!(py, "_read_ready__get_buffer")
-    } else {
-        intern!(py, "_read_ready__data_received")
-    };
-    attributes.set_item(intern!(py, "_read_ready_cb"), transport.getattr(read_path)?)?;
-    attributes.set_item(intern!(py, "_protocol"), protocol)?;
-    attributes.set_item(intern!(py, "_protocol_connected"), true)?;
-    attributes.set_item(intern!(py, "_server"), server)?;
-    attributes.set_item(
-        intern!(py, "_buffer"),
-        asyncio.buffer_factory.bind(py).call0()?,
+    set!(py, transport, attributes, "_protocol", protocol)?;
+    set!(py, transport, attributes, "_protocol_connected", true)?;
+    set!(py, transport, attributes, "_server", server)?;
+    set!(
+        py,
+        transport,
+        attributes,
+        "_buffer",
+        asyncio.buffer_factory.bind(py).call0()?
     )?;
-    attributes.set_item(intern!(py, "_conn_lost"), 0)?;
-    attributes.set_item(intern!(py, "_closing"), false)?;
-    attributes.set_item(intern!(py, "_paused"), false)?;
+    set!(py, transport, attributes, "_conn_lost", 0)?;
+    set!(py, transport, attributes, "_closing", false)?;
+    set!(py, transport, attributes, "_paused", false)?;
     if !server.is_none() {
         attach_transport(server, &transport)?;
     }
     register_transport(event_loop, fd, &transport)?;
     // The rest of _SelectorSocketTransport.__init__.
-    attributes.set_item(intern!(py, "_eof"), false)?;
-    attributes.set_item(intern!(py, "_empty_waiter"), py.None())?;
-    if let Some(name) = asyncio.write_ready {
-        attributes.set_item(intern!(py, "_write_ready"), transport.getattr(name)?)?;
+    set!(py, transport, attributes, "_eof", false)?;
+    set!(py, transport, attributes, "_empty_waiter", py.None())?;
+    if let (Some(name), None) = (asyncio.write_ready, slotted) {
+        set!(
+            py,
+            transport,
+            attributes,
+            "_write_ready",
+            transport.getattr(name)?
+        )?;
     }
     // base_events._set_nodelay(sock).
     if (family == libc::AF_INET || family == libc::AF_INET6)
@@ -376,7 +455,7 @@ impl Step {
 fn start_reading(
     reader: &Bound<'_, TransportReader>,
     transport: &Bound<'_, PyAny>,
-    attributes: &Bound<'_, PyDict>,
+    attributes: &Attributes<'_>,
 ) -> PyResult<()> {
     let py = reader.py();
     let paused = asyncio(py)?.start_checks_paused
@@ -386,7 +465,11 @@ fn start_reading(
     }
     let fd: i32 = get!(py, transport, attributes, "_sock_fd")?.extract()?;
     let event_loop = get!(py, transport, attributes, "_loop")?;
-    let callback = get!(py, transport, attributes, "_read_ready")?;
+    // `self._read_ready`: on the slotted class, a property giving the reader while there is one.
+    let callback = match attributes {
+        Some(_) => get!(py, transport, attributes, "_read_ready")?,
+        None => get!(py, transport, attributes, "_reader")?,
+    };
     match event_loop.cast::<Loop>() {
         Ok(event_loop) => {
             Loop::set_io_handle_fd(event_loop, fd, callback, None, None, Interest::READ, false)?;
@@ -399,7 +482,7 @@ fn start_reading(
 }
 
 /// asyncio's `_read_ready__on_eof` (outside debug mode, which logs first).
-pub(crate) fn on_eof(transport: &Bound<'_, PyAny>, attributes: &Bound<'_, PyDict>) -> PyResult<()> {
+pub(crate) fn on_eof(transport: &Bound<'_, PyAny>, attributes: &Attributes<'_>) -> PyResult<()> {
     let py = transport.py();
     let protocol = get!(py, transport, attributes, "_protocol")?;
     let keep_open = match protocol.call_method0(intern!(py, "eof_received")) {
@@ -451,19 +534,18 @@ pub(crate) fn close(reader: &Bound<'_, TransportReader>) -> PyResult<()> {
         return Ok(());
     };
     if asyncio(py)?.close_releases_callbacks {
-        attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
-        attributes.set_item(intern!(py, "_write_ready"), py.None())?;
+        release_bound_methods(&transport, &attributes)?;
     }
     if get!(py, transport, attributes, "_closing")?.is_truthy()? {
         return Ok(());
     }
-    attributes.set_item(intern!(py, "_closing"), true)?;
+    set!(py, transport, attributes, "_closing", true)?;
     let event_loop = get!(py, transport, attributes, "_loop")?;
     let fd = get!(py, transport, attributes, "_sock_fd")?;
     remove_io(&event_loop, &fd, Interest::READ)?;
     if get!(py, transport, attributes, "_buffer")?.len()? == 0 {
         let lost = get!(py, transport, attributes, "_conn_lost")?.add(1)?;
-        attributes.set_item(intern!(py, "_conn_lost"), lost)?;
+        set!(py, transport, attributes, "_conn_lost", lost)?;
         remove_io(&event_loop, &fd, Interest::WRITE)?;
         let step = Bound::new(
             py,
@@ -489,7 +571,7 @@ pub(crate) fn close(reader: &Bound<'_, TransportReader>) -> PyResult<()> {
 /// ferroloop's own step: the native callbacks let go of the transport.
 fn call_connection_lost(
     transport: &Bound<'_, PyAny>,
-    attributes: &Bound<'_, PyDict>,
+    attributes: &Attributes<'_>,
     exc: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = transport.py();
@@ -509,13 +591,13 @@ fn call_connection_lost(
         } else {
             sock.call_method0(intern!(py, "close"))?;
         }
-        attributes.set_item(intern!(py, "_sock"), py.None())?;
-        attributes.set_item(intern!(py, "_protocol"), py.None())?;
+        set!(py, transport, attributes, "_sock", py.None())?;
+        set!(py, transport, attributes, "_protocol", py.None())?;
         transport.setattr(intern!(py, "_loop"), py.None())?;
         let server = get!(py, transport, attributes, "_server")?;
         if !server.is_none() {
             detach_transport(&server, transport)?;
-            attributes.set_item(intern!(py, "_server"), py.None())?;
+            set!(py, transport, attributes, "_server", py.None())?;
         }
         Ok(())
     })();
@@ -534,7 +616,7 @@ fn call_connection_lost(
         }
         Ok(())
     })();
-    release_callbacks(attributes)?;
+    release_callbacks(transport, attributes)?;
     finish
 }
 
@@ -544,11 +626,48 @@ fn call_connection_lost(
 /// connection (the transport, its dicts, socket objects and addresses) garbage for the cyclic
 /// GC, a sixth of the CPU a short connection cost. Nothing calls them once the connection is
 /// lost: the transport is off the selector for good (docs/deviations.md).
+fn release_callbacks(transport: &Bound<'_, PyAny>, attributes: &Attributes<'_>) -> PyResult<()> {
+    let py = transport.py();
+    match attributes {
+        // The reader is not there in debug mode, nor the second time.
+        Some(attributes) => dict_discard(attributes, intern!(py, "_read_ready")),
+        None => transport.setattr(intern!(py, "_reader"), py.None())?,
+    }
+    release_bound_methods(transport, attributes)
+}
+
+/// `_read_ready_cb` and, 3.12+, `_write_ready` set to `None` (on the slotted class, the slots
+/// behind those properties).
+fn release_bound_methods(
+    transport: &Bound<'_, PyAny>,
+    attributes: &Attributes<'_>,
+) -> PyResult<()> {
+    let py = transport.py();
+    let write_ready = asyncio(py)?.write_ready.is_some();
+    match attributes {
+        Some(_) => {
+            set!(py, transport, attributes, "_read_ready_cb", py.None())?;
+            if write_ready {
+                set!(py, transport, attributes, "_write_ready", py.None())?;
+            }
+        }
+        None => {
+            transport.setattr(intern!(py, "_read_cb"), py.None())?;
+            if write_ready {
+                transport.setattr(intern!(py, "_write_cb"), py.None())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `ferroloop._core._release_stream_callbacks(attributes)`: [`release_callbacks`] for a
+/// transport of ferroloop's subclass of asyncio's class, by its `__dict__` (its Python
+/// `_call_connection_lost`).
 #[pyfunction]
 #[pyo3(name = "_release_stream_callbacks")]
-pub fn release_callbacks(attributes: &Bound<'_, PyDict>) -> PyResult<()> {
+pub fn release_stream_callbacks(attributes: &Bound<'_, PyDict>) -> PyResult<()> {
     let py = attributes.py();
-    // The reader is not there in debug mode, nor the second time.
     dict_discard(attributes, intern!(py, "_read_ready"));
     attributes.set_item(intern!(py, "_read_ready_cb"), py.None())?;
     if asyncio(py)?.write_ready.is_some() {

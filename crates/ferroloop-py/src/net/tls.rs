@@ -24,7 +24,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PySlice, PyTuple, PyType};
 
-use super::transport::attr;
+use super::transport::dict_attr;
 use crate::ffi::{bytes_len, instance_dict};
 
 /// What the native methods compare with, given once by `ferroloop._sslproto`.
@@ -79,7 +79,7 @@ struct Protocol<'py> {
 
 macro_rules! get {
     ($protocol:expr, $name:literal) => {
-        attr(
+        dict_attr(
             &$protocol.object,
             &$protocol.attributes,
             intern!($protocol.object.py(), $name),

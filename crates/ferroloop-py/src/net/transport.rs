@@ -54,34 +54,36 @@ pub(crate) fn is_exit(error: &PyErr, py: Python<'_>) -> bool {
     error.is_instance_of::<PyKeyboardInterrupt>(py) || error.is_instance_of::<PySystemExit>(py)
 }
 
-/// A native callback's transport and the transport's `__dict__`, where its attributes are read
-/// (a generic attribute lookup walks the transport's eight base classes first), falling back
-/// to a plain lookup for what is not there (class attributes such as `max_size`). Both are
-/// dropped by the cyclic GC's `__clear__`: the transport holds the callback.
+/// Where a native callback reads a transport's attributes: its `__dict__` for asyncio's own
+/// classes and ferroloop's subclasses of them (a generic attribute lookup walks the
+/// transport's eight base classes first), falling back to a plain lookup for what is not there
+/// (class attributes such as `max_size`); `None` for ferroloop's slotted stream transport
+/// (`ferroloop._stream_transport`), whose attributes are slots, read with a plain lookup.
+pub(crate) type Attributes<'py> = Option<Bound<'py, PyDict>>;
+
+/// A native callback's transport and its [`Attributes`]. Both are dropped by the cyclic GC's
+/// `__clear__`: the transport holds the callback.
 pub(crate) struct TransportRef {
     transport: Option<Py<PyAny>>,
     attributes: Option<Py<PyDict>>,
 }
 
 impl TransportRef {
-    pub(crate) fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
+    pub(crate) fn new(transport: Py<PyAny>, attributes: Option<Py<PyDict>>) -> Self {
         TransportRef {
             transport: Some(transport),
-            attributes: Some(attributes),
+            attributes,
         }
     }
 
-    /// The transport and its `__dict__`, unless cleared.
+    /// The transport and its attributes, unless cleared.
     pub(crate) fn bind<'py>(
         &self,
         py: Python<'py>,
-    ) -> Option<(Bound<'py, PyAny>, Bound<'py, PyDict>)> {
-        match (&self.transport, &self.attributes) {
-            (Some(transport), Some(attributes)) => {
-                Some((transport.bind(py).clone(), attributes.bind(py).clone()))
-            }
-            _ => None,
-        }
+    ) -> Option<(Bound<'py, PyAny>, Attributes<'py>)> {
+        let transport = self.transport.as_ref()?.bind(py).clone();
+        let attributes = self.attributes.as_ref().map(|a| a.bind(py).clone());
+        Some((transport, attributes))
     }
 
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
@@ -103,14 +105,53 @@ macro_rules! get {
 }
 pub(crate) use get;
 
-/// `transport.<name>`, looked up in its `__dict__` first.
+/// `transport.<name> = value` for a literal name, through [`set_attr`].
+macro_rules! set {
+    ($py:expr, $transport:expr, $attributes:expr, $name:literal, $value:expr) => {
+        $crate::net::transport::set_attr(
+            &$transport,
+            &$attributes,
+            pyo3::intern!($py, $name),
+            $value,
+        )
+    };
+}
+pub(crate) use set;
+
+/// `transport.<name>`, looked up in its `__dict__` first when it has one.
 pub(crate) fn attr<'py>(
     transport: &Bound<'py, PyAny>,
+    attributes: &Attributes<'py>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match attributes {
+        Some(attributes) => dict_attr(transport, attributes, name),
+        None => transport.getattr(name),
+    }
+}
+
+/// `object.<name>`, looked up in its `__dict__` (`attributes`) first.
+pub(crate) fn dict_attr<'py>(
+    object: &Bound<'py, PyAny>,
     attributes: &Bound<'py, PyDict>,
     name: &Bound<'py, PyString>,
 ) -> PyResult<Bound<'py, PyAny>> {
     match attributes.get_item(name)? {
         Some(value) => Ok(value),
-        None => transport.getattr(name),
+        None => object.getattr(name),
+    }
+}
+
+/// `transport.<name> = value`: into its `__dict__` when it has one, else a plain `setattr`
+/// (a slot).
+pub(crate) fn set_attr<'py>(
+    transport: &Bound<'py, PyAny>,
+    attributes: &Attributes<'py>,
+    name: &Bound<'py, PyString>,
+    value: impl IntoPyObject<'py>,
+) -> PyResult<()> {
+    match attributes {
+        Some(attributes) => attributes.set_item(name, value),
+        None => transport.setattr(name, value),
     }
 }

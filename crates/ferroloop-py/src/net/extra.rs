@@ -1,0 +1,65 @@
+//! A stream transport's `extra` dict (`get_extra_info`), made when first read.
+//!
+//! asyncio's `__init__` fills `transport._extra` at once: for an accepted connection the
+//! `peername` tuple (from `accept`), `socket` (a `TransportSocket`) and `sockname`. An idle
+//! connection keeps a dict, a `TransportSocket`, a tuple, a host string and a port int that
+//! many servers never read, some 370 bytes. On ferroloop's slotted transport
+//! (`ferroloop._stream_transport`) an accepted IPv4 connection's `_extra` slot holds a
+//! [`PendingExtra`] instead: the socket object (which the transport holds anyway), the peer's
+//! address as the kernel gave it, and the `sockname` tuple read at construction (the one
+//! tuple the connections of a server share, see `stream_lifecycle.rs`). The `_extra` property
+//! of that class turns it into asyncio's dict, with the same keys in the same order and the
+//! same values, on first read; what is read afterwards is that dict.
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
+
+use super::socket::ipv4_address;
+use crate::ffi::object_new;
+
+/// An accepted IPv4 connection's `extra`, not made yet. Not tracked by the cyclic GC: what it
+/// holds (a socket object, a tuple of a string and an int) holds nothing back.
+#[pyclass(module = "ferroloop._core", name = "_PendingExtra", frozen)]
+pub struct PendingExtra {
+    sock: Py<PyAny>,
+    peer: ([u8; 4], u16),
+    sockname: Py<PyAny>,
+}
+
+impl PendingExtra {
+    pub(crate) fn new(sock: Py<PyAny>, peer: ([u8; 4], u16), sockname: Py<PyAny>) -> Self {
+        PendingExtra {
+            sock,
+            peer,
+            sockname,
+        }
+    }
+}
+
+static TRANSPORT_SOCKET: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+
+#[pymethods]
+impl PendingExtra {
+    /// asyncio's dict: `peername` (what `_accept_connection` passed), then what `__init__`
+    /// adds, `socket` (`TransportSocket(sock)`) and `sockname`.
+    fn build<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let extra = PyDict::new(py);
+        extra.set_item(intern!(py, "peername"), ipv4_address(py, self.peer)?)?;
+        let transport_socket = TRANSPORT_SOCKET.get_or_try_init(py, || {
+            Ok::<_, PyErr>(
+                py.import("asyncio.trsock")?
+                    .getattr("TransportSocket")?
+                    .cast_into::<PyType>()?
+                    .unbind(),
+            )
+        })?;
+        // trsock.TransportSocket(sock): its __init__ only sets its one slot.
+        let wrapped = object_new(transport_socket.bind(py))?;
+        wrapped.setattr(intern!(py, "_sock"), self.sock.bind(py))?;
+        extra.set_item(intern!(py, "socket"), wrapped)?;
+        extra.set_item(intern!(py, "sockname"), self.sockname.bind(py))?;
+        Ok(extra)
+    }
+}
