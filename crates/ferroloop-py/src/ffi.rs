@@ -537,6 +537,153 @@ pub fn object_new<'py>(cls: &Bound<'py, pyo3::types::PyType>) -> PyResult<Bound<
     }
 }
 
+/// The object slots (`__slots__`) of one class, read and written at their offsets in its
+/// instances, as the slots' member descriptors do, without the generic attribute lookup
+/// (`_PyType_Lookup` through the class's bases, then the descriptor's call).
+pub struct Slots {
+    class: Py<pyo3::types::PyType>,
+    /// Open addressing on the name's address (interned names: one object per name), with
+    /// linear probing; at most half full.
+    table: Vec<Option<(Py<pyo3::types::PyString>, isize)>>,
+}
+
+/// The first index of `name` in a table of `len` (a power of two) entries.
+fn slot_index(name: *mut ffi::PyObject, len: usize) -> usize {
+    // Objects are 16-byte aligned: the low bits carry nothing.
+    ((name as usize) >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        >> (usize::BITS - len.trailing_zeros())
+}
+
+impl Slots {
+    /// The writable object slots of `class` and its bases that an attribute lookup on its
+    /// instances reaches (a slot that a class attribute or property of a class before it in
+    /// the MRO shadows is left out).
+    pub fn of(class: &Bound<'_, pyo3::types::PyType>) -> PyResult<Self> {
+        let py = class.py();
+        let mut slots = Vec::new();
+        for klass in class.getattr(pyo3::intern!(py, "__mro__"))?.try_iter()? {
+            let klass = klass?;
+            let namespace = klass.getattr(pyo3::intern!(py, "__dict__"))?;
+            for item in namespace
+                .call_method0(pyo3::intern!(py, "items"))?
+                .try_iter()?
+            {
+                let (name, value): (Bound<'_, pyo3::types::PyString>, Bound<'_, PyAny>) =
+                    item?.extract()?;
+                let Some(offset) = member_offset(&value) else {
+                    continue;
+                };
+                if class.getattr(&name)?.is(&value) {
+                    slots.push((name.unbind(), offset));
+                }
+            }
+        }
+        let len = (slots.len() * 2).next_power_of_two().max(16);
+        let mut table: Vec<Option<(Py<pyo3::types::PyString>, isize)>> =
+            (0..len).map(|_| None).collect();
+        for (name, offset) in slots {
+            let mut index = slot_index(name.as_ptr(), len);
+            while table[index].is_some() {
+                index = (index + 1) & (len - 1);
+            }
+            table[index] = Some((name, offset));
+        }
+        Ok(Slots {
+            class: class.clone().unbind(),
+            table,
+        })
+    }
+
+    fn offset(
+        &self,
+        obj: &Bound<'_, PyAny>,
+        name: &Bound<'_, pyo3::types::PyString>,
+    ) -> Option<isize> {
+        // Only on instances of the class itself (a subclass may lay out more).
+        if !obj.get_type().is(self.class.bind(obj.py())) {
+            return None;
+        }
+        // Interned names: the type dict's keys and `intern!`'s are the same objects (a name
+        // that is not interned is not found, and takes the plain lookup).
+        let len = self.table.len();
+        let mut index = slot_index(name.as_ptr(), len);
+        loop {
+            match &self.table[index] {
+                Some((slot, offset)) if slot.as_ptr() == name.as_ptr() => return Some(*offset),
+                Some(_) => index = (index + 1) & (len - 1),
+                None => return None,
+            }
+        }
+    }
+
+    /// `obj.<name>` when it is one of these slots and is set; `None` otherwise (for a plain
+    /// lookup, which raises asyncio's `AttributeError` for an empty slot).
+    pub fn get<'py>(
+        &self,
+        obj: &Bound<'py, PyAny>,
+        name: &Bound<'py, pyo3::types::PyString>,
+    ) -> Option<Bound<'py, PyAny>> {
+        let offset = self.offset(obj, name)?;
+        // SAFETY: `obj` is an instance of the class whose member descriptor gave `offset`, an
+        // object slot (`Py_T_OBJECT_EX`): a `PyObject *` field, NULL when empty.
+        unsafe {
+            let field = obj
+                .as_ptr()
+                .cast::<u8>()
+                .offset(offset)
+                .cast::<*mut ffi::PyObject>();
+            Bound::from_borrowed_ptr_or_opt(obj.py(), *field)
+        }
+    }
+
+    /// `obj.<name> = value` when it is one of these slots; `false` otherwise (for a plain
+    /// `setattr`).
+    pub fn set(
+        &self,
+        obj: &Bound<'_, PyAny>,
+        name: &Bound<'_, pyo3::types::PyString>,
+        value: &Bound<'_, PyAny>,
+    ) -> bool {
+        let Some(offset) = self.offset(obj, name) else {
+            return false;
+        };
+        // SAFETY: as in `get`; the new value is stored with its own reference before the old
+        // one is released (which may run arbitrary code), as `PyMember_SetOne` does.
+        unsafe {
+            let field = obj
+                .as_ptr()
+                .cast::<u8>()
+                .offset(offset)
+                .cast::<*mut ffi::PyObject>();
+            let old = *field;
+            *field = value.clone().into_ptr();
+            ffi::Py_XDECREF(old);
+        }
+        true
+    }
+}
+
+/// The offset of the field a writable object member descriptor (a `__slots__` entry) reads.
+fn member_offset(descriptor: &Bound<'_, PyAny>) -> Option<isize> {
+    // SAFETY: the type check first; a member descriptor's `d_member` points at its
+    // `PyMemberDef` (declared as `PyGetSetDef *` by pyo3-ffi before 3.11, the same pointer).
+    unsafe {
+        if ffi::Py_TYPE(descriptor.as_ptr()) != ptr::addr_of_mut!(ffi::PyMemberDescr_Type) {
+            return None;
+        }
+        let member = (*descriptor.as_ptr().cast::<ffi::PyMemberDescrObject>())
+            .d_member
+            .cast::<ffi::PyMemberDef>();
+        if member.is_null()
+            || (*member).type_code != ffi::Py_T_OBJECT_EX
+            || (*member).flags & ffi::Py_READONLY != 0
+        {
+            return None;
+        }
+        Some((*member).offset)
+    }
+}
+
 /// `descriptor.__set__(obj, value)` through the descriptor type's `tp_descr_set`, without
 /// the bound method-wrapper a Python-level call makes (a base class's slot that a subclass
 /// shadows with a property).

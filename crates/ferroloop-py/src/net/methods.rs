@@ -22,8 +22,9 @@ use pyo3::{intern, Borrowed};
 use super::stream::{asyncio_write, is_slotted, slotted_of, Slotted, TransportReader, SLOTTED};
 use super::stream_lifecycle;
 use super::tls;
-use super::transport::{asyncio_class_method, asyncio_method};
+use super::transport::{asyncio_class_method, asyncio_method, attr, SLOTS};
 use crate::event_loop::{fastcall_def, install_methods, MethodDef};
+use crate::ffi::Slots;
 
 static ASYNCIO_CLOSE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -31,12 +32,11 @@ static ASYNCIO_CLOSE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// `_reader` slot behind that property).
 fn native_reader<'py>(transport: &Bound<'py, PyAny>) -> Option<Bound<'py, TransportReader>> {
     let py = transport.py();
-    let name = match is_slotted(transport) {
-        true => intern!(py, "_reader"),
-        false => intern!(py, "_read_ready"),
+    let reader = match is_slotted(transport) {
+        true => attr(transport, &None, intern!(py, "_reader")),
+        false => transport.getattr(intern!(py, "_read_ready")),
     };
-    let reader = transport.getattr(name).ok()?;
-    reader.cast_into::<TransportReader>().ok()
+    reader.ok()?.cast_into::<TransportReader>().ok()
 }
 
 /// `method(transport, *args, **kwargs)` for a fast call's arguments.
@@ -291,7 +291,7 @@ pub fn install_stream_methods(cls: &Bound<'_, PyType>, unset: Option<Py<PyAny>>)
             write: own("write")?,
             close: own("close")?,
         };
-        if SLOTTED.set(py, slotted).is_err() {
+        if SLOTTED.set(py, slotted).is_err() || SLOTS.set(py, Slots::of(cls)?).is_err() {
             return Err(PyRuntimeError::new_err(
                 "the slotted stream transport class is installed already",
             ));

@@ -40,6 +40,11 @@ use crate::event_loop::Loop;
 use crate::ffi::{descriptor_set, dict_discard, instance_dict, object_new};
 use crate::handles::Args;
 
+/// The attributes that are slots on every stream transport class (`BaseTransport`'s and
+/// `_FlowControlMixin`'s, and the slotted class's own), never `__dict__` entries: at their
+/// offsets on the slotted class, a plain `setattr` on the others.
+const SLOTS_ONLY: Attributes<'static> = None;
+
 /// What differs between the supported asyncio versions, read once from asyncio itself.
 struct Asyncio {
     /// `collections.deque` (3.12+) or `bytearray` (`_buffer_factory`, up to 3.11).
@@ -263,20 +268,44 @@ pub(crate) fn make_socket_transport<'py>(
             let slotted = SLOTTED.get(py).ok_or_else(|| {
                 PyTypeError::new_err("ferroloop's stream transport class is not installed")
             })?;
-            transport.setattr(intern!(py, "_reader"), &reader)?;
-            transport.setattr(intern!(py, "_read_cb"), slotted.unset.bind(py))?;
+            set!(py, transport, SLOTS_ONLY, "_reader", &reader)?;
+            set!(
+                py,
+                transport,
+                SLOTS_ONLY,
+                "_read_cb",
+                slotted.unset.bind(py)
+            )?;
             if asyncio.write_ready.is_some() {
-                transport.setattr(intern!(py, "_write_cb"), slotted.unset.bind(py))?;
+                set!(
+                    py,
+                    transport,
+                    SLOTS_ONLY,
+                    "_write_cb",
+                    slotted.unset.bind(py)
+                )?;
             }
             Some(slotted)
         }
     };
     // _FlowControlMixin.__init__ and BaseTransport.__init__ (slots, not __dict__ entries);
     // _set_write_buffer_limits() with no argument: 64 KiB and a quarter of it.
-    transport.setattr(intern!(py, "_loop"), event_loop)?;
-    transport.setattr(intern!(py, "_protocol_paused"), false)?;
-    transport.setattr(intern!(py, "_high_water"), asyncio.high_water.bind(py))?;
-    transport.setattr(intern!(py, "_low_water"), asyncio.low_water.bind(py))?;
+    set!(py, transport, SLOTS_ONLY, "_loop", event_loop)?;
+    set!(py, transport, SLOTS_ONLY, "_protocol_paused", false)?;
+    set!(
+        py,
+        transport,
+        SLOTS_ONLY,
+        "_high_water",
+        asyncio.high_water.bind(py)
+    )?;
+    set!(
+        py,
+        transport,
+        SLOTS_ONLY,
+        "_low_water",
+        asyncio.low_water.bind(py)
+    )?;
     let (family, kind, proto) = match sock_kind {
         Some(known) => known,
         None => socket_kind(sock)?,
@@ -593,7 +622,7 @@ fn call_connection_lost(
         }
         set!(py, transport, attributes, "_sock", py.None())?;
         set!(py, transport, attributes, "_protocol", py.None())?;
-        transport.setattr(intern!(py, "_loop"), py.None())?;
+        set!(py, transport, SLOTS_ONLY, "_loop", py.None())?;
         let server = get!(py, transport, attributes, "_server")?;
         if !server.is_none() {
             detach_transport(&server, transport)?;
@@ -631,7 +660,7 @@ fn release_callbacks(transport: &Bound<'_, PyAny>, attributes: &Attributes<'_>) 
     match attributes {
         // The reader is not there in debug mode, nor the second time.
         Some(attributes) => dict_discard(attributes, intern!(py, "_read_ready")),
-        None => transport.setattr(intern!(py, "_reader"), py.None())?,
+        None => set!(py, transport, SLOTS_ONLY, "_reader", py.None())?,
     }
     release_bound_methods(transport, attributes)
 }
@@ -652,9 +681,9 @@ fn release_bound_methods(
             }
         }
         None => {
-            transport.setattr(intern!(py, "_read_cb"), py.None())?;
+            set!(py, transport, SLOTS_ONLY, "_read_cb", py.None())?;
             if write_ready {
-                transport.setattr(intern!(py, "_write_cb"), py.None())?;
+                set!(py, transport, SLOTS_ONLY, "_write_cb", py.None())?;
             }
         }
     }

@@ -8,7 +8,9 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
-use pyo3::PyTraverseError;
+use pyo3::{IntoPyObjectExt, PyTraverseError};
+
+use crate::ffi::Slots;
 
 /// `asyncio.selector_events.<class_name>.<name>`, looked up once.
 pub(crate) fn asyncio_method<'py>(
@@ -118,7 +120,12 @@ macro_rules! set {
 }
 pub(crate) use set;
 
-/// `transport.<name>`, looked up in its `__dict__` first when it has one.
+/// The slots of ferroloop's slotted stream transport class, set when the class is installed
+/// (`methods.rs`).
+pub(crate) static SLOTS: PyOnceLock<Slots> = PyOnceLock::new();
+
+/// `transport.<name>`, looked up in its `__dict__` first when it has one, else in its slots at
+/// their offsets when it is one of the slotted class's ([`Slots`]).
 pub(crate) fn attr<'py>(
     transport: &Bound<'py, PyAny>,
     attributes: &Attributes<'py>,
@@ -126,7 +133,13 @@ pub(crate) fn attr<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     match attributes {
         Some(attributes) => dict_attr(transport, attributes, name),
-        None => transport.getattr(name),
+        None => match SLOTS
+            .get(transport.py())
+            .and_then(|slots| slots.get(transport, name))
+        {
+            Some(value) => Ok(value),
+            None => transport.getattr(name),
+        },
     }
 }
 
@@ -142,8 +155,8 @@ pub(crate) fn dict_attr<'py>(
     }
 }
 
-/// `transport.<name> = value`: into its `__dict__` when it has one, else a plain `setattr`
-/// (a slot).
+/// `transport.<name> = value`: into its `__dict__` when it has one, else into the slot at its
+/// offset (the slotted class), else a plain `setattr`.
 pub(crate) fn set_attr<'py>(
     transport: &Bound<'py, PyAny>,
     attributes: &Attributes<'py>,
@@ -152,6 +165,15 @@ pub(crate) fn set_attr<'py>(
 ) -> PyResult<()> {
     match attributes {
         Some(attributes) => attributes.set_item(name, value),
-        None => transport.setattr(name, value),
+        None => {
+            let value = value.into_bound_py_any(transport.py())?;
+            if SLOTS
+                .get(transport.py())
+                .is_some_and(|slots| slots.set(transport, name, &value))
+            {
+                return Ok(());
+            }
+            transport.setattr(name, value)
+        }
     }
 }
