@@ -75,7 +75,11 @@ def test_native_construction_matches_asyncios_init(make_socks, buffered, monkeyp
         # Every attribute asyncio's __init__ chain gives, read the same way on ferroloop's
         # slotted class (slots, and properties for the bound methods asyncio stores).
         names = set(vars(python_t)) - {"_read_ready", "write", "close"}
+        # The write buffer is made when first read (here, by _state).
+        assert native_t._write_buffer is None
+        assert native_t.get_write_buffer_size() == 0
         native_state = _state(native_t, names)
+        assert type(native_t._write_buffer) is type(python_t._buffer)
         python_state = _state(python_t, names)
         # The two sockets differ: compare the shape of the addresses, not their values.
         for state in (native_state, python_state):
@@ -537,3 +541,34 @@ def test_extra_of_an_accepted_connection(loop, first_read):
         assert seen["open"] == (client_address, address)
     assert seen["socket"] == ("TransportSocket", -1, True)
     assert seen["missing"] == "default"
+
+
+def test_unclosed_transport_warns_and_closes_its_socket(loop):
+    """A transport dropped without close(): asyncio's ResourceWarning and its socket closed
+    (ferroloop's __del__ is native for a closed transport and asyncio's otherwise); a closed
+    one warns nothing."""
+    import gc
+    import warnings
+
+    async def main():
+        a, b = socket_pair()
+        c, d = socket_pair()
+        t, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        closed, _ = await loop.create_connection(asyncio.Protocol, sock=c)
+        t.pause_reading()  # off the selector: nothing else holds it
+        closed.close()
+        await asyncio.sleep(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del t, closed
+            gc.collect()
+        b.close()
+        d.close()
+        messages = [str(w.message) for w in caught if w.category is ResourceWarning]
+        return messages, a.fileno(), c.fileno()
+
+    messages, fd, closed_fd = loop.run_until_complete(main())
+    assert len(messages) == 1 and messages[0].startswith(
+        "unclosed transport <_SelectorSocketTransport"
+    )
+    assert fd == -1 and closed_fd == -1

@@ -16,6 +16,10 @@ holds. What differs:
   something sets them they read as the bound method asyncio's ``__init__`` would have stored
   (``_read_ready__get_buffer`` or ``_read_ready__data_received`` by the protocol's type;
   ``_write_sendmsg`` or ``_write_send``), made on access; once set they read what was set.
+- ``_buffer`` is a property over the ``_write_buffer`` slot: the buffer (a ``bytearray`` up to
+  3.11, a 760-byte ``deque`` from 3.12) is made when first read, which asyncio's code does only
+  once a send could not take everything (or to measure it); natively, an empty slot is an empty
+  buffer.
 - ``_extra`` is a property over ``BaseTransport``'s slot: an accepted IPv4 connection's dict
   (``peername``, ``socket``, ``sockname``, as asyncio makes them) is made when first read.
 - ``_read_ready`` is the native reader (``ferroloop._core._TransportReader``), kept in the
@@ -32,6 +36,7 @@ subclass of asyncio's class, with its ``__dict__``.
 
 from __future__ import annotations
 
+import collections
 import types
 from asyncio import protocols, transports
 from asyncio import selector_events as _selector_events
@@ -120,6 +125,23 @@ def _choose_write(self: Any) -> Any:
     return self._write_send
 
 
+def _get_buffer(self: Any) -> Any:
+    """asyncio's write buffer (a bytearray up to 3.11, a deque from 3.12), made when first
+    read: a connection that never has to wait to send never has one."""
+    buffer = self._write_buffer
+    if buffer is None:
+        buffer = self._write_buffer = _BUFFER_FACTORY()
+    return buffer
+
+
+def _set_buffer(self: Any, buffer: Any) -> None:
+    self._write_buffer = buffer
+
+
+# 3.12+: a deque of memoryviews; up to 3.11, `_buffer_factory` (bytearray).
+_BUFFER_FACTORY = getattr(selector_events._SelectorTransport, "_buffer_factory", collections.deque)
+
+
 # asyncio's _SelectorTransport, slotted. `_sock = None` (a class attribute there, read by
 # __del__ on a transport whose __init__ failed) is a slot here, always set.
 _SelectorTransport: Any = type(
@@ -127,6 +149,7 @@ _SelectorTransport: Any = type(
     (transports._FlowControlMixin, transports.Transport),
     {
         **_copy_namespace(selector_events._SelectorTransport, frozenset({"_sock"})),
+        "_buffer": property(_get_buffer, _set_buffer),
         "__module__": __name__,
         "__slots__": (
             "_sock",
@@ -134,7 +157,7 @@ _SelectorTransport: Any = type(
             "_protocol_connected",
             "_protocol",
             "_server",
-            "_buffer",
+            "_write_buffer",
             "_conn_lost",
             "_closing",
             "_paused",
@@ -247,6 +270,7 @@ def __init__(
     # asyncio's __init__ chain (debug mode and unusual sockets are made this way), with the
     # slots asyncio has no attribute for set first: no native reader, nothing set yet.
     self._reader = None
+    self._write_buffer = None
     self._read_cb = _UNSET
     if _WRITE_READY:
         self._write_cb = _UNSET

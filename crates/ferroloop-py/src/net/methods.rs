@@ -132,6 +132,40 @@ unsafe fn close(
     unsafe { delegate(&method, slf, args, nargs, kwnames) }
 }
 
+/// `transport.__del__()` on the slotted class (run at every transport's deallocation): nothing
+/// when `_sock` is `None` (the transport was closed), asyncio's `__del__` (the class's copy:
+/// the `ResourceWarning` for an unclosed transport, then the socket's `close`) otherwise.
+///
+/// # Safety
+/// Called by CPython as a fast method of the slotted class (see `install_stream_methods`).
+unsafe fn finalize(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: as in `write`.
+    let transport = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    if nargs == 0 && kwnames.is_null() {
+        // An empty slot (a transport whose construction failed) is asyncio's case below.
+        if let Some(sock) = SLOTS
+            .get(py)
+            .and_then(|slots| slots.get(&transport, intern!(py, "_sock")))
+        {
+            if sock.is_none() {
+                return Ok(py.None().into_ptr());
+            }
+        }
+    }
+    let Some(slotted) = slotted_of(&transport) else {
+        return Err(PyRuntimeError::new_err("not a slotted stream transport"));
+    };
+    let method = slotted.finalize.bind(py).clone();
+    // SAFETY: CPython's arguments, unchanged.
+    unsafe { delegate(&method, slf, args, nargs, kwnames) }
+}
+
 /// The C entry point `$entry` of the method body `$body` (`fn(py, slf, args, nargs,
 /// kwnames) -> PyResult<*mut PyObject>`), run as pyo3 runs its own methods: attached, panics
 /// turned into exceptions, errors restored.
@@ -156,6 +190,7 @@ macro_rules! entry {
 
 entry!(write_entry, write);
 entry!(close_entry, close);
+entry!(finalize_entry, finalize);
 
 /// The one positional argument of a call that has exactly one and no keywords.
 ///
@@ -274,6 +309,12 @@ static METHODS: [MethodDef; 2] = [
     fastcall_def(c"close", c"Close the transport.", close_entry),
 ];
 
+static SLOTTED_METHODS: [MethodDef; 1] = [fastcall_def(
+    c"__del__",
+    c"Warn about an unclosed transport and close its socket.",
+    finalize_entry,
+)];
+
 /// `ferroloop._core._install_stream_methods(cls, unset=None)`: `cls.write` and `cls.close`
 /// become the native methods. `cls` is ferroloop's subclass of `_SelectorSocketTransport`, or,
 /// with `unset` (the value of its `_read_cb` / `_write_cb` slots until set), ferroloop's
@@ -290,12 +331,14 @@ pub fn install_stream_methods(cls: &Bound<'_, PyType>, unset: Option<Py<PyAny>>)
             unset,
             write: own("write")?,
             close: own("close")?,
+            finalize: own("__del__")?,
         };
         if SLOTTED.set(py, slotted).is_err() || SLOTS.set(py, Slots::of(cls)?).is_err() {
             return Err(PyRuntimeError::new_err(
                 "the slotted stream transport class is installed already",
             ));
         }
+        install_methods(cls, &SLOTTED_METHODS)?;
     }
     install_methods(cls, &METHODS)
 }

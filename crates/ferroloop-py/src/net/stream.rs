@@ -47,6 +47,8 @@ pub(crate) struct Slotted {
     /// base), which the C methods call in the cases they do not take.
     pub(crate) write: Py<PyAny>,
     pub(crate) close: Py<PyAny>,
+    /// asyncio's `__del__` (the copy), which the C `__del__` calls for an unclosed transport.
+    pub(crate) finalize: Py<PyAny>,
 }
 
 pub(crate) static SLOTTED: PyOnceLock<Slotted> = PyOnceLock::new();
@@ -68,6 +70,20 @@ pub(crate) fn slotted_of<'a>(transport: &Bound<'_, PyAny>) -> Option<&'a Slotted
     SLOTTED
         .get(py)
         .filter(|slotted| transport.get_type().is(slotted.class.bind(py)))
+}
+
+/// `not transport._buffer`: on the slotted class, whose buffer is made when first needed, an
+/// empty `_write_buffer` slot (`None`) is an empty buffer.
+pub(crate) fn write_buffer_empty(
+    transport: &Bound<'_, PyAny>,
+    attributes: &Attributes<'_>,
+) -> PyResult<bool> {
+    let py = transport.py();
+    let buffer = match attributes {
+        Some(_) => get!(py, transport, attributes, "_buffer")?,
+        None => get!(py, transport, attributes, "_write_buffer")?,
+    };
+    Ok(buffer.is_none() || buffer.len()? == 0)
 }
 
 /// Whether `transport` is of ferroloop's slotted stream transport class.
@@ -343,7 +359,7 @@ impl TransportReader {
         let plain = !get!(py, transport, attributes, "_eof")?.is_truthy()?
             && get!(py, transport, attributes, "_empty_waiter")?.is_none()
             && !get!(py, transport, attributes, "_conn_lost")?.is_truthy()?
-            && get!(py, transport, attributes, "_buffer")?.len()? == 0;
+            && write_buffer_empty(&transport, &attributes)?;
         let sock = get!(py, transport, attributes, "_sock")?;
         let buffer = match plain && is_plain_socket(&sock)? {
             true => byte_buffer(data),

@@ -33,7 +33,7 @@ use super::server::{attach_transport, detach_transport};
 use super::sock_ops::ensure_fd_no_transport;
 use super::socket::{close_socket, fileno, ipv4_address, socket_kind};
 use super::stream::TransportReader;
-use super::stream::{is_slotted, SLOTTED};
+use super::stream::{is_slotted, write_buffer_empty, SLOTTED};
 use super::transport::{fatal_error, get, is_exit, set, Attributes};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
@@ -372,13 +372,18 @@ pub(crate) fn make_socket_transport<'py>(
     set!(py, transport, attributes, "_protocol", protocol)?;
     set!(py, transport, attributes, "_protocol_connected", true)?;
     set!(py, transport, attributes, "_server", server)?;
-    set!(
-        py,
-        transport,
-        attributes,
-        "_buffer",
-        asyncio.buffer_factory.bind(py).call0()?
-    )?;
+    match slotted {
+        // Made when first needed (the `_buffer` property), not for every connection: a 3.12+
+        // deque is 760 bytes.
+        Some(_) => set!(py, transport, SLOTS_ONLY, "_write_buffer", py.None())?,
+        None => set!(
+            py,
+            transport,
+            attributes,
+            "_buffer",
+            asyncio.buffer_factory.bind(py).call0()?
+        )?,
+    }
     set!(py, transport, attributes, "_conn_lost", 0)?;
     set!(py, transport, attributes, "_closing", false)?;
     set!(py, transport, attributes, "_paused", false)?;
@@ -572,7 +577,7 @@ pub(crate) fn close(reader: &Bound<'_, TransportReader>) -> PyResult<()> {
     let event_loop = get!(py, transport, attributes, "_loop")?;
     let fd = get!(py, transport, attributes, "_sock_fd")?;
     remove_io(&event_loop, &fd, Interest::READ)?;
-    if get!(py, transport, attributes, "_buffer")?.len()? == 0 {
+    if write_buffer_empty(&transport, &attributes)? {
         let lost = get!(py, transport, attributes, "_conn_lost")?.add(1)?;
         set!(py, transport, attributes, "_conn_lost", lost)?;
         remove_io(&event_loop, &fd, Interest::WRITE)?;
