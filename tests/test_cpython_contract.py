@@ -12,6 +12,7 @@ import contextvars
 import functools
 import gc
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -348,3 +349,40 @@ def test_asyncio_loop_is_unaffected():
     # Guard against the tests above leaking a patched module into this process.
     assert sys.modules["ferroloop._compat"] is _compat
     assert asyncio.run(asyncio.sleep(0, "ok")) == "ok"
+
+
+def test_slotted_transport_slots_are_member_descriptors():
+    """ffi::Slots reads the slotted stream transport's attributes at the offsets of its
+    `__slots__` member descriptors: each of asyncio's attribute names that is a slot there is
+    a member descriptor reached first by attribute lookup, and what native code writes at
+    those offsets is what Python reads (a transport made natively, read back)."""
+    import types
+
+    from ferroloop import _stream_transport
+
+    cls = _stream_transport._SelectorSocketTransport
+    for name in ("_sock", "_sock_fd", "_protocol", "_server", "_conn_lost", "_closing", "_eof"):
+        assert type(getattr(cls, name)) is types.MemberDescriptorType, name
+    # Properties shadow the slots behind them.
+    for name in ("_extra", "_buffer", "_read_ready_cb", "_read_ready"):
+        assert type(getattr(cls, name)) is property, name
+
+    loop = ferroloop.new_event_loop()
+    try:
+        a, b = socket.socketpair()
+        protocol = asyncio.Protocol()
+        t = loop._make_socket_transport(a, protocol)
+        assert type(t) is cls
+        assert (t._sock, t._sock_fd, t._protocol, t._conn_lost, t._closing) == (
+            a,
+            a.fileno(),
+            protocol,
+            0,
+            False,
+        )
+        t.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        assert (t._sock, t._protocol, t._conn_lost, t._closing) == (None, None, 1, True)
+        b.close()
+    finally:
+        loop.close()
