@@ -4,10 +4,12 @@
 //! asyncio's). Being methods of the class, not bound methods stored in each instance, they
 //! cost an idle connection nothing.
 //!
-//! - `ferroloop._loop._SelectorSocketTransport` (TCP and Unix streams): `write` and `close`.
+//! - `ferroloop._stream_transport._SelectorSocketTransport` (the slotted class) and
+//!   `ferroloop._loop._SelectorSocketTransport` (TCP and Unix streams): `write` and `close`.
 //!   On a transport whose reader callback (`_read_ready`) is a native [`TransportReader`], they
 //!   are the reader's `write` and `stream_lifecycle::close`; on any other (made in debug mode,
-//!   or after `connection_lost`, when the reader is gone) asyncio's.
+//!   or after `connection_lost`, when the reader is gone) asyncio's (the slotted class's copy
+//!   of it). The slotted class also gets `__del__`, native for a closed transport.
 //! - `ferroloop._sslproto.SSLProtocol`: `get_buffer` and `buffer_updated`; and its
 //!   `_SSLProtocolTransport`: `write` (`tls.rs`).
 

@@ -1,9 +1,12 @@
 //! The read and write paths of asyncio's socket (stream) transport, natively.
 //!
-//! ferroloop's socket transports are asyncio's own `_SelectorSocketTransport` (a subclass of
-//! it, `ferroloop._loop._SelectorSocketTransport`, so every method, attribute and error is
-//! asyncio's), with one change: the reader callback that asyncio's code registers as
-//! `self._read_ready` is a [`TransportReader`]. When the transport reads for a plain
+//! ferroloop's socket transports are asyncio's own `_SelectorSocketTransport`: made natively,
+//! the running version's class rebuilt with `__slots__` from its own functions
+//! (`ferroloop._stream_transport`, decision 0009); made by asyncio's `__init__` (debug mode,
+//! socket subclasses), a subclass of it (`ferroloop._loop._SelectorSocketTransport`). Either
+//! way every method, attribute and error is asyncio's, with one change: the reader callback
+//! that asyncio's code registers as `self._read_ready` is a [`TransportReader`] (on the
+//! slotted class, kept in its `_reader` slot). When the transport reads for a plain
 //! `Protocol` (`_read_ready_cb` is `_read_ready__data_received`) and its socket is a plain
 //! `socket.socket`, the reader does what `_read_ready__data_received` does: the `recv` of up
 //! to `max_size` bytes, `protocol.data_received(data)`, `_read_ready__on_eof()` at end of

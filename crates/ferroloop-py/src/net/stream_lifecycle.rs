@@ -1,9 +1,12 @@
 //! A stream transport's life outside its data path, natively: construction, the start of
 //! reading, end of file, `close()` and `connection_lost`.
 //!
-//! The transport is still asyncio's `_SelectorSocketTransport` (ferroloop's subclass of the
-//! running version's class): [`new_socket_transport`] makes the instance and gives it every
-//! attribute asyncio's `__init__` chain gives it, with the same values, makes the same calls
+//! The transport is asyncio's `_SelectorSocketTransport`: the running version's class rebuilt
+//! with `__slots__` (`ferroloop._stream_transport`, decision 0009), or ferroloop's subclass of
+//! it for the class a caller passes. [`new_socket_transport`] makes the instance and gives it
+//! every attribute asyncio's `__init__` chain gives it (on the slotted class, the `extra` dict
+//! of an accepted IPv4 connection and the write buffer are made when first read: `extra.rs`,
+//! `_stream_transport.py`), with the same values, makes the same calls
 //! (`server._attach`, `loop._transports[fd] = transport`, `TCP_NODELAY`) and schedules the same
 //! callbacks in the same order (`connection_made`, the start of reading, the waiter's result).
 //! Every method that is not replaced here, and every other case (debug mode, another socket
