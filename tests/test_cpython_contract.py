@@ -351,6 +351,7 @@ def test_asyncio_loop_is_unaffected():
     assert asyncio.run(asyncio.sleep(0, "ok")) == "ok"
 
 
+@pytest.mark.nodebug
 def test_slotted_transport_slots_are_member_descriptors():
     """ffi::Slots reads the slotted stream transport's attributes at the offsets of its
     `__slots__` member descriptors: each of asyncio's attribute names that is a slot there is
