@@ -616,6 +616,23 @@ impl Slots {
         }
     }
 
+    /// The address of `obj`'s slot `name`, when it is one of these slots.
+    fn field(
+        &self,
+        obj: &Bound<'_, PyAny>,
+        name: &Bound<'_, pyo3::types::PyString>,
+    ) -> Option<*mut *mut ffi::PyObject> {
+        let offset = self.offset(obj, name)?;
+        // SAFETY: `obj` is an instance of the class whose member descriptor gave `offset`, an
+        // object slot (`Py_T_OBJECT_EX`) inside the object.
+        Some(unsafe {
+            obj.as_ptr()
+                .cast::<u8>()
+                .offset(offset)
+                .cast::<*mut ffi::PyObject>()
+        })
+    }
+
     /// `obj.<name>` when it is one of these slots and is set; `None` otherwise (for a plain
     /// lookup, which raises asyncio's `AttributeError` for an empty slot).
     pub fn get<'py>(
@@ -623,17 +640,9 @@ impl Slots {
         obj: &Bound<'py, PyAny>,
         name: &Bound<'py, pyo3::types::PyString>,
     ) -> Option<Bound<'py, PyAny>> {
-        let offset = self.offset(obj, name)?;
-        // SAFETY: `obj` is an instance of the class whose member descriptor gave `offset`, an
-        // object slot (`Py_T_OBJECT_EX`): a `PyObject *` field, NULL when empty.
-        unsafe {
-            let field = obj
-                .as_ptr()
-                .cast::<u8>()
-                .offset(offset)
-                .cast::<*mut ffi::PyObject>();
-            Bound::from_borrowed_ptr_or_opt(obj.py(), *field)
-        }
+        let field = self.field(obj, name)?;
+        // SAFETY: a live object slot: a `PyObject *` field, NULL when empty.
+        unsafe { Bound::from_borrowed_ptr_or_opt(obj.py(), *field) }
     }
 
     /// `obj.<name> = value` when it is one of these slots; `false` otherwise (for a plain
@@ -644,17 +653,12 @@ impl Slots {
         name: &Bound<'_, pyo3::types::PyString>,
         value: &Bound<'_, PyAny>,
     ) -> bool {
-        let Some(offset) = self.offset(obj, name) else {
+        let Some(field) = self.field(obj, name) else {
             return false;
         };
         // SAFETY: as in `get`; the new value is stored with its own reference before the old
         // one is released (which may run arbitrary code), as `PyMember_SetOne` does.
         unsafe {
-            let field = obj
-                .as_ptr()
-                .cast::<u8>()
-                .offset(offset)
-                .cast::<*mut ffi::PyObject>();
             let old = *field;
             *field = value.clone().into_ptr();
             ffi::Py_XDECREF(old);

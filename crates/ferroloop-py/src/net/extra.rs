@@ -13,10 +13,10 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyDict, PyType};
+use pyo3::types::PyDict;
 
 use super::socket::ipv4_address;
+use super::stream_lifecycle::asyncio;
 use crate::ffi::object_new;
 
 /// An accepted IPv4 connection's `extra`, not made yet. Not tracked by the cyclic GC: what it
@@ -38,8 +38,6 @@ impl PendingExtra {
     }
 }
 
-static TRANSPORT_SOCKET: PyOnceLock<Py<PyType>> = PyOnceLock::new();
-
 #[pymethods]
 impl PendingExtra {
     /// asyncio's dict: `peername` (what `_accept_connection` passed), then what `__init__`
@@ -47,14 +45,7 @@ impl PendingExtra {
     fn build<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let extra = PyDict::new(py);
         extra.set_item(intern!(py, "peername"), ipv4_address(py, self.peer)?)?;
-        let transport_socket = TRANSPORT_SOCKET.get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("asyncio.trsock")?
-                    .getattr("TransportSocket")?
-                    .cast_into::<PyType>()?
-                    .unbind(),
-            )
-        })?;
+        let transport_socket = &asyncio(py)?.transport_socket;
         // trsock.TransportSocket(sock): its __init__ only sets its one slot.
         let wrapped = object_new(transport_socket.bind(py))?;
         wrapped.setattr(intern!(py, "_sock"), self.sock.bind(py))?;

@@ -39,7 +39,6 @@ use crate::ffi::{bound_method_function, bytes_len, BUFFER_WRITABLE};
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_BUFFER_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_WRITE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static BUFFERED_PROTOCOL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 /// ferroloop's slotted stream transport class (`ferroloop._stream_transport`) and the value
 /// its `_read_cb` / `_write_cb` slots hold until `_read_ready_cb` / `_write_ready` are set.
@@ -106,14 +105,7 @@ fn slotted_read_path(
     if !unset.is_some_and(|unset| set.is(unset)) {
         return read_path(&set);
     }
-    let buffered = BUFFERED_PROTOCOL.get_or_try_init(py, || {
-        Ok::<_, PyErr>(
-            py.import("asyncio.protocols")?
-                .getattr("BufferedProtocol")?
-                .cast_into::<PyType>()?
-                .unbind(),
-        )
-    })?;
+    let buffered = &stream_lifecycle::asyncio(py)?.buffered_protocol;
     let protocol = get!(py, transport, attributes, "_protocol")?;
     Ok(match protocol.is_instance(buffered.bind(py))? {
         true => ReadPath::GetBuffer,

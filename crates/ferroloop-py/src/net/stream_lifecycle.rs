@@ -49,7 +49,7 @@ use crate::handles::Args;
 const SLOTS_ONLY: Attributes<'static> = None;
 
 /// What differs between the supported asyncio versions, read once from asyncio itself.
-struct Asyncio {
+pub(crate) struct Asyncio {
     /// `collections.deque` (3.12+) or `bytearray` (`_buffer_factory`, up to 3.11).
     buffer_factory: Py<PyAny>,
     /// 3.12+: `_write_ready` is an instance attribute, `_write_sendmsg` or `_write_send`.
@@ -60,8 +60,8 @@ struct Asyncio {
     /// 3.12+: `_SelectorSocketTransport.close` sets `_read_ready_cb` and `_write_ready` to
     /// `None` (breaking their cycles) before `_SelectorTransport.close`.
     close_releases_callbacks: bool,
-    transport_socket: Py<PyType>,
-    buffered_protocol: Py<PyType>,
+    pub(crate) transport_socket: Py<PyType>,
+    pub(crate) buffered_protocol: Py<PyType>,
     /// `BaseTransport`'s `_extra` slot (its member descriptor), which ferroloop's slotted
     /// class shadows with a property.
     extra_slot: Py<PyAny>,
@@ -76,7 +76,7 @@ struct Asyncio {
 
 static ASYNCIO: PyOnceLock<Asyncio> = PyOnceLock::new();
 
-fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
+pub(crate) fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
     ASYNCIO.get_or_try_init(py, || {
         let selector_events = py.import("asyncio.selector_events")?;
         let transport = selector_events.getattr("_SelectorTransport")?;
