@@ -222,7 +222,7 @@ impl Registrar {
 
     /// Deregister every fd, parked ones included (the loop is closing).
     pub fn release_all(&mut self) {
-        let fds: Vec<RawFd> = self.fds.keys().copied().collect();
+        let fds: Vec<RawFd> = self.fds.keys().collect();
         for fd in fds {
             let _ = self.set_interest(fd, Interest::NONE);
         }

@@ -222,7 +222,7 @@ impl Loop {
                         .is_some_and(|o| o.as_ptr() == fileobj.as_ptr())
                 });
                 match found {
-                    Some((fd, _)) => Ok((Some(*fd), true)),
+                    Some((fd, _)) => Ok((Some(fd), true)),
                     None => Err(error),
                 }
             }
@@ -260,7 +260,7 @@ impl Loop {
                 state.registrar.set_interest(fd, wanted)
             }
             .map_err(os_error)?;
-            let entry = state.io.entry(fd).or_default();
+            let entry = state.io.get_or_default(fd);
             let slot = if interest == Interest::READ {
                 &mut entry.reader
             } else {

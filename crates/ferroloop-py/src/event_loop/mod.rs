@@ -968,7 +968,7 @@ impl Loop {
             state.closed = true;
             let ready: Vec<Ready> = state.ready.drain(..).collect();
             let timers: Vec<Timer> = state.timers.drain().collect();
-            let io: Vec<(RawFd, IoHandles)> = state.io.drain().collect();
+            let io: Vec<(RawFd, IoHandles)> = state.io.drain();
             // Every registration, parked ones and removals still waiting for a poll included;
             // then the epoll fds and the eventfd go, as asyncio's close() closes its selector.
             state.registrar.close();
@@ -1041,7 +1041,7 @@ impl Loop {
 
     /// Registered fds (for `loop._selector.get_map()`).
     fn _registered_fds(&self, py: Python<'_>) -> Vec<RawFd> {
-        self.state.borrow(py).io.keys().copied().collect()
+        self.state.borrow(py).io.keys().collect()
     }
 
     /// Number of handles in the ready queue and the timer heap (for tests and metrics).
