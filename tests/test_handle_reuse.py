@@ -268,3 +268,197 @@ def test_timer_handles_reused_after_firing_or_cancelling_are_fresh(loop):
     assert len({id(h) for h in kept}) == len(kept)
     for h in kept:
         assert not h.cancelled() and not h._scheduled
+
+
+# Reader and writer handles (`add_reader`, `add_writer`, a transport's reader) run many times in
+# one context: the copy asyncio's `Handle` takes when it is made. What a run sets stays for the
+# handle's later runs and is seen by no other handle.
+
+
+def _pairs(n):
+    import socket
+
+    pairs = [socket.socketpair() for _ in range(n)]
+    for a, b in pairs:
+        a.setblocking(False)
+        b.setblocking(False)
+    return pairs
+
+
+def test_readers_keep_what_they_set_and_see_nothing_of_the_others(loop):
+    pairs = _pairs(40)
+    seen = {i: [] for i in range(len(pairs))}
+    soon_seen = []
+    try:
+
+        def on_readable(i, sock):
+            sock.recv(100)
+            seen[i].append(var.get())
+            var.set(f"reader {i}, run {len(seen[i])}")
+
+        for i, (a, _) in enumerate(pairs):
+            loop.add_reader(a, on_readable, i, a)
+        for rnd in range(3):
+            for _, b in pairs:
+                b.send(b"x")
+            loop.call_soon(lambda: soon_seen.append(var.get()))
+            loop.run_until_complete(_sleep0_coro())
+        for i, (a, _) in enumerate(pairs):
+            loop.remove_reader(a)
+        assert seen == {
+            i: ["unset", f"reader {i}, run 1", f"reader {i}, run 2"] for i in range(len(pairs))
+        }
+        assert soon_seen == ["unset"] * 3
+        assert var.get() == "unset"
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+async def _sleep0_coro():
+    import asyncio
+
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def _run_reader(loop, callback, runs):
+    """Register `callback(sock)` as a reader and make it readable `runs` times."""
+    ((a, b),) = _pairs(1)
+    try:
+        loop.add_reader(a, callback, a)
+        for _ in range(runs):
+            b.send(b"x")
+            loop.run_until_complete(_sleep0_coro())
+        loop.remove_reader(a)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_token_from_a_readers_run_resets_in_its_next_run(loop):
+    tokens, outcomes = [], []
+
+    def on_readable(sock):
+        sock.recv(100)
+        if not tokens:
+            tokens.append(var.set("first run"))
+            return
+        outcomes.append(var.get())
+        var.reset(tokens[0])
+        outcomes.append(var.get())
+
+    _run_reader(loop, on_readable, 2)
+    assert outcomes == ["first run", "unset"]
+    assert var.get() == "unset"
+
+
+def test_a_token_from_one_reader_is_foreign_to_another(loop):
+    tokens, outcomes = [], []
+
+    def setter(sock):
+        sock.recv(100)
+        tokens.append(var.set("set"))
+
+    def resetter(sock):
+        sock.recv(100)
+        try:
+            var.reset(tokens[0])
+        except ValueError:
+            outcomes.append("ValueError")
+        outcomes.append(var.get())
+
+    _run_reader(loop, setter, 1)
+    _run_reader(loop, resetter, 1)
+    assert outcomes == ["ValueError", "unset"]
+
+
+def test_a_reader_that_raises_keeps_what_it_set(loop):
+    seen, errors = [], []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(type(ctx["exception"])))
+
+    def on_readable(sock):
+        sock.recv(100)
+        seen.append(var.get())
+        var.set(f"run {len(seen)}")
+        if len(seen) == 1:
+            raise ZeroDivisionError
+
+    try:
+        _run_reader(loop, on_readable, 3)
+    finally:
+        loop.set_exception_handler(None)
+    assert seen == ["unset", "run 1", "run 2"]
+    assert errors == [ZeroDivisionError]
+
+
+def test_a_writer_keeps_what_it_set(loop):
+    ((a, b),) = _pairs(1)
+    seen = []
+
+    def on_writable():
+        seen.append(var.get())
+        var.set(f"run {len(seen)}")
+        if len(seen) == 3:
+            loop.remove_writer(a)
+
+    async def main():
+        loop.add_writer(a, on_writable)
+        while len(seen) < 3:
+            await _sleep0_coro()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        a.close()
+        b.close()
+    assert seen == ["unset", "run 1", "run 2"]
+
+
+def test_a_transports_reader_keeps_what_data_received_set(loop):
+    # asyncio's transport calls connection_made and registers its reader in two separate
+    # callbacks: what connection_made sets is not seen by data_received.
+    import asyncio
+
+    seen, lost = [], []
+
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+            var.set("connection_made")
+
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+        def data_received(self, data):
+            seen.append((data, var.get()))
+            var.set(data.decode())
+            self.transport.write(data)
+
+    async def main():
+        server = await loop.create_server(Protocol, "127.0.0.1", 0)
+        streams = [await asyncio.open_connection(*server.sockets[0].getsockname()) for _ in "ab"]
+        for message in (b"1", b"2", b"3"):
+            for name, (reader, writer) in zip("ab", streams, strict=True):
+                writer.write(name.encode() + message)
+                await reader.readexactly(2)
+        for _, writer in streams:
+            writer.close()
+            await writer.wait_closed()
+        while len(lost) < 2:
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+    assert sorted(seen) == sorted(
+        [
+            (b"a1", "unset"),
+            (b"a2", "a1"),
+            (b"a3", "a2"),
+            (b"b1", "unset"),
+            (b"b2", "b1"),
+            (b"b3", "b2"),
+        ]
+    )

@@ -3,6 +3,8 @@
 //! Handles hold an `Arc<LoopShared>` rather than the loop object, so no reference cycle runs
 //! through untracked handles (see `handles.rs`).
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -46,23 +48,91 @@ pub struct Snapshots {
     /// The last snapshot taken, with the key of its contents.
     pub current: Option<(ContextKey, Py<PyAny>)>,
     /// Snapshots whose contents a callback changed (they now belong to that callback's
-    /// handle), each with its replacement: a context with the original contents, in which
-    /// the other handles that shared it run.
-    pub retired: Vec<(Py<PyAny>, Py<PyAny>)>,
+    /// handle), by address, each with its replacement: a context with the original contents,
+    /// in which the other handles that shared it run. A replacement can be retired in turn, so
+    /// a handle's snapshot resolves through a chain of them. A reader's handle owns the
+    /// snapshot it changed for as long as the reader stays registered, so entries can live as
+    /// long as connections: the map finds one without a scan.
+    retired: HashMap<usize, Retired, BuildHasherDefault<AddressHasher>>,
+    /// The length at which `retired` is next swept of the snapshots nobody else references.
+    sweep_at: usize,
     /// The snapshot a callback is running in, and the mapping it had when the callback started
     /// (addresses only: both are kept alive by that run).
     pub running: RunningSnapshot,
 }
 
+struct Retired {
+    old: Py<PyAny>,
+    replacement: Py<PyAny>,
+}
+
+/// Hashes an object's address (the keys of [`Snapshots::retired`]).
+#[derive(Default)]
+struct AddressHasher(u64);
+
+impl Hasher for AddressHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, address: usize) {
+        // The low bits choose the bucket: fold the high ones into them.
+        let address = address as u64;
+        self.0 = (address ^ (address >> 29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 impl Snapshots {
+    /// The context a handle that shares `snapshot` runs in: the end of its chain of
+    /// replacements.
     fn resolve<'py>(&self, snapshot: Bound<'py, PyAny>) -> Bound<'py, PyAny> {
-        if self.retired.is_empty() {
-            return snapshot;
+        let mut context = snapshot;
+        // No cycle: a replacement is a new context when it is made, and a key stays alive
+        // (its address unused by another object) as long as it is in the map.
+        while let Some(entry) = self.retired.get(&(context.as_ptr() as usize)) {
+            context = entry.replacement.bind(context.py()).clone();
         }
-        match self.retired.iter().find(|(old, _)| old.is(&snapshot)) {
-            Some((_, replacement)) => replacement.bind(snapshot.py()).clone(),
-            None => snapshot,
-        }
+        context
+    }
+
+    /// [`resolve`](Self::resolve), pointing `snapshot`'s entry at the end of its chain; the
+    /// replacement it pointed at before, to drop once the snapshots are no longer borrowed.
+    fn resolve_shortening<'py>(
+        &mut self,
+        snapshot: Bound<'py, PyAny>,
+    ) -> (Bound<'py, PyAny>, Option<Py<PyAny>>) {
+        let key = snapshot.as_ptr() as usize;
+        let resolved = self.resolve(snapshot);
+        let stale = match self.retired.get_mut(&key) {
+            Some(entry) if !entry.replacement.is(&resolved) => Some(std::mem::replace(
+                &mut entry.replacement,
+                resolved.clone().unbind(),
+            )),
+            _ => None,
+        };
+        (resolved, stale)
+    }
+
+    /// Remove the entries whose snapshot only the map references (no handle shares it, and no
+    /// chain runs through it); they are returned, to drop once the snapshots are no longer
+    /// borrowed.
+    fn sweep(&mut self) -> Vec<Retired> {
+        let unreferenced: Vec<usize> = self
+            .retired
+            .iter()
+            .filter(|(_, entry)| ref_count(&entry.old) <= 1)
+            .map(|(key, _)| *key)
+            .collect();
+        unreferenced
+            .into_iter()
+            .filter_map(|key| self.retired.remove(&key))
+            .collect()
     }
 }
 
@@ -132,24 +202,24 @@ impl LoopShared {
         snapshot: &Bound<'_, PyAny>,
         replacement: Py<PyAny>,
     ) {
-        let (dropped, current, stale) = {
+        let (dropped, previous, current) = {
             let mut snapshots = self.snapshots.borrow_mut(py);
-            // Forget the retired snapshots nobody else references any more.
-            let (keep, dropped): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshots.retired)
-                .into_iter()
-                .partition(|(old, _)| ref_count(old) > 1);
-            snapshots.retired = keep;
-            // A replacement can be retired in turn: the handles it stood in for now run in
-            // the new one.
-            let mut stale = Vec::new();
-            for (_, standing_in) in snapshots.retired.iter_mut() {
-                if standing_in.is(snapshot) {
-                    stale.push(std::mem::replace(standing_in, replacement.clone_ref(py)));
-                }
-            }
-            snapshots
-                .retired
-                .push((snapshot.clone().unbind(), replacement.clone_ref(py)));
+            // Forget the retired snapshots nobody else references any more, each time the map
+            // has doubled since the last sweep (a sweep reads every entry).
+            let dropped = if snapshots.retired.len() >= snapshots.sweep_at {
+                let dropped = snapshots.sweep();
+                snapshots.sweep_at = (2 * snapshots.retired.len()).max(8);
+                dropped
+            } else {
+                Vec::new()
+            };
+            let previous = snapshots.retired.insert(
+                snapshot.as_ptr() as usize,
+                Retired {
+                    old: snapshot.clone().unbind(),
+                    replacement: replacement.clone_ref(py),
+                },
+            );
             // Handles scheduled from now on with the original contents share the replacement.
             let current = match &mut snapshots.current {
                 Some((_, cached)) if cached.is(snapshot) => {
@@ -157,9 +227,9 @@ impl LoopShared {
                 }
                 _ => None,
             };
-            (dropped, current, stale)
+            (dropped, previous, current)
         };
-        drop((dropped, current, stale));
+        drop((dropped, previous, current));
     }
 
     /// A callback of a handle sharing `snapshot` (whose mapping is `vars`) is about to run:
@@ -172,19 +242,23 @@ impl LoopShared {
         vars: Bound<'py, PyAny>,
     ) -> (Bound<'py, PyAny>, Bound<'py, PyAny>, RunningSnapshot) {
         let py = snapshot.py();
-        let mut snapshots = self.snapshots.borrow_mut(py);
-        let (snapshot, vars) = if snapshots.retired.is_empty() {
-            (snapshot, vars)
-        } else {
-            let resolved = snapshots.resolve(snapshot);
-            let vars = snapshot_vars(&resolved).unwrap_or(vars);
-            (resolved, vars)
+        let (snapshot, vars, outer, stale) = {
+            let mut snapshots = self.snapshots.borrow_mut(py);
+            let (snapshot, vars, stale) = if snapshots.retired.is_empty() {
+                (snapshot, vars, None)
+            } else {
+                let (resolved, stale) = snapshots.resolve_shortening(snapshot);
+                let vars = snapshot_vars(&resolved).unwrap_or(vars);
+                (resolved, vars, stale)
+            };
+            let running = RunningSnapshot {
+                snapshot: snapshot.as_ptr() as usize,
+                vars: vars.as_ptr() as usize,
+            };
+            let outer = std::mem::replace(&mut snapshots.running, running);
+            (snapshot, vars, outer, stale)
         };
-        let running = RunningSnapshot {
-            snapshot: snapshot.as_ptr() as usize,
-            vars: vars.as_ptr() as usize,
-        };
-        let outer = std::mem::replace(&mut snapshots.running, running);
+        drop(stale);
         (snapshot, vars, outer)
     }
 

@@ -38,9 +38,7 @@ use pyo3::types::{PyDict, PyFloat, PyInt, PyTuple};
 
 use crate::errors::os_error;
 use crate::ffi::{call_with_keywords, construct, KeywordNames};
-use crate::ffi::{
-    check_signals, copy_context, current_frame, instance_attribute, sole_owner, untrack,
-};
+use crate::ffi::{check_signals, current_frame, instance_attribute, sole_owner, untrack};
 use crate::ffi::{new_context, thread_state, ThreadState};
 use crate::gil_cell::GilCell;
 use crate::handles::{check_callable, report_error, Args, Handle, Kind, TimerHandle};
@@ -186,7 +184,7 @@ impl Loop {
         args: Option<Args>,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Handle> {
-        let (context, shared_context) = self.handle_context(py, kind, context)?;
+        let (context, shared_context) = self.handle_context(py, context)?;
         let source_traceback = if self.is_debug() {
             Some(call_hook(py, "extract_stack", ())?.unbind())
         } else {
@@ -209,13 +207,12 @@ impl Loop {
     fn handle_context(
         &self,
         py: Python<'_>,
-        kind: Kind,
         context: Option<Bound<'_, PyAny>>,
     ) -> PyResult<(Py<PyAny>, bool)> {
         Ok(match context {
             Some(context) if !context.is_none() => (context.unbind(), false),
-            // Readers run many times in one context that keeps what they set: their own copy.
-            _ if kind == Kind::Io => (copy_context(py)?, false),
+            // Readers and writers too: the first run that sets a variable gives the handle
+            // the snapshot as its own context, which keeps what later runs set.
             _ => (self.shared.context_snapshot(py)?, true),
         })
     }
@@ -248,7 +245,7 @@ impl Loop {
         };
         let handle = match pooled {
             Some(handle) => {
-                let (context, shared_context) = this.handle_context(py, Kind::Soon, context)?;
+                let (context, shared_context) = this.handle_context(py, context)?;
                 handle
                     .get()
                     .reset(py, callback.unbind(), args, context, shared_context);
@@ -328,7 +325,7 @@ impl Loop {
         };
         let (timer, base) = match pooled {
             Some(base) => {
-                let (context, shared_context) = this.handle_context(py, Kind::Timer, context)?;
+                let (context, shared_context) = this.handle_context(py, context)?;
                 base.get()
                     .reset_timer(py, when, callback.unbind(), args, context, shared_context);
                 // SAFETY: the timer pool only holds `TimerHandle` objects (see `recycle`).
