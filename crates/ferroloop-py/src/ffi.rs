@@ -594,15 +594,16 @@ impl Slots {
         })
     }
 
-    fn offset(
-        &self,
-        obj: &Bound<'_, PyAny>,
-        name: &Bound<'_, pyo3::types::PyString>,
-    ) -> Option<isize> {
-        // Only on instances of the class itself (a subclass may lay out more).
-        if !obj.get_type().is(self.class.bind(obj.py())) {
-            return None;
-        }
+    /// Whether `obj` is an instance of the class itself, whose slots these are (a subclass
+    /// may lay out more).
+    #[inline]
+    pub fn holds(&self, obj: &Bound<'_, PyAny>) -> bool {
+        // SAFETY: `obj` is a live object.
+        unsafe { ffi::Py_TYPE(obj.as_ptr()).cast::<ffi::PyObject>() == self.class.as_ptr() }
+    }
+
+    /// The offset of slot `name` in the class's instances.
+    pub fn offset_of(&self, name: &Bound<'_, pyo3::types::PyString>) -> Option<isize> {
         // Interned names: the type dict's keys and `intern!`'s are the same objects (a name
         // that is not interned is not found, and takes the plain lookup).
         let len = self.table.len();
@@ -617,53 +618,48 @@ impl Slots {
     }
 
     /// The address of `obj`'s slot `name`, when it is one of these slots.
-    fn field(
-        &self,
-        obj: &Bound<'_, PyAny>,
-        name: &Bound<'_, pyo3::types::PyString>,
-    ) -> Option<*mut *mut ffi::PyObject> {
-        let offset = self.offset(obj, name)?;
-        // SAFETY: `obj` is an instance of the class whose member descriptor gave `offset`, an
-        // object slot (`Py_T_OBJECT_EX`) inside the object.
-        Some(unsafe {
-            obj.as_ptr()
-                .cast::<u8>()
-                .offset(offset)
-                .cast::<*mut ffi::PyObject>()
-        })
-    }
-
-    /// `obj.<name>` when it is one of these slots and is set; `None` otherwise (for a plain
-    /// lookup, which raises asyncio's `AttributeError` for an empty slot).
-    pub fn get<'py>(
-        &self,
+    /// The slot at `offset` of `obj`, `None` when empty.
+    ///
+    /// # Safety
+    /// `obj` is an instance of the class ([`holds`](Self::holds)) and `offset` one its slots
+    /// have ([`offset_of`](Self::offset_of)).
+    #[inline]
+    pub unsafe fn read_at<'py>(
         obj: &Bound<'py, PyAny>,
-        name: &Bound<'py, pyo3::types::PyString>,
+        offset: isize,
     ) -> Option<Bound<'py, PyAny>> {
-        let field = self.field(obj, name)?;
-        // SAFETY: a live object slot: a `PyObject *` field, NULL when empty.
-        unsafe { Bound::from_borrowed_ptr_or_opt(obj.py(), *field) }
+        // SAFETY: (the caller's) a live object slot: a `PyObject *` field, NULL when empty.
+        unsafe { Bound::from_borrowed_ptr_or_opt(obj.py(), *Self::field_at(obj, offset)) }
     }
 
-    /// `obj.<name> = value` when it is one of these slots; `false` otherwise (for a plain
-    /// `setattr`).
-    pub fn set(
-        &self,
-        obj: &Bound<'_, PyAny>,
-        name: &Bound<'_, pyo3::types::PyString>,
-        value: &Bound<'_, PyAny>,
-    ) -> bool {
-        let Some(field) = self.field(obj, name) else {
-            return false;
-        };
-        // SAFETY: as in `get`; the new value is stored with its own reference before the old
-        // one is released (which may run arbitrary code), as `PyMember_SetOne` does.
+    /// Store `value` in the slot at `offset` of `obj`.
+    ///
+    /// # Safety
+    /// As for [`read_at`](Self::read_at).
+    #[inline]
+    pub unsafe fn write_at(obj: &Bound<'_, PyAny>, offset: isize, value: &Bound<'_, PyAny>) {
+        // SAFETY: (the caller's) a live object slot. The new value is stored with its own
+        // reference before the old one is released (which may run arbitrary code), as
+        // `PyMember_SetOne` does.
         unsafe {
+            let field = Self::field_at(obj, offset);
             let old = *field;
             *field = value.clone().into_ptr();
             ffi::Py_XDECREF(old);
         }
-        true
+    }
+
+    /// The address of the slot at `offset` of `obj` (the caller's contract as for
+    /// [`read_at`](Self::read_at)).
+    #[inline]
+    unsafe fn field_at(obj: &Bound<'_, PyAny>, offset: isize) -> *mut *mut ffi::PyObject {
+        // SAFETY: (the caller's) `offset` is an object slot (`Py_T_OBJECT_EX`) inside `obj`.
+        unsafe {
+            obj.as_ptr()
+                .cast::<u8>()
+                .offset(offset)
+                .cast::<*mut ffi::PyObject>()
+        }
     }
 }
 

@@ -24,7 +24,7 @@ use pyo3::{intern, Borrowed};
 use super::stream::{asyncio_write, is_slotted, slotted_of, Slotted, TransportReader, SLOTTED};
 use super::stream_lifecycle;
 use super::tls;
-use super::transport::{asyncio_class_method, asyncio_method, attr, SLOTS};
+use super::transport::{asyncio_class_method, asyncio_method, get, SLOTS};
 use crate::event_loop::{fastcall_def, install_methods, MethodDef};
 use crate::ffi::Slots;
 
@@ -35,7 +35,7 @@ static ASYNCIO_CLOSE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 fn native_reader<'py>(transport: &Bound<'py, PyAny>) -> Option<Bound<'py, TransportReader>> {
     let py = transport.py();
     let reader = match is_slotted(transport) {
-        true => attr(transport, &None, intern!(py, "_reader")),
+        true => get!(py, transport, None, "_reader"),
         false => transport.getattr(intern!(py, "_read_ready")),
     };
     reader.ok()?.cast_into::<TransportReader>().ok()
@@ -151,10 +151,7 @@ unsafe fn finalize(
     let transport = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
     if nargs == 0 && kwnames.is_null() {
         // An empty slot (a transport whose construction failed) is asyncio's case below.
-        if let Some(sock) = SLOTS
-            .get(py)
-            .and_then(|slots| slots.get(&transport, intern!(py, "_sock")))
-        {
+        if let Ok(sock) = get!(py, transport, None, "_sock") {
             if sock.is_none() {
                 return Ok(py.None().into_ptr());
             }

@@ -2,6 +2,8 @@
 //! `__dict__` as a native callback holds them, attribute lookups in that dict, asyncio's own
 //! methods looked up once, and asyncio's `_fatal_error`.
 
+use std::sync::atomic::{AtomicIsize, Ordering};
+
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
 use pyo3::gc::PyVisit;
 use pyo3::intern;
@@ -99,49 +101,129 @@ impl TransportRef {
     }
 }
 
-/// `transport.<name>` for a literal name, through [`attr`].
+/// `transport.<name>` for a literal name, through [`attr_at`]: each use keeps the slot's
+/// offset for that name.
 macro_rules! get {
-    ($py:expr, $transport:expr, $attributes:expr, $name:literal) => {
-        $crate::net::transport::attr(&$transport, &$attributes, pyo3::intern!($py, $name))
-    };
+    ($py:expr, $transport:expr, $attributes:expr, $name:literal) => {{
+        static OFFSET: $crate::net::transport::SlotOffset =
+            $crate::net::transport::SlotOffset::new();
+        $crate::net::transport::attr_at(
+            &$transport,
+            &$attributes,
+            pyo3::intern!($py, $name),
+            &OFFSET,
+        )
+    }};
 }
 pub(crate) use get;
 
-/// `transport.<name> = value` for a literal name, through [`set_attr`].
+/// `transport.<name> = value` for a literal name, through [`set_attr_at`].
 macro_rules! set {
-    ($py:expr, $transport:expr, $attributes:expr, $name:literal, $value:expr) => {
-        $crate::net::transport::set_attr(
+    ($py:expr, $transport:expr, $attributes:expr, $name:literal, $value:expr) => {{
+        static OFFSET: $crate::net::transport::SlotOffset =
+            $crate::net::transport::SlotOffset::new();
+        $crate::net::transport::set_attr_at(
             &$transport,
             &$attributes,
             pyo3::intern!($py, $name),
             $value,
+            &OFFSET,
         )
-    };
+    }};
 }
 pub(crate) use set;
+
+/// The offset of one name's slot in the slotted class ([`SLOTS`]), found at its first use:
+/// a `static` per use of [`get!`] and [`set!`], so that reading a slot is a type check and a
+/// load, without the name's lookup in [`Slots`]' table.
+pub(crate) struct SlotOffset(AtomicIsize);
+
+impl SlotOffset {
+    /// Not looked up yet.
+    const UNKNOWN: isize = isize::MIN;
+    /// The name is not one of the slots.
+    const NONE: isize = -1;
+
+    #[allow(clippy::new_without_default)] // for statics
+    pub(crate) const fn new() -> Self {
+        SlotOffset(AtomicIsize::new(Self::UNKNOWN))
+    }
+
+    #[inline]
+    fn get(&self, slots: &Slots, name: &Bound<'_, PyString>) -> Option<isize> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::UNKNOWN => {
+                let offset = slots.offset_of(name);
+                self.0
+                    .store(offset.unwrap_or(Self::NONE), Ordering::Relaxed);
+                offset
+            }
+            Self::NONE => None,
+            offset => Some(offset),
+        }
+    }
+}
+
+/// The slots class's table and `name`'s offset in it, when `transport` is an instance of it.
+#[inline]
+fn slot_offset(
+    transport: &Bound<'_, PyAny>,
+    name: &Bound<'_, PyString>,
+    offset: &SlotOffset,
+) -> Option<isize> {
+    let slots = SLOTS.get(transport.py())?;
+    if !slots.holds(transport) {
+        return None;
+    }
+    offset.get(slots, name)
+}
+
+/// `transport.<name>`, looked up in its `__dict__` first when it has one, else in its slot at
+/// `offset` when it is an instance of the slotted class ([`Slots`]), else a plain lookup.
+#[inline]
+pub(crate) fn attr_at<'py>(
+    transport: &Bound<'py, PyAny>,
+    attributes: &Attributes<'py>,
+    name: &Bound<'py, PyString>,
+    offset: &SlotOffset,
+) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(attributes) = attributes {
+        return dict_attr(transport, attributes, name);
+    }
+    if let Some(offset) = slot_offset(transport, name, offset) {
+        // SAFETY: `transport` is an instance of the slotted class, `offset` one of its slots.
+        if let Some(value) = unsafe { Slots::read_at(transport, offset) } {
+            return Ok(value);
+        }
+    }
+    transport.getattr(name)
+}
+
+/// `transport.<name> = value`: into its `__dict__` when it has one, else into its slot at
+/// `offset` (the slotted class), else a plain `setattr`.
+#[inline]
+pub(crate) fn set_attr_at<'py>(
+    transport: &Bound<'py, PyAny>,
+    attributes: &Attributes<'py>,
+    name: &Bound<'py, PyString>,
+    value: impl IntoPyObject<'py>,
+    offset: &SlotOffset,
+) -> PyResult<()> {
+    if let Some(attributes) = attributes {
+        return attributes.set_item(name, value);
+    }
+    let value = value.into_bound_py_any(transport.py())?;
+    match slot_offset(transport, name, offset) {
+        // SAFETY: as in `attr_at`.
+        Some(offset) => unsafe { Slots::write_at(transport, offset, &value) },
+        None => transport.setattr(name, value)?,
+    }
+    Ok(())
+}
 
 /// The slots of ferroloop's slotted stream transport class, set when the class is installed
 /// (`methods.rs`).
 pub(crate) static SLOTS: PyOnceLock<Slots> = PyOnceLock::new();
-
-/// `transport.<name>`, looked up in its `__dict__` first when it has one, else in its slots at
-/// their offsets when it is one of the slotted class's ([`Slots`]).
-pub(crate) fn attr<'py>(
-    transport: &Bound<'py, PyAny>,
-    attributes: &Attributes<'py>,
-    name: &Bound<'py, PyString>,
-) -> PyResult<Bound<'py, PyAny>> {
-    match attributes {
-        Some(attributes) => dict_attr(transport, attributes, name),
-        None => match SLOTS
-            .get(transport.py())
-            .and_then(|slots| slots.get(transport, name))
-        {
-            Some(value) => Ok(value),
-            None => transport.getattr(name),
-        },
-    }
-}
 
 /// `object.<name>`, looked up in its `__dict__` (`attributes`) first.
 pub(crate) fn dict_attr<'py>(
@@ -152,28 +234,5 @@ pub(crate) fn dict_attr<'py>(
     match attributes.get_item(name)? {
         Some(value) => Ok(value),
         None => object.getattr(name),
-    }
-}
-
-/// `transport.<name> = value`: into its `__dict__` when it has one, else into the slot at its
-/// offset (the slotted class), else a plain `setattr`.
-pub(crate) fn set_attr<'py>(
-    transport: &Bound<'py, PyAny>,
-    attributes: &Attributes<'py>,
-    name: &Bound<'py, PyString>,
-    value: impl IntoPyObject<'py>,
-) -> PyResult<()> {
-    match attributes {
-        Some(attributes) => attributes.set_item(name, value),
-        None => {
-            let value = value.into_bound_py_any(transport.py())?;
-            if SLOTS
-                .get(transport.py())
-                .is_some_and(|slots| slots.set(transport, name, &value))
-            {
-                return Ok(());
-            }
-            transport.setattr(name, value)
-        }
     }
 }
