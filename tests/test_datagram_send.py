@@ -2,6 +2,8 @@
 once and keeps asyncio's buffering, errors and messages otherwise; tested on both loops."""
 
 import asyncio
+import errno
+import os
 import socket
 import sys
 
@@ -291,3 +293,64 @@ def test_close_in_datagram_received_ends_delivery(loop):
     assert got == [b"0"]
     assert proto.lost == [None]
     peer.close()
+
+
+def _unix_peer(path):
+    peer = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    if path is not None:
+        peer.bind(path)
+    peer.settimeout(5)
+    return peer
+
+
+def test_unix_datagram_addresses(loop, tmp_path):
+    # Senders as socket.recvfrom gives them (a path as str, an abstract name as bytes, an
+    # unbound sender as None), and replies to each kind of address, str and bytes.
+    here = str(tmp_path / "server")
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(Collect, local_addr=here, family=socket.AF_UNIX)
+    )
+    named = _unix_peer(str(tmp_path / "named"))
+    abstract = _unix_peer(b"\0ferroloop-test-%d" % id(transport))
+    unbound = _unix_peer(None)
+    try:
+        for peer, data in ((named, b"one"), (abstract, b"two"), (unbound, b"three")):
+            peer.sendto(data, here)
+        loop.run_until_complete(asyncio.sleep(0.05))
+        assert proto.datagrams == [
+            (b"one", str(tmp_path / "named")),
+            (b"two", abstract.getsockname()),
+            (b"three", None),
+        ]
+        assert isinstance(abstract.getsockname(), bytes)
+        for data, addr in proto.datagrams[:2]:
+            transport.sendto(data.upper(), addr)
+        transport.sendto(b"bytes path", os.fsencode(str(tmp_path / "named")))
+        assert named.recvfrom(100) == (b"ONE", here)
+        assert abstract.recvfrom(100) == (b"TWO", here)
+        assert named.recvfrom(100) == (b"bytes path", here)
+        assert proto.errors == []
+    finally:
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        for peer in (named, abstract, unbound):
+            peer.close()
+
+
+def test_unix_datagram_send_errors(loop, tmp_path):
+    transport, proto = loop.run_until_complete(
+        loop.create_datagram_endpoint(
+            Collect, local_addr=str(tmp_path / "server"), family=socket.AF_UNIX
+        )
+    )
+    try:
+        transport.sendto(b"x", str(tmp_path / "nobody"))
+        transport.sendto(b"x", "y" * 200)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert [type(e) for e in proto.errors] == [FileNotFoundError, OSError]
+        assert proto.errors[0].errno == errno.ENOENT
+        assert "too long" in str(proto.errors[1])
+        assert not transport.is_closing()
+    finally:
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0))

@@ -951,3 +951,27 @@ pub fn weaklist_offset(obj: &Bound<'_, PyAny>) -> isize {
     // SAFETY: a live object's type is a live type object.
     unsafe { (*ffi::Py_TYPE(obj.as_ptr())).tp_weaklistoffset }
 }
+
+/// `os.fsencode(text)` for a `str`: its bytes in the file system encoding (`surrogateescape`).
+pub fn fs_encode<'py>(text: &Bound<'py, PyAny>) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    // SAFETY: `text` is a live object (PyUnicode_EncodeFSDefault raises TypeError for anything
+    // but a str); a new reference or NULL with an exception set.
+    let encoded = unsafe {
+        Bound::from_owned_ptr_or_err(text.py(), ffi::PyUnicode_EncodeFSDefault(text.as_ptr()))
+    }?;
+    Ok(encoded.cast_into::<pyo3::types::PyBytes>()?)
+}
+
+/// `os.fsdecode(data)`: a `str` from bytes in the file system encoding (`surrogateescape`).
+pub fn fs_decode<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    // SAFETY: `data` is readable for its length; a new reference or NULL with an exception set.
+    unsafe {
+        Bound::from_owned_ptr_or_err(
+            py,
+            ffi::PyUnicode_DecodeFSDefaultAndSize(
+                data.as_ptr().cast(),
+                data.len() as ffi::Py_ssize_t,
+            ),
+        )
+    }
+}

@@ -135,6 +135,29 @@ impl SockAddr {
     }
 }
 
+/// The length of `sockaddr_un`'s `sun_path`: the longest Unix socket path, in bytes.
+pub const UNIX_PATH_MAX: usize = 108;
+
+impl SockAddr {
+    /// The bytes of a Unix socket address's path as the kernel wrote them (`len` minus the
+    /// family): empty for an unnamed socket, starting with a NUL byte for Linux's abstract
+    /// namespace, else a path with its terminating NUL byte if it fitted.
+    pub fn unix(&self) -> Option<&[u8]> {
+        if self.storage.ss_family as libc::c_int != libc::AF_UNIX {
+            return None;
+        }
+        let start = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+        let len = (self.len as usize).saturating_sub(start).min(UNIX_PATH_MAX);
+        // SAFETY: sockaddr_storage is large and aligned enough for a sockaddr_un, and the
+        // family says the kernel wrote one; `len` bytes of `sun_path` are within it.
+        let sun = unsafe {
+            &*(&self.storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_un>()
+        };
+        // SAFETY: `sun_path` is `UNIX_PATH_MAX` bytes (`c_char`, one byte each).
+        Some(unsafe { std::slice::from_raw_parts(sun.sun_path.as_ptr().cast::<u8>(), len) })
+    }
+}
+
 /// `getsockname(fd)`: the socket's own address.
 pub fn local_address(fd: RawFd) -> io::Result<SockAddr> {
     let mut addr = SockAddr {
@@ -297,6 +320,38 @@ pub fn send_to_ipv6(
     })
 }
 
+/// `sendto(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, <Unix socket path>)`, the path given
+/// as `socket` takes it: one starting with a NUL byte is in Linux's abstract namespace (its
+/// length is the address's), any other gets a terminating NUL. Paths that do not fit
+/// `sun_path` (with that NUL) fail with `ENAMETOOLONG`, as the caller should not pass them.
+pub fn send_to_unix(fd: RawFd, data: &[u8], path: &[u8]) -> io::Result<usize> {
+    let abstract_name = path.first() == Some(&0);
+    if path.len() + usize::from(!abstract_name) > UNIX_PATH_MAX {
+        return Err(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    }
+    // SAFETY: all-zero is a valid sockaddr_un (an integer and bytes).
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, from) in sun.sun_path.iter_mut().zip(path) {
+        *to = *from as libc::c_char;
+    }
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path)
+        + path.len()
+        + usize::from(!abstract_name);
+    // SAFETY: `data` and `sun` are valid for the call; `len` is within `sun`; the kernel only
+    // reads them.
+    result(unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            SEND_FLAGS,
+            (&sun as *const libc::sockaddr_un).cast(),
+            len as libc::socklen_t,
+        )
+    })
+}
+
 /// True for the errors that mean "not now, wait for readiness" (`EAGAIN`/`EWOULDBLOCK`).
 #[inline]
 pub fn would_block(error: &io::Error) -> bool {
@@ -356,6 +411,56 @@ mod tests {
         // SAFETY: `buf` is writable for its length.
         let n = unsafe { recv(y.as_raw_fd(), buf.as_mut_ptr(), buf.len()) }.unwrap();
         assert_eq!(&buf[..n], &data[..5_000]);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn unix_datagrams_named_abstract_and_unnamed() {
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::UnixDatagram;
+        let dir = std::env::temp_dir().join(format!("ferroloop-net-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("receiver");
+        let _ = std::fs::remove_file(&path);
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        let sender = UnixDatagram::unbound().unwrap();
+        let path_bytes = path.as_os_str().as_encoded_bytes();
+        assert_eq!(
+            send_to_unix(sender.as_raw_fd(), b"one", path_bytes).unwrap(),
+            3
+        );
+        let mut buf = [0u8; 16];
+        // SAFETY: `buf` is writable for its length.
+        let (n, from) = unsafe { recvfrom(receiver.as_raw_fd(), buf.as_mut_ptr(), 16) }.unwrap();
+        assert_eq!(&buf[..n], b"one");
+        // An unbound sender: no address at all (length 0), which `socket` gives as None.
+        assert_eq!(from.unix(), None);
+        assert_eq!(from.ipv4(), None);
+        // A named sender: its path, with the terminating NUL the kernel keeps.
+        let named = dir.join("sender");
+        let _ = std::fs::remove_file(&named);
+        let sender = UnixDatagram::bind(&named).unwrap();
+        send_to_unix(sender.as_raw_fd(), b"two", path_bytes).unwrap();
+        // SAFETY: as above.
+        let (_, from) = unsafe { recvfrom(receiver.as_raw_fd(), buf.as_mut_ptr(), 16) }.unwrap();
+        let name = from.unix().unwrap();
+        let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+        assert_eq!(&name[..end], named.as_os_str().as_encoded_bytes());
+        // Linux's abstract namespace: a leading NUL, the length is the address's.
+        let abstract_name = format!("\0ferroloop-net-{}", std::process::id()).into_bytes();
+        let abstract_receiver =
+            std::os::unix::net::SocketAddr::from_abstract_name(&abstract_name[1..])
+                .and_then(|addr| UnixDatagram::bind_addr(&addr))
+                .unwrap();
+        send_to_unix(sender.as_raw_fd(), b"three", &abstract_name).unwrap();
+        // SAFETY: as above.
+        let n = unsafe { recv(abstract_receiver.as_raw_fd(), buf.as_mut_ptr(), 16) }.unwrap();
+        assert_eq!(&buf[..n], b"three");
+        // Too long for sun_path (with its NUL): refused before the call.
+        let long = vec![b'x'; UNIX_PATH_MAX];
+        let err = send_to_unix(sender.as_raw_fd(), b"x", &long).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENAMETOOLONG));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,7 +5,7 @@ use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict, PyString};
 use pyo3::PyTraverseError;
 
 use ferroloop_core::sys::net;
@@ -13,6 +13,7 @@ use ferroloop_core::sys::net;
 use super::buffer::{byte_buffer, recvfrom_bytes, SCRATCH_SIZE};
 use super::socket::{fileno, ipv4_address, is_plain_socket, retry_interrupted, socket_kind};
 use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
+use crate::ffi::{fs_decode, fs_encode};
 use crate::gil_cell::GilCell;
 
 static ASYNCIO_DATAGRAM_READ_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -61,13 +62,83 @@ fn ipv6_destination(addr: &Bound<'_, PyAny>) -> Option<Address> {
     Some(Address::Ipv6(host.octets(), port, flowinfo, scope_id))
 }
 
-/// An IPv4 or IPv6 address: a datagram's sender as the kernel gave it, or where one goes.
+/// A Unix socket path given as `str` (encoded as `os.fsencode` does, without NUL) or `bytes`,
+/// if it is one the native `sendto` takes: not empty, and short enough for `sun_path` with
+/// its terminating NUL under `socket`'s rule for either kind of name (anything else is left
+/// to `socket.sendto` and its errors).
+fn unix_destination(addr: &Bound<'_, PyAny>) -> Option<Address> {
+    let path = if addr.is_exact_instance_of::<PyString>() {
+        let encoded = fs_encode(addr).ok()?;
+        let path = encoded.as_bytes();
+        // socket refuses a str with an embedded NUL (ValueError).
+        if path.contains(&0) {
+            return None;
+        }
+        UnixPath::new(path)?
+    } else if addr.is_exact_instance_of::<PyBytes>() {
+        UnixPath::new(addr.cast::<PyBytes>().ok()?.as_bytes())?
+    } else {
+        return None;
+    };
+    Some(Address::Unix(path))
+}
+
+/// A Unix socket address's path (at most `sun_path`'s length), as the kernel gives it or as
+/// a destination: bytes, the first NUL for Linux's abstract namespace.
+#[derive(Clone, Copy, PartialEq)]
+struct UnixPath {
+    len: u8,
+    bytes: [u8; net::UNIX_PATH_MAX],
+}
+
+impl UnixPath {
+    /// A destination `path`: not empty and shorter than `sun_path` (room for the terminating
+    /// NUL, which `socket` requires of every name).
+    fn new(path: &[u8]) -> Option<Self> {
+        if path.is_empty() || path.len() >= net::UNIX_PATH_MAX {
+            return None;
+        }
+        Some(Self::received(path))
+    }
+
+    /// A sender's path as the kernel wrote it (at most `sun_path`'s length, which
+    /// [`net::SockAddr::unix`] guarantees).
+    fn received(path: &[u8]) -> Self {
+        let mut bytes = [0; net::UNIX_PATH_MAX];
+        let len = path.len().min(net::UNIX_PATH_MAX);
+        bytes[..len].copy_from_slice(&path[..len]);
+        UnixPath {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// What `socket`'s `makesockaddr` gives: `bytes` of the whole address for Linux's
+    /// abstract namespace, else the name up to its first NUL decoded as `os.fsdecode` does
+    /// (`''` for an unnamed socket).
+    fn object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let path = self.as_slice();
+        if path.first() == Some(&0) {
+            return Ok(PyBytes::new(py, path).into_any());
+        }
+        let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+        fs_decode(py, &path[..end])
+    }
+}
+
+/// An IPv4, IPv6 or Unix socket address: a datagram's sender as the kernel gave it, or where
+/// one goes.
 #[derive(Clone, Copy, PartialEq)]
 enum Address {
     /// Address and port.
     Ipv4([u8; 4], u16),
     /// Address, port, flow information, scope.
     Ipv6([u8; 16], u16, u32, u32),
+    Unix(UnixPath),
 }
 
 impl Address {
@@ -75,14 +146,19 @@ impl Address {
         if let Some((host, port)) = address.ipv4() {
             return Some(Address::Ipv4(host, port));
         }
+        if let Some(path) = address.unix() {
+            return Some(Address::Unix(UnixPath::received(path)));
+        }
         let (host, port, flowinfo, scope_id) = address.ipv6()?;
         Some(Address::Ipv6(host, port, flowinfo, scope_id))
     }
 
-    /// The address tuple `socket`'s `makesockaddr` builds: `(host, port)` for IPv4,
-    /// `(host, port, flowinfo, scope_id)` for IPv6, the host as `inet_ntop` writes it.
+    /// The address object `socket`'s `makesockaddr` builds: `(host, port)` for IPv4,
+    /// `(host, port, flowinfo, scope_id)` for IPv6, the host as `inet_ntop` writes it; the
+    /// path for Unix sockets.
     fn tuple(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         match self {
+            Address::Unix(path) => path.object(py),
             Address::Ipv4(host, port) => ipv4_address(py, (host, port)),
             Address::Ipv6(host, port, flowinfo, scope_id) => {
                 let address = std::net::Ipv6Addr::from(host);
@@ -112,13 +188,14 @@ const DATAGRAMS_PER_EVENT: usize = 32;
 const RECENT_SENDERS: usize = 8;
 
 /// The reader callback of one datagram transport: asyncio's
-/// `_SelectorDatagramTransport._read_ready` for an IPv4 or IPv6 socket (`socket.socket`),
-/// repeated until the socket has nothing more or [`DATAGRAMS_PER_EVENT`] datagrams came:
-/// each a `recvfrom` into a per-thread buffer (asyncio's `recvfrom(max_size)` allocates
-/// `max_size`, 256 KiB, for every datagram), and the sender's `(host, port)` built as `socket`
-/// builds it (`(host, port, flowinfo, scope_id)` for IPv6), or reused when one of the last few
-/// datagrams came from the same sender. Other
-/// sockets, and a `max_size` larger than the buffer, take asyncio's own method.
+/// `_SelectorDatagramTransport._read_ready` for an IPv4, IPv6 or Unix socket
+/// (`socket.socket`), repeated until the socket has nothing more or [`DATAGRAMS_PER_EVENT`]
+/// datagrams came: each a `recvfrom` into a per-thread buffer (asyncio's `recvfrom(max_size)`
+/// allocates `max_size`, 256 KiB, for every datagram), and the sender's address built as
+/// `socket` builds it (`(host, port)`, `(host, port, flowinfo, scope_id)` for IPv6, a path
+/// `str` or an abstract name's `bytes` for Unix, `None` for an unbound Unix sender), or reused
+/// when one of the last few datagrams came from the same sender. Other sockets, and a
+/// `max_size` larger than the buffer, take asyncio's own method.
 #[pyclass(module = "ferroloop._core", name = "_DatagramReader")]
 pub struct DatagramReader {
     transport: TransportRef,
@@ -144,11 +221,12 @@ impl DatagramReader {
         Ok(family)
     }
 
-    /// Whether the socket is a plain IPv4 or IPv6 one (`socket.socket`, `AF_INET[6]`).
-    fn is_inet(&self, sock: &Bound<'_, PyAny>) -> PyResult<bool> {
+    /// Whether the socket is a plain IPv4, IPv6 or Unix one (`socket.socket`, `AF_INET[6]`,
+    /// `AF_UNIX`).
+    fn is_native(&self, sock: &Bound<'_, PyAny>) -> PyResult<bool> {
         Ok(matches!(
             self.plain_family(sock)?,
-            libc::AF_INET | libc::AF_INET6
+            libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX
         ))
     }
 
@@ -205,9 +283,9 @@ impl DatagramReader {
             return Ok(());
         }
         let sock = get!(py, transport, attributes, "_sock")?;
-        let inet = self.is_inet(&sock)?;
+        let native = self.is_native(&sock)?;
         let size = match get!(py, transport, attributes, "max_size")?.extract::<usize>() {
-            Ok(size) if inet && size <= SCRATCH_SIZE => size,
+            Ok(size) if native && size <= SCRATCH_SIZE => size,
             _ => {
                 asyncio_method(
                     py,
@@ -259,8 +337,9 @@ impl DatagramReader {
 
     /// `transport.sendto(data, addr=None)` (an instance attribute of the transport): asyncio's
     /// `_SelectorDatagramTransport.sendto` when the datagram can go out at once on a plain
-    /// socket: connected (`send`), to an IPv4 `(host, port)` on an IPv4 socket, or to a
-    /// numeric IPv6 `(host, port[, flowinfo[, scope_id]])` on an IPv6 socket. A send that
+    /// socket: connected (`send`), to an IPv4 `(host, port)` on an IPv4 socket, to a
+    /// numeric IPv6 `(host, port[, flowinfo[, scope_id]])` on an IPv6 socket, or to a path
+    /// (`str` or `bytes`, an abstract name included) on a Unix socket. A send that
     /// would block buffers the datagram with `_buffer_datagram`, as asyncio does; every other
     /// case is asyncio's own `sendto`. A socket connected to an unnamed Unix peer (a
     /// `socketpair`) sends with `send`, as uvloop does, where asyncio calls `sendto(data, None)`
@@ -325,6 +404,7 @@ impl DatagramReader {
             let parse = match self.plain_family(&sock)? {
                 libc::AF_INET => ipv4_destination,
                 libc::AF_INET6 => ipv6_destination,
+                libc::AF_UNIX => unix_destination,
                 _ => return asyncio(),
             };
             match self.recent_sender(py, addr).or_else(|| parse(addr)) {
@@ -340,6 +420,9 @@ impl DatagramReader {
             }
             Destination::To(Address::Ipv6(host, port, flowinfo, scope_id)) => {
                 net::send_to_ipv6(fd, buffer.as_slice(), host, port, flowinfo, scope_id)
+            }
+            Destination::To(Address::Unix(path)) => {
+                net::send_to_unix(fd, buffer.as_slice(), path.as_slice())
             }
         });
         drop(buffer);
