@@ -299,3 +299,72 @@ def test_replaced_sslproto_class_is_used(loop, contexts, monkeypatch):
 
     loop.run_until_complete(main())
     assert len(made) == 2 and all(type(p) is Spy for p in made)
+
+
+@pytest.mark.parametrize("replaced", [False, True], ids=["asyncio-class", "replaced-class"])
+def test_start_tls_both_sides(loop, contexts, monkeypatch, replaced):
+    """A plain connection upgraded with ``loop.start_tls`` on both sides (as STARTTLS and
+    asyncpg's PostgreSQL SSL request do): the data flows, the protocols are asyncio's class
+    (ferroloop's subclass with the native data path, or a replacement of
+    ``asyncio.sslproto.SSLProtocol`` if there is one, as asyncio's code would use), and
+    ``start_tls`` takes asyncio's arguments and errors."""
+    made = []
+    if replaced:
+
+        class Spy(asyncio.sslproto.SSLProtocol):
+            def __init__(self, *args, **kwargs):
+                made.append(self)
+                super().__init__(*args, **kwargs)
+
+        monkeypatch.setattr(asyncio.sslproto, "SSLProtocol", Spy)
+    trace = []
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        upgraded = loop.create_future()
+
+        class Server(Recorder):
+            def data_received(self, data):
+                if data == b"STARTTLS\n":
+                    self.transport.write(b"GO\n")
+                    upgraded.set_result(self.transport)
+                    return
+                super().data_received(data)
+
+        protocol = Server(trace)
+        server = await loop.create_server(lambda: protocol, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"STARTTLS\n")
+        assert await reader.readline() == b"GO\n"
+        plain = await upgraded
+        with pytest.raises(TypeError, match="SSLContext"):
+            await loop.start_tls(plain, protocol, object(), server_side=True)
+        server_side = loop.create_task(
+            loop.start_tls(plain, protocol, contexts[0], server_side=True)
+        )
+        await writer.start_tls(contexts[1], server_hostname="localhost")
+        app = await server_side
+        protocol.transport = app
+        for size in (1, 16385, 100_000):
+            payload = os.urandom(size)
+            writer.write(payload)
+            await writer.drain()
+            assert await reader.readexactly(size) == payload
+        ssl_protocol = app._ssl_protocol
+        assert isinstance(ssl_protocol, asyncio.sslproto.SSLProtocol)
+        if replaced:
+            assert type(ssl_protocol).__name__ == "Spy"
+        elif is_ferroloop(loop):
+            assert type(ssl_protocol) is _sslproto.SSLProtocol
+        assert app.get_extra_info("cipher") is not None
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.wait_for(protocol.lost, 10)
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+    assert trace == ["made", "eof", ("lost", None)]
+    if replaced:
+        assert len(made) == 2

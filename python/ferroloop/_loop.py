@@ -328,6 +328,9 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
         Loop._make_socket_transport(self, rawsock, ssl_protocol, extra=extra, server=server)
         return ssl_protocol._app_transport
 
+    # asyncio's start_tls, making ferroloop's SSLProtocol (see _sslproto.start_tls).
+    start_tls = _sslproto.start_tls
+
     def _call_soon(self, callback, args, context):
         return self.call_soon(callback, *args, context=context)
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import ssl
 import sys
-from asyncio import sslproto
+import types
+from asyncio import base_events, sslproto
 from typing import Any
 
 from . import _core
 
-__all__ = ("protocol_class",)
+__all__ = ("protocol_class", "start_tls")
 
 _ASYNCIO_SSL_PROTOCOL = sslproto.SSLProtocol
 
@@ -66,3 +67,38 @@ else:
 
     def protocol_class() -> type:
         return sslproto.SSLProtocol
+
+
+class _SslprotoForStartTls:
+    """``asyncio.sslproto`` as ``start_tls`` sees it: ``SSLProtocol`` is
+    :func:`protocol_class`'s, every other name asyncio's."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "SSLProtocol":
+            return protocol_class()
+        return getattr(sslproto, name)
+
+
+def _start_tls() -> Any:
+    """asyncio's ``BaseEventLoop.start_tls`` (the running version's own code), reading
+    ``sslproto.SSLProtocol`` through :class:`_SslprotoForStartTls`: a connection upgraded to
+    TLS gets ferroloop's ``SSLProtocol``, whose data path is native, as one made with ``ssl=``
+    does."""
+    asyncio_start_tls = base_events.BaseEventLoop.start_tls
+    namespace = dict(asyncio_start_tls.__globals__)
+    namespace["sslproto"] = _SslprotoForStartTls()
+    function = types.FunctionType(
+        asyncio_start_tls.__code__,
+        namespace,
+        asyncio_start_tls.__name__,
+        asyncio_start_tls.__defaults__,
+        asyncio_start_tls.__closure__,
+    )
+    function.__kwdefaults__ = asyncio_start_tls.__kwdefaults__
+    function.__qualname__ = asyncio_start_tls.__qualname__
+    function.__doc__ = asyncio_start_tls.__doc__
+    function.__module__ = asyncio_start_tls.__module__
+    return function
+
+
+start_tls = _start_tls()
