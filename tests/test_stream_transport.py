@@ -183,6 +183,30 @@ def test_steps_of_a_connection(loop):
     b.close()
 
 
+def test_read_method_is_chosen_when_the_transport_is_made(loop):
+    # asyncio's set_protocol (called by __init__) chooses _read_ready__get_buffer or
+    # _read_ready__data_received; a protocol assigned to _protocol directly afterwards does
+    # not change the choice. On ferroloop's slotted class the choice is a slot's value.
+    trace = []
+    for protocol, expected in (
+        (Trace(trace), "_read_ready__data_received"),
+        (BufferedTrace(trace), "_read_ready__get_buffer"),
+    ):
+        a, b = socket_pair()
+        t = loop._make_socket_transport(a, protocol, None)
+        assert t._read_ready_cb.__name__ == expected
+        t._protocol = BufferedTrace(trace) if expected.endswith("received") else Trace(trace)
+        assert t._read_ready_cb.__name__ == expected
+        t.set_protocol(t._protocol)
+        other = (
+            "_read_ready__get_buffer"
+            if expected.endswith("received")
+            else ("_read_ready__data_received")
+        )
+        assert t._read_ready_cb.__name__ == other
+        _close(loop, t, b)
+
+
 @pytest.mark.nodebug
 def test_eof_received_true_keeps_the_transport_half_open(loop):
     trace = []

@@ -38,8 +38,8 @@ from __future__ import annotations
 
 import collections
 import types
-from asyncio import protocols, transports
 from asyncio import selector_events as _selector_events
+from asyncio import transports
 from collections.abc import Callable
 from typing import Any
 
@@ -50,6 +50,11 @@ selector_events: Any = _selector_events
 
 # The value of ``_read_cb`` / ``_write_cb`` until ``_read_ready_cb`` / ``_write_ready`` are set.
 _UNSET = False
+# A natively made transport's ``_read_cb`` until ``_read_ready_cb`` is set: which of asyncio's
+# read methods its ``__init__`` (``set_protocol``) would have chosen for the protocol, decided
+# when the transport is made: ``_UNSET`` for ``_read_ready__data_received``, this for
+# ``_read_ready__get_buffer`` (a ``BufferedProtocol``).
+_UNSET_BUFFERED = True
 
 
 def _copy_namespace(source: type, skip: frozenset[str]) -> dict[str, Any]:
@@ -107,10 +112,17 @@ def _bound_unless_set(
     return property(get, set_), bind
 
 
-def _choose_read(self: Any) -> Any:
-    if isinstance(self._protocol, protocols.BufferedProtocol):
+def _read_ready_cb_get(self: Any) -> Any:
+    value = _read_member.__get__(self)
+    if value is _UNSET:
+        return self._read_ready__data_received
+    if value is _UNSET_BUFFERED:
         return self._read_ready__get_buffer
-    return self._read_ready__data_received
+    return value
+
+
+def _read_ready_cb_set(self: Any, value: Any) -> None:
+    _read_member.__set__(self, value)
 
 
 # 3.12+: `_write_ready` is an attribute set by __init__ (`_write_sendmsg` or `_write_send`),
@@ -170,7 +182,8 @@ _SelectorTransport: Any = type(
 )
 _rebind_super(_SelectorTransport)
 
-_read_ready_cb, _bind_read = _bound_unless_set("_read_cb", _choose_read)
+_read_member: Any = None
+_read_ready_cb = property(_read_ready_cb_get, _read_ready_cb_set)
 _extra_slots: tuple[str, ...] = ()
 _extra_namespace: dict[str, Any] = {}
 if _WRITE_READY:
@@ -220,7 +233,7 @@ _SelectorSocketTransport: Any = type(
     },
 )
 _rebind_super(_SelectorSocketTransport)
-_bind_read(_SelectorSocketTransport)
+_read_member = _SelectorSocketTransport.__dict__["_read_cb"]
 if _WRITE_READY:
     _bind_write(_SelectorSocketTransport)
 

@@ -33,6 +33,7 @@ use pyo3::PyTraverseError;
 
 use super::buffer::{byte_buffer, recv_bytes, Buffer};
 use super::socket::{fileno, is_plain_socket, recv_into, send};
+use super::transport::instance_attr;
 use crate::event_loop::Loop;
 use crate::ffi::{
     call_with_keywords, is_exact_int, memoryview, KeywordNames, BUFFER_SIMPLE, BUFFER_WRITABLE,
@@ -46,7 +47,7 @@ static KW_CONTEXT: KeywordNames = KeywordNames::new(&["context"]);
 /// costs a `KeyError` raised and caught for every fd without a transport.
 pub(crate) fn ensure_fd_no_transport(slf: &Bound<'_, Loop>, fd: RawFd) -> PyResult<()> {
     let py = slf.py();
-    let transports = slf.getattr(intern!(py, "_transports"))?;
+    let transports = instance_attr(slf.as_any(), intern!(py, "_transports"))?;
     if let Ok(data) = transports.getattr(intern!(py, "data")) {
         if let Ok(data) = data.cast_into::<PyDict>() {
             if !data.contains(fd)? {

@@ -55,6 +55,11 @@ pub(crate) struct Slotted {
 
 pub(crate) static SLOTTED: PyOnceLock<Slotted> = PyOnceLock::new();
 
+/// A natively made slotted transport's `_read_cb` when its protocol is a `BufferedProtocol`
+/// and `_read_ready_cb` was not set since (`_stream_transport._UNSET_BUFFERED`); `unset`
+/// (`False`) stands for `_read_ready__data_received`.
+pub(crate) const UNSET_BUFFERED: bool = true;
+
 /// asyncio's `write` for `transport`: the slotted class's copy, or asyncio's own.
 pub(crate) fn asyncio_write<'py>(transport: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = transport.py();
@@ -101,16 +106,16 @@ fn slotted_read_path(
 ) -> PyResult<ReadPath> {
     let py = transport.py();
     let set = get!(py, transport, attributes, "_read_cb")?;
+    // Not set yet: which method asyncio's `set_protocol` chose, decided when the transport
+    // was made (`_stream_transport._UNSET` / `_UNSET_BUFFERED`).
     let unset = SLOTTED.get(py).map(|slotted| slotted.unset.bind(py));
-    if !unset.is_some_and(|unset| set.is(unset)) {
-        return read_path(&set);
+    if unset.is_some_and(|unset| set.is(unset)) {
+        return Ok(ReadPath::DataReceived);
     }
-    let buffered = &stream_lifecycle::asyncio(py)?.buffered_protocol;
-    let protocol = get!(py, transport, attributes, "_protocol")?;
-    Ok(match protocol.is_instance(buffered.bind(py))? {
-        true => ReadPath::GetBuffer,
-        false => ReadPath::DataReceived,
-    })
+    if set.is(&*pyo3::types::PyBool::new(py, UNSET_BUFFERED)) {
+        return Ok(ReadPath::GetBuffer);
+    }
+    read_path(&set)
 }
 
 /// Which of asyncio's read paths `_read_ready_cb` is.

@@ -36,8 +36,8 @@ use super::server::{attach_transport, detach_transport};
 use super::sock_ops::ensure_fd_no_transport;
 use super::socket::{close_socket, fileno, ipv4_address, socket_kind};
 use super::stream::TransportReader;
-use super::stream::{is_slotted, write_buffer_empty, SLOTTED};
-use super::transport::{fatal_error, get, is_exit, set, Attributes};
+use super::stream::{is_slotted, write_buffer_empty, SLOTTED, UNSET_BUFFERED};
+use super::transport::{fatal_error, get, instance_attr, is_exit, set, Attributes};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::ffi::{descriptor_set, dict_discard, instance_dict, object_new};
@@ -146,7 +146,7 @@ fn register_transport(
     transport: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = event_loop.py();
-    let transports = event_loop.getattr(intern!(py, "_transports"))?;
+    let transports = instance_attr(event_loop.as_any(), intern!(py, "_transports"))?;
     match transports
         .getattr(intern!(py, "data"))
         .ok()
@@ -357,9 +357,12 @@ pub(crate) fn make_socket_transport<'py>(
     set!(py, transport, attributes, "_sock", sock)?;
     set!(py, transport, attributes, "_sock_fd", fd)?;
     set!(py, transport, attributes, "_protocol_connected", false)?;
-    // _SelectorSocketTransport.set_protocol, then _SelectorTransport.set_protocol.
+    // _SelectorSocketTransport.set_protocol, then _SelectorTransport.set_protocol. On the
+    // slotted class, `_read_cb` says which method asyncio chose (the `_read_ready_cb`
+    // property makes the bound method on access).
+    let buffered = protocol.is_instance(asyncio.buffered_protocol.bind(py))?;
     if slotted.is_none() {
-        let read_path = if protocol.is_instance(asyncio.buffered_protocol.bind(py))? {
+        let read_path = if buffered {
             intern!(py, "_read_ready__get_buffer")
         } else {
             intern!(py, "_read_ready__data_received")
@@ -371,6 +374,8 @@ pub(crate) fn make_socket_transport<'py>(
             "_read_ready_cb",
             transport.getattr(read_path)?
         )?;
+    } else if buffered {
+        set!(py, transport, SLOTS_ONLY, "_read_cb", UNSET_BUFFERED)?;
     }
     set!(py, transport, attributes, "_protocol", protocol)?;
     set!(py, transport, attributes, "_protocol_connected", true)?;

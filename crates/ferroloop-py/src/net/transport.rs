@@ -225,6 +225,21 @@ pub(crate) fn set_attr_at<'py>(
 /// (`methods.rs`).
 pub(crate) static SLOTS: PyOnceLock<Slots> = PyOnceLock::new();
 
+/// `object.<name>` for an attribute that no class of `object` makes a descriptor of (state
+/// that `__init__` sets): read from its `__dict__`, without the lookup through its classes
+/// first; a plain lookup when the dict does not have it. Only for objects whose `__dict__`
+/// exists anyway (the loop): on 3.11+ asking a plain Python object for its `__dict__` turns
+/// its inline attribute values into a dict, which slows every later access.
+pub(crate) fn instance_attr<'py>(
+    object: &Bound<'py, PyAny>,
+    name: &Bound<'py, PyString>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match crate::ffi::instance_attribute(object, name)? {
+        Some(value) => Ok(value),
+        None => object.getattr(name),
+    }
+}
+
 /// `object.<name>`, looked up in its `__dict__` (`attributes`) first.
 pub(crate) fn dict_attr<'py>(
     object: &Bound<'py, PyAny>,
