@@ -74,7 +74,9 @@ def test_native_construction_matches_asyncios_init(make_socks, buffered, monkeyp
         (native_t, *_), (python_t, *_) = made
         # Every attribute asyncio's __init__ chain gives, read the same way on ferroloop's
         # slotted class (slots, and properties for the bound methods asyncio stores).
-        names = set(vars(python_t)) - {"_read_ready", "write", "close"}
+        # 3.12+: `_write_ready` is an instance attribute (a bound `_write_sendmsg`); on the
+        # native transport, ferroloop's writer until something sets it (compared below).
+        names = set(vars(python_t)) - {"_read_ready", "write", "close", "_write_ready"}
         # The write buffer is made when first read (here, by _state).
         assert native_t._write_buffer is None
         assert native_t.get_write_buffer_size() == 0
@@ -109,6 +111,12 @@ def test_native_construction_matches_asyncios_init(make_socks, buffered, monkeyp
         assert type(native_t) is ferroloop._stream_transport._SelectorSocketTransport
         assert vars(native_t) == {}  # nothing in an instance __dict__
         assert native_t._read_ready is native_t._reader
+        writer = native_t._write_ready
+        assert type(writer) is ferroloop._core._TransportWriter
+        if "_write_ready" in vars(python_t):
+            # The name asyncio's messages give the method ("Exception in callback ...").
+            assert writer.__qualname__ == python_t._write_ready.__func__.__qualname__
+            assert slotted._write_ready.__func__ is python_t._write_ready.__func__
         loop.run_until_complete(asyncio.sleep(0))
         for t, s1, s2, waiter in made:
             assert waiter.done() and waiter.result() is None
@@ -596,3 +604,101 @@ def test_unclosed_transport_warns_and_closes_its_socket(loop):
         "unclosed transport <_SelectorSocketTransport"
     )
     assert fd == -1 and closed_fd == -1
+
+
+class FlowTrace(Trace):
+    def pause_writing(self):
+        self.trace.append("pause_writing")
+
+    def resume_writing(self):
+        self.trace.append("resume_writing")
+
+
+def _receive(loop, sock, size, eof=False):
+    """Read ``size`` bytes from the non-blocking ``sock`` while the loop runs (and then its
+    end of file if ``eof``)."""
+    got = bytearray()
+
+    async def read():
+        while len(got) < size or eof:
+            await asyncio.sleep(0)
+            try:
+                data = sock.recv(1 << 16)
+            except BlockingIOError:
+                continue
+            if not data:
+                return True
+            got.extend(data)
+        return False
+
+    ended = loop.run_until_complete(asyncio.wait_for(read(), 20))
+    return bytes(got), ended
+
+
+def test_buffered_writes_drain_with_flow_control(loop):
+    # A write the socket cannot take at once is buffered and sent when it is writable again
+    # (natively on ferroloop: crates/ferroloop-py/src/net/drain.rs), with asyncio's
+    # pause_writing/resume_writing; then write_eof after buffered data shuts the socket down
+    # once the buffer is sent.
+    trace = []
+    a, b = socket_pair()
+    b.setblocking(False)
+    t = loop._make_socket_transport(a, FlowTrace(trace))
+    loop.run_until_complete(asyncio.sleep(0))
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    t.write(payload[:1000])
+    t.write(payload[1000:])
+    assert t.get_write_buffer_size() > 0
+    assert trace == ["made", "pause_writing"]
+    if not loop.get_debug() and type(loop).__module__.startswith("ferroloop"):
+        assert type(t._write_ready).__name__ == "_TransportWriter"
+    got, _ = _receive(loop, b, len(payload))
+    assert got == payload
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert t.get_write_buffer_size() == 0
+    assert trace == ["made", "pause_writing", "resume_writing"]
+    t.write(payload)
+    t.write_eof()
+    got, ended = _receive(loop, b, len(payload), eof=True)
+    assert got == payload and ended
+    assert not t.is_closing()
+    t.close()
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert trace[-1] == ("lost", None)
+    b.close()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="3.12+'s writelines keeps the pieces")
+def test_writelines_of_more_pieces_than_one_sendmsg_takes(loop):
+    a, b = socket_pair()
+    b.setblocking(False)
+    t = loop._make_socket_transport(a, Trace([]))
+    loop.run_until_complete(asyncio.sleep(0))
+    pieces = [b"%05d|" % i * 50 for i in range(3000)]  # 900 KiB in 3,000 pieces
+    t.writelines(pieces)
+    t.writelines([bytearray(b"end"), memoryview(b"!")])
+    expected = b"".join(pieces) + b"end!"
+    got, _ = _receive(loop, b, len(expected))
+    assert got == expected
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert t.get_write_buffer_size() == 0
+    _close(loop, t, b)
+
+
+@pytest.mark.expect_errors
+def test_peer_gone_while_data_is_buffered(loop, loop_errors):
+    # The send of buffered data fails: asyncio's _fatal_error (an OSError is not reported to
+    # the exception handler), the buffer is dropped, connection_lost gets the error.
+    trace = []
+    a, b = socket_pair()
+    t = loop._make_socket_transport(a, Trace(trace))
+    loop.run_until_complete(asyncio.sleep(0))
+    t.write(b"x" * (4 * 1024 * 1024))
+    assert t.get_write_buffer_size() > 0
+    b.close()
+    loop.run_until_complete(asyncio.sleep(0.05))
+    lost = [entry for entry in trace if entry[0] == "lost"]
+    assert len(lost) == 1 and lost[0][1] in ("BrokenPipeError", "ConnectionResetError"), trace
+    assert t.get_write_buffer_size() == 0
+    assert t.is_closing()
+    assert loop_errors == []

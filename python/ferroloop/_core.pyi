@@ -23,6 +23,7 @@ _Ts = TypeVarTuple("_Ts")
 __all__ = [
     "Loop",
     "_TransportReader",
+    "_TransportWriter",
     "_DatagramReader",
     "_Acceptor",
     "_TransportStep",
@@ -196,6 +197,14 @@ class _TransportReader:
     @property
     def __qualname__(self) -> str: ...
     def __new__(cls, transport: Any, attributes: dict[str, Any] | None) -> _TransportReader: ...
+    def __call__(self) -> None: ...
+
+@final
+class _TransportWriter:
+    # Named like the transport method it stands for (in tracebacks and reprs).
+    @property
+    def __qualname__(self) -> str: ...
+    def __new__(cls, transport: Any) -> _TransportWriter: ...
     def __call__(self) -> None: ...
 
 @final

@@ -131,10 +131,22 @@ _WRITE_READY = hasattr(selector_events._SelectorSocketTransport, "_write_sendmsg
 
 
 def _choose_write(self: Any) -> Any:
-    # 3.12+'s __init__: _write_sendmsg where the platform has sendmsg.
+    # 3.12+'s __init__: _write_sendmsg where the platform has sendmsg; ferroloop's native
+    # version of it (crates/ferroloop-py/src/net/drain.rs).
     if selector_events._HAS_SENDMSG:
-        return self._write_sendmsg
+        return _core._TransportWriter(self)
     return self._write_send
+
+
+class _NativeWriteReady:
+    """Up to 3.11, ``_write_ready`` is a method: in its place, a non-data descriptor (an
+    instance attribute still shadows it, as it shadows a method) that gives ferroloop's
+    native version of it (crates/ferroloop-py/src/net/drain.rs)."""
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        if obj is None:
+            return self
+        return _core._TransportWriter(obj)
 
 
 def _get_buffer(self: Any) -> Any:
@@ -185,7 +197,7 @@ _rebind_super(_SelectorTransport)
 _read_member: Any = None
 _read_ready_cb = property(_read_ready_cb_get, _read_ready_cb_set)
 _extra_slots: tuple[str, ...] = ()
-_extra_namespace: dict[str, Any] = {}
+_extra_namespace: dict[str, Any] = {"_write_ready": _NativeWriteReady()}
 if _WRITE_READY:
     _write_ready, _bind_write = _bound_unless_set("_write_cb", _choose_write)
     _extra_slots = ("_write_cb",)

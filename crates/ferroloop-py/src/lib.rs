@@ -29,6 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<event_loop::Loop>()?;
     event_loop::install_fast_methods(&m.py().get_type::<event_loop::Loop>())?;
     m.add_class::<net::TransportReader>()?;
+    m.add_class::<net::TransportWriter>()?;
     m.add_class::<net::DatagramReader>()?;
     m.add_class::<net::Acceptor>()?;
     m.add_class::<net::Step>()?;

@@ -208,6 +208,25 @@ pub fn send(fd: RawFd, data: &[u8]) -> io::Result<usize> {
     result(unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), SEND_FLAGS) })
 }
 
+/// `sendmsg(fd, <pieces>, MSG_DONTWAIT | MSG_NOSIGNAL)`: the pieces in order, as one send
+/// (at most `IOV_MAX` of them: the kernel refuses more with `EMSGSIZE`).
+pub fn send_vectored(fd: RawFd, pieces: &[&[u8]]) -> io::Result<usize> {
+    let mut vectors: Vec<libc::iovec> = pieces
+        .iter()
+        .map(|piece| libc::iovec {
+            iov_base: piece.as_ptr() as *mut libc::c_void,
+            iov_len: piece.len(),
+        })
+        .collect();
+    // SAFETY: an all-zero msghdr is valid (no address, no control data).
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = vectors.as_mut_ptr();
+    message.msg_iovlen = vectors.len() as _;
+    // SAFETY: every vector points into a live slice of the caller's; the kernel only reads
+    // them, and `message` and `vectors` outlive the call.
+    result(unsafe { libc::sendmsg(fd, &message, SEND_FLAGS) })
+}
+
 /// `accept(fd)` of a listening socket: the new connection's fd, non-blocking and
 /// close-on-exec (`accept4` with both flags where the platform has it, `accept` and two
 /// `fcntl`s elsewhere), and the peer's address.
@@ -384,6 +403,22 @@ mod tests {
             }
         };
         assert!(would_block(&err));
+    }
+
+    #[test]
+    fn send_vectored_sends_the_pieces_in_order() {
+        let (a, b) = UnixStream::pair().unwrap();
+        assert_eq!(
+            send_vectored(a.as_raw_fd(), &[b"ab", b"", b"cde"]).unwrap(),
+            5
+        );
+        let mut buf = [0u8; 8];
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { recv(b.as_raw_fd(), buf.as_mut_ptr(), buf.len()) }.unwrap();
+        assert_eq!(&buf[..n], b"abcde");
+        drop(b);
+        let err = send_vectored(a.as_raw_fd(), &[b"x"]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`sock_ops`]: `loop.sock_recv`, `sock_recv_into`, `sock_sendall`.
 //! - [`transport`]: what stream and datagram transports share.
 //! - [`stream`]: TCP and Unix stream transports: the reader callback and `write`.
+//! - [`drain`]: their writer callback, which sends what `write` had to buffer.
 //! - [`stream_lifecycle`]: their construction, end of file, `close` and `connection_lost`.
 //! - [`extra`]: their `extra` dict, made when first read.
 //! - [`methods`]: C methods of ferroloop's subclasses of asyncio's transports and of
@@ -19,6 +20,7 @@
 
 pub(crate) mod buffer;
 pub(crate) mod datagram;
+pub(crate) mod drain;
 pub(crate) mod extra;
 pub(crate) mod methods;
 pub(crate) mod server;
@@ -30,6 +32,7 @@ pub(crate) mod tls;
 pub(crate) mod transport;
 
 pub(crate) use datagram::DatagramReader;
+pub(crate) use drain::TransportWriter;
 pub(crate) use extra::PendingExtra;
 pub(crate) use methods::{install_stream_methods, install_tls_methods};
 pub(crate) use server::Acceptor;

@@ -51,9 +51,9 @@ const SLOTS_ONLY: Attributes<'static> = None;
 /// What differs between the supported asyncio versions, read once from asyncio itself.
 pub(crate) struct Asyncio {
     /// `collections.deque` (3.12+) or `bytearray` (`_buffer_factory`, up to 3.11).
-    buffer_factory: Py<PyAny>,
+    pub(crate) buffer_factory: Py<PyAny>,
     /// 3.12+: `_write_ready` is an instance attribute, `_write_sendmsg` or `_write_send`.
-    write_ready: Option<&'static str>,
+    pub(crate) write_ready: Option<&'static str>,
     /// 3.11+: the transport's `_add_reader` does nothing while reading is paused (3.10's
     /// only checks `_closing`).
     start_checks_paused: bool,
