@@ -4,10 +4,10 @@
 //! dense: a server with 5,000 connections has fds 0 to about 5,010. A table indexed by the
 //! number finds an fd with two loads and no hashing, and costs one entry per fd number up to
 //! the highest in use; a hash table costs 1.1 to 2.3 entries per fd (its load factor) and
-//! touches its buckets at random. The table grows in chunks of [`CHUNK`] entries, allocated
+//! touches its buckets at random. The table grows in chunks of `CHUNK` entries, allocated
 //! when an fd in them is first inserted, so an fd far above the others (a raised
 //! `RLIMIT_NOFILE`) costs one chunk and a slot in the chunk list. Numbers the table does not
-//! index (negative ones, and those from [`MAX_INDEXED`] up) live in a short list beside it.
+//! index (negative ones, and those from `MAX_INDEXED` up) live in a short list beside it.
 
 use std::os::fd::RawFd;
 
