@@ -80,6 +80,31 @@ async def serve(contexts, protocol):
     return server, reader, writer
 
 
+async def close_all(server, writer, protocol):
+    """Close the client, wait for the server's connection_lost (its exception, if any), and
+    close the server."""
+    writer.close()
+    await writer.wait_closed()
+    exc = await asyncio.wait_for(protocol.lost, 10)
+    server.close()
+    await server.wait_closed()
+    return exc
+
+
+def spy_on_sslproto(monkeypatch):
+    """Replace ``asyncio.sslproto.SSLProtocol`` with a subclass, ``Spy``: the list of the
+    protocols made from it, and the class."""
+    made = []
+
+    class Spy(asyncio.sslproto.SSLProtocol):
+        def __init__(self, *args, **kwargs):
+            made.append(self)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(asyncio.sslproto, "SSLProtocol", Spy)
+    return made, Spy
+
+
 def test_echo_of_every_size(loop, contexts):
     """Records of every size, one at a time and many in one go, both ways; the connection's
     objects are asyncio's classes (ferroloop's subclasses of them on 3.11+)."""
@@ -277,25 +302,14 @@ def test_peer_close_notify_mid_stream(loop, contexts):
 def test_replaced_sslproto_class_is_used(loop, contexts, monkeypatch):
     """A test or library that replaces ``asyncio.sslproto.SSLProtocol`` gets its class on
     ferroloop too, as on asyncio's loop."""
-    made = []
-
-    class Spy(asyncio.sslproto.SSLProtocol):
-        def __init__(self, *args, **kwargs):
-            made.append(self)
-            super().__init__(*args, **kwargs)
-
-    monkeypatch.setattr(asyncio.sslproto, "SSLProtocol", Spy)
+    made, Spy = spy_on_sslproto(monkeypatch)
 
     async def main():
         protocol = Recorder([])
         server, reader, writer = await serve(contexts, protocol)
         writer.write(b"ping")
         assert await reader.readexactly(4) == b"ping"
-        writer.close()
-        await writer.wait_closed()
-        await asyncio.wait_for(protocol.lost, 10)
-        server.close()
-        await server.wait_closed()
+        await close_all(server, writer, protocol)
 
     loop.run_until_complete(main())
     assert len(made) == 2 and all(type(p) is Spy for p in made)
@@ -308,15 +322,7 @@ def test_start_tls_both_sides(loop, contexts, monkeypatch, replaced):
     (ferroloop's subclass with the native data path, or a replacement of
     ``asyncio.sslproto.SSLProtocol`` if there is one, as asyncio's code would use), and
     ``start_tls`` takes asyncio's arguments and errors."""
-    made = []
-    if replaced:
-
-        class Spy(asyncio.sslproto.SSLProtocol):
-            def __init__(self, *args, **kwargs):
-                made.append(self)
-                super().__init__(*args, **kwargs)
-
-        monkeypatch.setattr(asyncio.sslproto, "SSLProtocol", Spy)
+    made, _ = spy_on_sslproto(monkeypatch) if replaced else ([], None)
     trace = []
 
     async def main():
@@ -358,11 +364,7 @@ def test_start_tls_both_sides(loop, contexts, monkeypatch, replaced):
         elif is_ferroloop(loop):
             assert type(ssl_protocol) is _sslproto.SSLProtocol
         assert app.get_extra_info("cipher") is not None
-        writer.close()
-        await writer.wait_closed()
-        await asyncio.wait_for(protocol.lost, 10)
-        server.close()
-        await server.wait_closed()
+        await close_all(server, writer, protocol)
 
     loop.run_until_complete(main())
     assert trace == ["made", "eof", ("lost", None)]

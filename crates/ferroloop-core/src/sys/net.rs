@@ -290,6 +290,27 @@ pub fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
+/// `sendto(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, address, len)`: the first `len` bytes
+/// of `address` (a `sockaddr_*` structure) are the destination.
+fn send_to<A>(fd: RawFd, data: &[u8], address: &A, len: usize) -> io::Result<usize> {
+    debug_assert!(
+        len <= std::mem::size_of::<A>(),
+        "address length within the structure"
+    );
+    // SAFETY: `data` and `address` are valid for the call, `len` is within `address`; the
+    // kernel only reads them.
+    result(unsafe {
+        libc::sendto(
+            fd,
+            data.as_ptr().cast(),
+            data.len(),
+            SEND_FLAGS,
+            (address as *const A).cast(),
+            len as libc::socklen_t,
+        )
+    })
+}
+
 /// `sendto(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, <IPv4 address, port>)`.
 pub fn send_to_ipv4(fd: RawFd, data: &[u8], host: [u8; 4], port: u16) -> io::Result<usize> {
     // SAFETY: all-zero is a valid sockaddr_in (plain integers).
@@ -297,17 +318,7 @@ pub fn send_to_ipv4(fd: RawFd, data: &[u8], host: [u8; 4], port: u16) -> io::Res
     sin.sin_family = libc::AF_INET as libc::sa_family_t;
     sin.sin_port = port.to_be();
     sin.sin_addr.s_addr = u32::from_ne_bytes(host);
-    // SAFETY: `data` and `sin` are valid for the call; the kernel only reads them.
-    result(unsafe {
-        libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            SEND_FLAGS,
-            (&sin as *const libc::sockaddr_in).cast(),
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        )
-    })
+    send_to(fd, data, &sin, std::mem::size_of::<libc::sockaddr_in>())
 }
 
 /// `sendto(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, <IPv6 address, port, flow, scope>)`.
@@ -326,17 +337,7 @@ pub fn send_to_ipv6(
     sin6.sin6_flowinfo = flowinfo.to_be();
     sin6.sin6_addr.s6_addr = host;
     sin6.sin6_scope_id = scope_id;
-    // SAFETY: `data` and `sin6` are valid for the call; the kernel only reads them.
-    result(unsafe {
-        libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            SEND_FLAGS,
-            (&sin6 as *const libc::sockaddr_in6).cast(),
-            std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-        )
-    })
+    send_to(fd, data, &sin6, std::mem::size_of::<libc::sockaddr_in6>())
 }
 
 /// `sendto(fd, data, len, MSG_DONTWAIT | MSG_NOSIGNAL, <Unix socket path>)`, the path given
@@ -357,18 +358,7 @@ pub fn send_to_unix(fd: RawFd, data: &[u8], path: &[u8]) -> io::Result<usize> {
     let len = std::mem::offset_of!(libc::sockaddr_un, sun_path)
         + path.len()
         + usize::from(!abstract_name);
-    // SAFETY: `data` and `sun` are valid for the call; `len` is within `sun`; the kernel only
-    // reads them.
-    result(unsafe {
-        libc::sendto(
-            fd,
-            data.as_ptr().cast(),
-            data.len(),
-            SEND_FLAGS,
-            (&sun as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
-        )
-    })
+    send_to(fd, data, &sun, len)
 }
 
 /// True for the errors that mean "not now, wait for readiness" (`EAGAIN`/`EWOULDBLOCK`).
