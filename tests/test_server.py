@@ -4,6 +4,7 @@ asyncio's ``_accept_connection`` otherwise), on asyncio's loop and on ferroloop.
 import asyncio
 import errno
 import gc
+import os
 import socket
 import sys
 import warnings
@@ -366,7 +367,16 @@ class P(asyncio.Protocol):
     def connection_made(self, transport):
         made.append(transport)
 
-server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0))
+cert_dir = sys.argv[2] if len(sys.argv) > 2 else None
+if cert_dir:
+    import ssl
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(
+        os.path.join(cert_dir, "cert.pem"), os.path.join(cert_dir, "key.pem")
+    )
+else:
+    server_context = None
+server = loop.run_until_complete(loop.create_server(P, "127.0.0.1", 0, ssl=server_context))
 port = server.sockets[0].getsockname()[1]
 client = socket.create_connection(("127.0.0.1", port))
 # Use up every fd this process may open, so that accept() fails with EMFILE.
@@ -390,14 +400,32 @@ for fd in hogs:
     os.close(fd)
 # asyncio retries after ACCEPT_RETRY_DELAY (1 s).
 loop.run_until_complete(asyncio.sleep(1.3))
+if cert_dir:
+    # The retry serves TLS as well: nothing is made before the client's handshake.
+    assert made == [], made
+    import threading
+    client_context = ssl.create_default_context(cafile=os.path.join(cert_dir, "cert.pem"))
+    client.settimeout(10)
+    handshake = threading.Thread(
+        target=lambda: client_context.wrap_socket(client, server_hostname="localhost")
+    )
+    handshake.start()
+    async def until_made():
+        while not made:
+            await asyncio.sleep(0.01)
+    loop.run_until_complete(asyncio.wait_for(until_made(), 10))
+    handshake.join(10)
+    assert made[0].get_extra_info("ssl_object") is not None
 assert len(made) == 1, made
 print("ok")
 """
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 @pytest.mark.parametrize("loop_name", ["asyncio", "ferroloop"])
-def test_accept_out_of_fds_pauses_and_retries(loop_name):
-    proc = run_python(_EMFILE_PROGRAM, loop_name, timeout=30)
+def test_accept_out_of_fds_pauses_and_retries(loop_name, tls, request):
+    args = [request.getfixturevalue("tls_cert_dir")] if tls else []
+    proc = run_python(_EMFILE_PROGRAM, loop_name, *args, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
 
@@ -468,3 +496,89 @@ def test_patched_server_attach_and_detach_are_called(loop, monkeypatch):
     loop.run_until_complete(until(lambda: calls == ["attach", "detach"]))
     server.close()
     loop.run_until_complete(server.wait_closed())
+
+
+def tls_contexts(cert_dir):
+    import ssl
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(os.path.join(cert_dir, "cert.pem"), os.path.join(cert_dir, "key.pem"))
+    client = ssl.create_default_context(cafile=os.path.join(cert_dir, "cert.pem"))
+    return server, client
+
+
+def accept_tasks():
+    return [
+        t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("_accept_connection2")
+    ]
+
+
+@pytest.mark.nodebug
+def test_tls_server_accepts_in_asyncio_task(loop, tls_cert_dir):
+    # A TLS server's accept batch is native on ferroloop, and each connection is asyncio's
+    # own _accept_connection2 task, pending for the handshake: on both loops the same task,
+    # the same steps, a failed handshake closes the connection without a protocol call.
+    server_context, client_context = tls_contexts(tls_cert_dir)
+    trace = []
+
+    def factory():
+        trace.append("factory")
+        return Recorder(trace)
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_context)
+        port = server.sockets[0].getsockname()[1]
+        # A client that never starts its handshake: the task waits for it.
+        silent = socket.create_connection(("127.0.0.1", port))
+        await until(lambda: trace == ["factory"])
+        (task,) = accept_tasks()
+        assert not task.done()
+        # Bytes that are no TLS record fail the handshake; the task closes the connection.
+        silent.sendall(b"GET / HTTP/1.0\r\n\r\n" * 4)
+        await asyncio.wait_for(task, 5)
+        assert task.exception() is None  # swallowed outside debug mode
+        silent.settimeout(5)
+        assert silent.recv(100) == b""
+        silent.close()
+        assert trace == ["factory"]
+        # A real TLS client: the protocol sees asyncio's steps and extra info.
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context, server_hostname="localhost"
+        )
+        writer.write(b"hello")
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"HELLO"
+        writer.close()
+        await writer.wait_closed()
+        await until(lambda: trace[-1][0] == "lost")
+        assert trace == ["factory", "factory", ("made", "p"), ("data", "p", b"hello"), ("eof", "p"),
+                         ("lost", "p", None)], trace  # fmt: skip
+        assert accept_tasks() == []
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+
+
+@pytest.mark.nodebug
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.Runner")
+def test_tls_connection_in_handshake_closed_at_the_end_of_run(loop_factory, tls_cert_dir):
+    # asyncio.run cancels pending tasks when the main coroutine returns: the accept task of a
+    # connection still in its handshake, whose cancellation closes that connection.
+    server_context, _ = tls_contexts(tls_cert_dir)
+    clients = []
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(
+            asyncio.Protocol, "127.0.0.1", 0, ssl=server_context
+        )
+        port = server.sockets[0].getsockname()[1]
+        clients.append(socket.create_connection(("127.0.0.1", port)))
+        await until(lambda: len(accept_tasks()) == 1)
+        server.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+    (client,) = clients
+    client.settimeout(5)
+    assert client.recv(100) == b""
+    client.close()

@@ -10,6 +10,7 @@
 import asyncio
 import contextvars
 import socket
+import ssl
 import weakref
 from collections.abc import Callable, Coroutine, Generator
 from types import NotImplementedType
@@ -226,6 +227,7 @@ class _Acceptor:
         event_loop: Loop,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         sock: socket.socket,
+        sslcontext: ssl.SSLContext | None,
         server: Any,
         backlog: int,
         rest: tuple[Any, ...],

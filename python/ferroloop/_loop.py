@@ -230,15 +230,15 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
             return await _ASYNCIO_SOCK_SENDALL(self, sock, data)
         return await result
 
-    # Serving: a plain listening socket (exactly socket.socket, no TLS, outside debug mode)
-    # gets the native accept loop (``_core._Acceptor``, see
+    # Serving: a plain listening socket (exactly socket.socket, outside debug mode), with TLS
+    # or without, gets the native accept loop (``_core._Acceptor``, see
     # crates/ferroloop-py/src/net/server.rs), which makes asyncio's steps at asyncio's
     # iterations without a task per connection; anything else is asyncio's own code.
 
     def _start_serving(
         self, protocol_factory, sock, sslcontext=None, server=None, backlog=100, *rest, **kwargs
     ):
-        if sslcontext is None and not kwargs and not self._debug and type(sock) is socket.socket:
+        if not kwargs and not self._debug and type(sock) is socket.socket:
             # The transport is made natively unless a subclass has its own
             # _make_socket_transport.
             native = type(self)._make_socket_transport is Loop._make_socket_transport
@@ -246,6 +246,7 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
                 self,
                 protocol_factory,
                 sock,
+                sslcontext,
                 server,
                 backlog,
                 rest,
@@ -258,7 +259,9 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
                 self, protocol_factory, sock, sslcontext, server, backlog, *rest, **kwargs
             )
 
-    def _accept_out_of_resources(self, exc, protocol_factory, sock, server, backlog, rest):
+    def _accept_out_of_resources(
+        self, exc, protocol_factory, sock, sslcontext, server, backlog, rest
+    ):
         """asyncio's ``_accept_connection`` on EMFILE, ENFILE, ENOBUFS or ENOMEM: report,
         stop accepting, and start again after ``ACCEPT_RETRY_DELAY``."""
         self.call_exception_handler(
@@ -274,7 +277,7 @@ class Loop(_core.Loop, WatchdogMixin, MetricsMixin, _AsyncioLoop):
             self._start_serving,
             protocol_factory,
             sock,
-            None,
+            sslcontext,
             server,
             backlog,
             *rest,

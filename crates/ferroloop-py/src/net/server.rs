@@ -7,7 +7,7 @@
 //! the transport (which schedules `connection_made`), then awaits a waiter future that the
 //! transport resolves one iteration later.
 //!
-//! For a plain server (a `socket.socket` without TLS, outside debug mode) ferroloop registers
+//! For a plain listening socket (a `socket.socket`, outside debug mode) ferroloop registers
 //! an [`Acceptor`] instead (see `ferroloop._loop.Loop._start_serving`). It makes the same steps
 //! at the same iterations without the task: `accept4` (non-blocking and close-on-exec in one
 //! system call), the `socket.socket` object made for that fd as `socket.accept()` makes it,
@@ -16,6 +16,13 @@
 //! {"peername": addr}, server=server)` in the next iteration, as the task's first step would
 //! (natively, see `stream_lifecycle.rs`, when that method is ferroloop's own).
 //! As in asyncio outside debug mode, an exception there is dropped (the task swallowed it).
+//!
+//!
+//! A TLS server's batch is native as well, but each connection is asyncio's own task, made at
+//! the same point: `loop.create_task(loop._accept_connection2(protocol_factory, conn,
+//! {"peername": addr}, sslcontext, server, *rest))`. That task lives for the handshake, where
+//! code can see it: `asyncio.all_tasks()` lists it, and the end of `asyncio.run` cancels it,
+//! which closes a connection still in its handshake. Its cost beside the handshake's is small.
 //!
 //! Errors of `accept` are asyncio's: `EAGAIN` and `ECONNABORTED` end the batch; `EMFILE`,
 //! `ENFILE`, `ENOBUFS` and `ENOMEM` go to `loop._accept_out_of_resources`, which reports them
@@ -47,6 +54,9 @@ struct Serving {
     event_loop: Py<Loop>,
     protocol_factory: Py<PyAny>,
     sock: Py<PyAny>,
+    /// The server's `SSLContext`: each connection is then asyncio's `_accept_connection2`
+    /// task.
+    sslcontext: Option<Py<PyAny>>,
     server: Py<PyAny>,
     /// The arguments of asyncio's `_accept_connection` after `backlog`
     /// (`ssl_handshake_timeout`, and `ssl_shutdown_timeout` from 3.11).
@@ -75,18 +85,25 @@ impl Acceptor {
         event_loop: Py<Loop>,
         protocol_factory: Py<PyAny>,
         sock: Bound<'_, PyAny>,
+        sslcontext: Option<Bound<'_, PyAny>>,
         server: Py<PyAny>,
         backlog: usize,
         rest: Py<PyTuple>,
         transport_class: Option<Py<PyType>>,
         check_fd: bool,
     ) -> PyResult<Self> {
+        // asyncio's `if sslcontext:`.
+        let sslcontext = match sslcontext {
+            Some(context) if context.is_truthy()? => Some(context.unbind()),
+            _ => None,
+        };
         Ok(Acceptor {
             serving: Some(Serving {
                 event_loop,
                 protocol_factory,
                 kind: socket_kind(&sock)?,
                 sock: sock.unbind(),
+                sslcontext,
                 server,
                 rest,
                 transport_class,
@@ -215,6 +232,7 @@ impl Acceptor {
             visit.call(&serving.event_loop)?;
             visit.call(&serving.protocol_factory)?;
             visit.call(&serving.sock)?;
+            visit.call(&serving.sslcontext)?;
             visit.call(&serving.server)?;
             visit.call(&serving.rest)?;
             visit.call(&serving.transport_class)?;
@@ -259,6 +277,7 @@ impl Acceptor {
                                     error.into_value(py),
                                     serving.protocol_factory.bind(py),
                                     sock,
+                                    &serving.sslcontext,
                                     serving.server.bind(py),
                                     this.backlog,
                                     serving.rest.bind(py),
@@ -277,6 +296,14 @@ impl Acceptor {
                     return Err(error);
                 }
             };
+            if let Some(sslcontext) = &serving.sslcontext {
+                let addr = match peer.ipv4() {
+                    Some(address) => ipv4_address(py, address)?,
+                    None => conn.call_method0(intern!(py, "getpeername"))?,
+                };
+                accept_tls_connection(serving, conn, addr, sslcontext.bind(py))?;
+                continue;
+            }
             // An IPv4 peer as one int (`pack_ipv4`), turned into asyncio's tuple only when
             // read; other families: the same address, from the connection itself.
             let addr = match peer.ipv4() {
@@ -294,6 +321,32 @@ impl Acceptor {
         }
         Ok(())
     }
+}
+
+/// asyncio's step for a connection to a TLS server: a task running its `_accept_connection2`
+/// coroutine, made the way `_accept_connection` makes it.
+fn accept_tls_connection(
+    serving: &Serving,
+    conn: Bound<'_, PyAny>,
+    addr: Bound<'_, PyAny>,
+    sslcontext: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = conn.py();
+    let event_loop = serving.event_loop.bind(py);
+    let extra = PyDict::new(py);
+    extra.set_item(intern!(py, "peername"), addr)?;
+    let mut args = vec![
+        serving.protocol_factory.bind(py).clone(),
+        conn,
+        extra.into_any(),
+        sslcontext.clone(),
+        serving.server.bind(py).clone(),
+    ];
+    args.extend(serving.rest.bind(py).iter());
+    let accept =
+        event_loop.call_method1(intern!(py, "_accept_connection2"), PyTuple::new(py, args)?)?;
+    event_loop.call_method1(intern!(py, "create_task"), (accept,))?;
+    Ok(())
 }
 
 /// An IPv4 address and port as one int (host in the upper 32 bits), to pass to the connection
@@ -339,7 +392,10 @@ fn asyncio_accept_connection(py: Python<'_>, serving: &Serving, backlog: usize) 
         serving.event_loop.bind(py).clone().into_any(),
         serving.protocol_factory.bind(py).clone(),
         serving.sock.bind(py).clone(),
-        py.None().into_bound(py),
+        match &serving.sslcontext {
+            Some(context) => context.bind(py).clone(),
+            None => py.None().into_bound(py),
+        },
         serving.server.bind(py).clone(),
         backlog.into_pyobject(py)?.into_any(),
     ];
