@@ -354,3 +354,38 @@ def test_unix_datagram_send_errors(loop, tmp_path):
     finally:
         transport.close()
         loop.run_until_complete(asyncio.sleep(0))
+
+
+def test_received_datagrams_are_never_changed_behind_the_protocol(loop):
+    # ferroloop refills a received datagram's bytes that the protocol did not keep for the
+    # next one of about its size (ffi::keep_spare_bytes): what the protocol keeps, and the
+    # hash of each datagram, stay what they were.
+    sizes = [1024, 1024, 1000, 800, 1024, 700, 3000, 2900, 2999, 1024]
+    messages = [bytes((i * 7 + k) % 251 for k in range(size)) for i, size in enumerate(sizes)]
+    seen = []
+    kept = []
+
+    class Keep(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            seen.append((bytes(bytearray(data)), hash(data) == hash(bytes(bytearray(data)))))
+            if len(seen) % 2 == 0:
+                kept.append(data)
+
+    async def main():
+        transport, _ = await loop.create_datagram_endpoint(Keep, local_addr=("127.0.0.1", 0))
+        peer = _udp_peer()
+        for message in messages:
+            count = len(seen)
+            peer.sendto(message, transport.get_extra_info("sockname"))
+            for _ in range(500):
+                if len(seen) > count:
+                    break
+                await asyncio.sleep(0.01)
+        peer.close()
+        transport.close()
+        await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    assert [data for data, _ in seen] == messages
+    assert all(same for _, same in seen)
+    assert [bytes(d) for d in kept] == messages[1::2]

@@ -496,3 +496,62 @@ def test_unix_datagrams(loop, tmp_path):
         return proto.events
 
     assert loop.run_until_complete(main()) == [(b"hello", str(tmp_path / "peer.sock"))]
+
+
+# ferroloop refills a received `bytes` object that the protocol did not keep for the next
+# read of about its size (ffi::keep_spare_bytes): whatever the protocol keeps (the object, a
+# memoryview of it, a hash computed from it) must stay what it was.
+SIZES = [1024, 1024, 1000, 800, 1024, 700, 3000, 2900, 2999, 1024, 1024]
+
+
+def _message(i, size):
+    return bytes((i * 7 + k) % 251 for k in range(size))
+
+
+class Keeper(asyncio.Protocol):
+    """Keeps every other piece (the object or a memoryview of it) and checks each piece's
+    hash against a fresh copy's."""
+
+    def __init__(self):
+        self.kept = []
+        self.hashes_match = []
+        self.received = asyncio.get_running_loop().create_future()
+        self.pieces = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.hashes_match.append(hash(data) == hash(bytes(bytearray(data))))
+        if self.pieces % 4 == 1:
+            self.kept.append(data)
+        elif self.pieces % 4 == 3:
+            self.kept.append(memoryview(data))
+        self.pieces += 1
+        self.last = bytes(bytearray(data))
+        if not self.received.done():
+            self.received.set_result(None)
+
+
+def test_received_bytes_are_never_changed_behind_the_protocol(loop):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main():
+        transport, protocol = await loop.create_connection(Keeper, sock=a)
+        got = []
+        for i, size in enumerate(SIZES):
+            protocol.received = loop.create_future()
+            b.sendall(_message(i, size))
+            await asyncio.wait_for(protocol.received, 5)
+            got.append(protocol.last)
+        transport.close()
+        await asyncio.sleep(0)
+        return protocol, got
+
+    protocol, got = loop.run_until_complete(main())
+    b.close()
+    assert got == [_message(i, size) for i, size in enumerate(SIZES)]
+    assert all(protocol.hashes_match)
+    kept = [bytes(piece) for piece in protocol.kept]
+    assert kept == [_message(i, SIZES[i]) for i in range(len(SIZES)) if i % 4 in (1, 3)]

@@ -47,6 +47,14 @@ impl Args {
         }
     }
 
+    /// The first argument.
+    pub fn first<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyAny>> {
+        match self {
+            Args::One(arg) => Some(arg.bind(py).clone()),
+            Args::Tuple(args) => args.bind(py).get_item(0).ok(),
+        }
+    }
+
     /// asyncio's `_args`.
     pub fn to_tuple(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
         match self {
@@ -73,6 +81,41 @@ impl Args {
                 }
             }
         }
+    }
+}
+
+/// A class remembered by address, for an exact-type test that is one load and one compare
+/// (pyo3's `cast` goes through the lazy type object and `PyType_IsSubtype`): for the hottest
+/// dispatch only. The class is kept alive from [`set`](Self::set) on.
+pub struct ExactType(std::sync::atomic::AtomicPtr<ffi::PyObject>);
+
+impl ExactType {
+    #[allow(clippy::new_without_default)] // for statics
+    pub const fn new() -> Self {
+        ExactType(std::sync::atomic::AtomicPtr::new(ptr::null_mut()))
+    }
+
+    /// Remember `class` (once: a module's class lives as long as the process).
+    pub fn set(&self, class: &Bound<'_, pyo3::types::PyType>) {
+        let previous = self.0.swap(
+            class.clone().into_ptr(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        if !previous.is_null() {
+            // SAFETY: the reference `set` took before.
+            unsafe { ffi::Py_DECREF(previous) };
+        }
+    }
+
+    /// Whether `obj`'s type is exactly the class.
+    #[inline(always)]
+    pub fn holds(&self, obj: &Py<PyAny>) -> bool {
+        // SAFETY: `obj` is a live object.
+        let class = unsafe { ffi::Py_TYPE(obj.as_ptr()) };
+        std::ptr::eq(
+            class.cast::<ffi::PyObject>(),
+            self.0.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 }
 
@@ -108,13 +151,15 @@ pub fn untrack(obj: &Bound<'_, PyAny>) {
 }
 
 /// `context.run(callback, *args)`, discarding the result, entering the context with
-/// `PyContext_Enter`/`PyContext_Exit` and calling with vectorcall.
+/// `PyContext_Enter`/`PyContext_Exit` and calling with vectorcall, or with `native` when it
+/// takes the call ([`call_discarding`]).
 #[inline]
 pub fn call_in_context(
     py: Python<'_>,
     callback: &Py<PyAny>,
     args: Option<&Args>,
     context: Option<&Py<PyAny>>,
+    native: impl FnOnce() -> Option<bool>,
 ) -> PyResult<()> {
     if let Some(context) = context {
         // SAFETY: type check of a live object.
@@ -141,7 +186,7 @@ pub fn call_in_context(
                 return Err(PyErr::fetch(py));
             }
         }
-        let mut ok = call_discarding(callback, args);
+        let mut ok = call_discarding(callback, args, native);
         if let Some(context) = context {
             if ffi::PyContext_Exit(context.as_ptr()) < 0 {
                 ok = false;
@@ -156,12 +201,21 @@ pub fn call_in_context(
 }
 
 /// `callback(*args)` by vectorcall, the result discarded: `false` when it raised, with the
-/// exception left set for the caller to fetch.
+/// exception left set for the caller to fetch. `native` first: it calls ferroloop's own
+/// callbacks (a transport's reader, one of its steps) as the Rust functions they are, without
+/// Python's call protocol, and gives `None` for any other callback.
 ///
 /// # Safety
 /// The GIL is held; `callback` and `args` stay alive for the call.
 #[inline(always)]
-pub unsafe fn call_discarding(callback: &Py<PyAny>, args: Option<&Args>) -> bool {
+pub unsafe fn call_discarding(
+    callback: &Py<PyAny>,
+    args: Option<&Args>,
+    native: impl FnOnce() -> Option<bool>,
+) -> bool {
+    if let Some(ok) = native() {
+        return ok;
+    }
     let (items, nargs) = match args {
         Some(args) => args.as_array(),
         None => (ptr::null(), 0),
@@ -365,6 +419,7 @@ pub fn call_in_snapshot<'py>(
     py: Python<'py>,
     callback: &Py<PyAny>,
     args: Option<&Args>,
+    native: impl FnOnce() -> Option<bool>,
     snapshot: &Bound<'py, PyAny>,
     before: Bound<'py, PyAny>,
 ) -> SnapshotRun<'py> {
@@ -376,8 +431,9 @@ pub fn call_in_snapshot<'py>(
     // SAFETY: the GIL is held; the caller keeps `callback` and `args` alive. Exit is paired
     // with the Enter above, by this thread, on a snapshot the caller holds; it runs with the
     // callback's exception still set, as in `Context.run`.
-    let raised =
-        unsafe { !call_discarding(callback, args) | (ffi::PyContext_Exit(snapshot.as_ptr()) < 0) };
+    let raised = unsafe {
+        !call_discarding(callback, args, native) | (ffi::PyContext_Exit(snapshot.as_ptr()) < 0)
+    };
     // SAFETY: the snapshot is a live Context whose layout `before` was read with.
     let now = unsafe { vars_field(py, snapshot).map(|field| *field) };
     if now == Some(before.as_ptr()) {
@@ -664,7 +720,7 @@ impl Slots {
 }
 
 /// The offset of the field a writable object member descriptor (a `__slots__` entry) reads.
-fn member_offset(descriptor: &Bound<'_, PyAny>) -> Option<isize> {
+pub fn member_offset(descriptor: &Bound<'_, PyAny>) -> Option<isize> {
     // SAFETY: the type check first; a member descriptor's `d_member` points at its
     // `PyMemberDef` (declared as `PyGetSetDef *` by pyo3-ffi before 3.11, the same pointer).
     unsafe {
@@ -713,6 +769,31 @@ pub fn dict_discard(dict: &Bound<'_, pyo3::types::PyDict>, key: &Bound<'_, PyAny
     // SAFETY: a live dict and key; on failure (a missing key) the error is cleared.
     if unsafe { ffi::PyDict_DelItem(dict.as_ptr(), key.as_ptr()) } < 0 {
         drop(PyErr::fetch(dict.py()));
+    }
+}
+
+extern "C" {
+    // CPython's exported (not limited-API) lookup on a type's MRO, 3.10 to 3.14, which
+    // pyo3-ffi does not declare.
+    fn _PyType_Lookup(
+        class: *mut ffi::PyTypeObject,
+        name: *mut ffi::PyObject,
+    ) -> *mut ffi::PyObject;
+}
+
+/// `name` looked up on `class` and its bases as attribute lookups do (`_PyType_Lookup`,
+/// through the type attribute cache), without the metatype's descriptors that
+/// `getattr(class, name)` also considers: for identity checks of a class's own methods.
+#[inline]
+pub fn type_lookup<'py>(
+    class: &Bound<'py, pyo3::types::PyType>,
+    name: &Bound<'py, pyo3::types::PyString>,
+) -> Option<Bound<'py, PyAny>> {
+    // SAFETY: a live type and a str; `_PyType_Lookup` returns a borrowed reference (or NULL,
+    // without an exception), taken as a new one at once.
+    unsafe {
+        let found = _PyType_Lookup(class.as_ptr().cast(), name.as_ptr());
+        Bound::from_borrowed_ptr_or_opt(class.py(), found)
     }
 }
 
@@ -801,7 +882,8 @@ pub fn bytes_len(data: &Bound<'_, PyAny>) -> isize {
     n
 }
 
-/// `bytes(data[:len])` of raw memory (`PyBytes_FromStringAndSize`).
+/// `bytes(data[:len])` of raw memory (`PyBytes_FromStringAndSize`), or this thread's spare
+/// `bytes` object refilled ([`keep_spare_bytes`]).
 ///
 /// # Safety
 /// `data` is readable for `len` bytes.
@@ -811,12 +893,83 @@ pub unsafe fn bytes_from_raw<'py>(
     data: *const u8,
     len: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
+    if let Some(spare) = take_spare_bytes(py, len) {
+        // SAFETY: `spare` is a `bytes` object that nothing else references, allocated for at
+        // least `len` bytes of data and its terminating NUL (`take_spare_bytes`); `data` is
+        // readable for `len` bytes (the caller's).
+        unsafe {
+            let raw = spare.as_ptr();
+            (*raw.cast::<ffi::PyVarObject>()).ob_size = len as ffi::Py_ssize_t;
+            let bytes = raw.cast::<ffi::PyBytesObject>();
+            // The hash cache (deprecated for readers since 3.11, still what `hash()` fills
+            // in on 3.10-3.14): not computed for the new contents.
+            #[allow(deprecated)]
+            {
+                (*bytes).ob_shash = -1;
+            }
+            let target = ptr::addr_of_mut!((*bytes).ob_sval).cast::<u8>();
+            ptr::copy_nonoverlapping(data, target, len);
+            *target.add(len) = 0;
+        }
+        return Ok(spare);
+    }
     // SAFETY: the GIL is held; see above.
     unsafe {
         Bound::from_owned_ptr_or_err(
             py,
             ffi::PyBytes_FromStringAndSize(data.cast(), len as ffi::Py_ssize_t),
         )
+    }
+}
+
+thread_local! {
+    /// This thread's spare `bytes` object and the data size it was made for (null: none).
+    /// Left to leak when the thread ends: one object.
+    static SPARE_BYTES: std::cell::Cell<(*mut ffi::PyObject, usize)> =
+        const { std::cell::Cell::new((ptr::null_mut(), 0)) };
+}
+
+/// The spare `bytes` object, if it holds `len` bytes without wasting more than a quarter of
+/// its size.
+#[inline]
+fn take_spare_bytes(py: Python<'_>, len: usize) -> Option<Bound<'_, PyAny>> {
+    SPARE_BYTES.with(|spare| {
+        let (object, capacity) = spare.get();
+        if object.is_null() || len > capacity || len * 4 < capacity * 3 {
+            return None;
+        }
+        spare.set((ptr::null_mut(), 0));
+        // SAFETY: the spare's reference, owned by the cell until now.
+        Some(unsafe { Bound::from_owned_ptr(py, object) })
+    })
+}
+
+/// Keep `data`, a `bytes` object that a native reader made with [`bytes_from_raw`] and passed
+/// to a protocol's callback, for the next received data, if the caller's reference is the
+/// only one left (the callback kept nothing): nothing can observe that its contents change.
+/// A received `bytes` of more than 512 bytes is a `malloc` and a `free` each (pymalloc takes
+/// up to 512, glibc's per-thread cache up to 1,032), and for 1 KiB messages those two cost
+/// more than the rest of a read. Empty and one-byte `bytes` are CPython's shared objects:
+/// never kept (their reference count is not 1 anyway).
+#[inline]
+pub fn keep_spare_bytes(data: Bound<'_, PyAny>) {
+    // SAFETY: a live object; exact-type check and reference count only.
+    let (is_bytes, sole) = unsafe {
+        let raw = data.as_ptr();
+        (ffi::PyBytes_CheckExact(raw) != 0, ffi::Py_REFCNT(raw) == 1)
+    };
+    if !is_bytes || !sole {
+        return;
+    }
+    let len = bytes_len(&data);
+    if len < 2 {
+        return;
+    }
+    let py = data.py();
+    let previous = SPARE_BYTES.with(|spare| spare.replace((data.into_ptr(), len as usize)));
+    if !previous.0.is_null() {
+        // SAFETY: the previous spare's reference, owned by the cell until now.
+        drop(unsafe { Bound::from_owned_ptr(py, previous.0) });
     }
 }
 

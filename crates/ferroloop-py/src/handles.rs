@@ -29,6 +29,7 @@ use crate::ffi::{
     call_in_context, call_in_snapshot, context_with_vars, copy_of, snapshot_vars, SnapshotRun,
 };
 use crate::gil_cell::GilCell;
+use crate::net::call_native;
 use crate::python_hooks::{asyncio_handle, asyncio_timer_handle, call_hook};
 use crate::shared::{LoopShared, RunningSnapshot};
 
@@ -226,6 +227,7 @@ impl Handle {
                 &callback,
                 args.as_ref(),
                 context.as_ref().map(Bound::as_unbound),
+                || call_native(py, &callback, args.as_ref(), handle.kind == Kind::Io),
             ),
         };
         let Err(error) = result else {
@@ -274,7 +276,8 @@ impl Handle {
                 py,
                 outer,
             };
-            call_in_snapshot(py, callback, args, &snapshot, before)
+            let native = || call_native(py, callback, args, self.kind == Kind::Io);
+            call_in_snapshot(py, callback, args, native, &snapshot, before)
         };
         let (result, own) = match outcome {
             SnapshotRun::Unchanged { raised: false } => {
@@ -322,7 +325,8 @@ impl Handle {
         args: Option<&Args>,
         own: Py<PyAny>,
     ) -> PyResult<()> {
-        let result = call_in_context(py, callback, args, Some(&own));
+        let native = || call_native(py, callback, args, self.kind == Kind::Io);
+        let result = call_in_context(py, callback, args, Some(&own), native);
         self.adopt_context(py, own);
         result
     }

@@ -34,6 +34,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::Acceptor>()?;
     m.add_class::<net::Step>()?;
     m.add_class::<net::PendingExtra>()?;
+    net::register_native_callbacks(m.py());
     m.add_function(wrap_pyfunction!(net::new_socket_transport, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_stream_methods, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_tls_methods, m)?)?;

@@ -13,7 +13,7 @@ use ferroloop_core::sys::net;
 use super::buffer::{byte_buffer, recvfrom_bytes, SCRATCH_SIZE};
 use super::socket::{fileno, ipv4_address, is_plain_socket, retry_interrupted, socket_kind};
 use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
-use crate::ffi::{fs_decode, fs_encode};
+use crate::ffi::{fs_decode, fs_encode, keep_spare_bytes};
 use crate::gil_cell::GilCell;
 
 static ASYNCIO_DATAGRAM_READ_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -275,7 +275,7 @@ impl DatagramReader {
         "_SelectorDatagramTransport._read_ready"
     }
 
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+    pub(crate) fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };
@@ -330,7 +330,8 @@ impl DatagramReader {
                 None => py.None().into_bound(py),
             };
             get!(py, transport, attributes, "_protocol")?
-                .call_method1(intern!(py, "datagram_received"), (data, address))?;
+                .call_method1(intern!(py, "datagram_received"), (&data, address))?;
+            keep_spare_bytes(data);
         }
         Ok(())
     }

@@ -60,7 +60,7 @@ impl TransportWriter {
         Ok(format!("_SelectorSocketTransport.{}", asyncio_name(py)?))
     }
 
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+    pub(crate) fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };

@@ -39,3 +39,92 @@ pub(crate) use server::Acceptor;
 pub(crate) use stream::TransportReader;
 pub(crate) use stream_lifecycle::{new_socket_transport, release_stream_callbacks, Step};
 pub(crate) use tls::tls_constants;
+
+use pyo3::prelude::*;
+
+use crate::ffi::ExactType;
+use crate::handles::Args;
+
+/// The classes of the callbacks that [`call_native`] calls as Rust functions.
+static READER: ExactType = ExactType::new();
+static DATAGRAM_READER: ExactType = ExactType::new();
+static WRITER: ExactType = ExactType::new();
+static ACCEPTOR: ExactType = ExactType::new();
+static STEP: ExactType = ExactType::new();
+
+/// Remember the classes of the native callbacks (at module init).
+pub(crate) fn register_native_callbacks(py: Python<'_>) {
+    READER.set(&py.get_type::<TransportReader>());
+    DATAGRAM_READER.set(&py.get_type::<DatagramReader>());
+    WRITER.set(&py.get_type::<TransportWriter>());
+    ACCEPTOR.set(&py.get_type::<Acceptor>());
+    STEP.set(&py.get_type::<Step>());
+}
+
+/// Call `callback(*args)` as the Rust function it is when it is one of ferroloop's own
+/// callbacks: a reader or writer (`io`: the handle is a reader's or writer's) or a stream
+/// transport's step. Python's call protocol (an argument tuple, pyo3's argument parsing and
+/// trampoline) costs more than a reader's whole work on a small message. `None` for any
+/// other callback; else whether it returned, with its exception set when it raised (as
+/// `ffi::call_discarding` leaves it).
+#[inline(always)]
+pub(crate) fn call_native(
+    py: Python<'_>,
+    callback: &Py<PyAny>,
+    args: Option<&Args>,
+    io: bool,
+) -> Option<bool> {
+    let outcome = if io {
+        if args.is_some() {
+            return None;
+        }
+        call_native_io(py, callback)?
+    } else if STEP.holds(callback) {
+        let exc = args.and_then(|args| args.first(py));
+        // SAFETY: the exact type was checked.
+        let step = unsafe { callback.bind(py).cast_unchecked::<Step>() };
+        step.try_borrow()
+            .map_err(PyErr::from)
+            .and_then(|step| step.run(py, exc))
+    } else {
+        return None;
+    };
+    Some(match outcome {
+        Ok(()) => true,
+        Err(error) => {
+            error.restore(py);
+            false
+        }
+    })
+}
+
+fn call_native_io(py: Python<'_>, callback: &Py<PyAny>) -> Option<PyResult<()>> {
+    let callback = callback.bind(py);
+    Some(if READER.holds(callback.as_unbound()) {
+        // SAFETY: the exact type was checked.
+        let reader = unsafe { callback.cast_unchecked::<TransportReader>() };
+        reader
+            .try_borrow()
+            .map_err(PyErr::from)
+            .and_then(|r| r.__call__(py))
+    } else if DATAGRAM_READER.holds(callback.as_unbound()) {
+        // SAFETY: the exact type was checked.
+        let reader = unsafe { callback.cast_unchecked::<DatagramReader>() };
+        reader
+            .try_borrow()
+            .map_err(PyErr::from)
+            .and_then(|r| r.__call__(py))
+    } else if WRITER.holds(callback.as_unbound()) {
+        // SAFETY: the exact type was checked.
+        let writer = unsafe { callback.cast_unchecked::<TransportWriter>() };
+        writer
+            .try_borrow()
+            .map_err(PyErr::from)
+            .and_then(|w| w.__call__(py))
+    } else if ACCEPTOR.holds(callback.as_unbound()) {
+        // SAFETY: the exact type was checked.
+        Acceptor::__call__(unsafe { callback.cast_unchecked::<Acceptor>() })
+    } else {
+        return None;
+    })
+}

@@ -41,9 +41,12 @@ use pyo3::PyTraverseError;
 
 use ferroloop_core::sys::net;
 
-use super::socket::{fileno, ipv4_address, new_socket_object, retry_interrupted, socket_kind};
+use super::socket::{
+    fileno, ipv4_address, new_socket_object, retry_interrupted, socket_kind, SocketKind,
+};
 use super::stream_lifecycle::make_socket_transport;
 use crate::event_loop::Loop;
+use crate::ffi::{instance_dict, type_lookup};
 use crate::handles::Args;
 
 static ASYNCIO_ACCEPT_CONNECTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -63,6 +66,9 @@ struct Serving {
     rest: Py<PyTuple>,
     /// The listening socket's `(family, type, proto)`, which its connections get.
     kind: (i32, i32, i32),
+    /// The same as the ints of each connection's `socket.socket` (with `SOCK_NONBLOCK` in
+    /// the type where the platform has it).
+    connection_kind: SocketKind,
     /// ferroloop's transport class when the loop's `_make_socket_transport` is ferroloop's
     /// own: the connection step then makes the transport natively without calling it.
     transport_class: Option<Py<PyType>>,
@@ -97,11 +103,14 @@ impl Acceptor {
             Some(context) if context.is_truthy()? => Some(context.unbind()),
             _ => None,
         };
+        let kind = socket_kind(&sock)?;
+        let connection_kind = SocketKind::new(sock.py(), connection_kind(kind))?;
         Ok(Acceptor {
             serving: Some(Serving {
                 event_loop,
                 protocol_factory,
-                kind: socket_kind(&sock)?,
+                kind,
+                connection_kind,
                 sock: sock.unbind(),
                 sslcontext,
                 server,
@@ -121,7 +130,7 @@ impl Acceptor {
     }
 
     /// One readiness report: accept up to `backlog` connections.
-    fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
+    pub(crate) fn __call__(slf: &Bound<'_, Self>) -> PyResult<()> {
         let py = slf.py();
         {
             let this = slf.borrow();
@@ -236,6 +245,7 @@ impl Acceptor {
             visit.call(&serving.server)?;
             visit.call(&serving.rest)?;
             visit.call(&serving.transport_class)?;
+            serving.connection_kind.traverse(&visit)?;
         }
         Ok(())
     }
@@ -289,7 +299,7 @@ impl Acceptor {
                     }
                 }
             };
-            let conn = match connection_socket(sock, serving.kind, fd) {
+            let conn = match connection_socket(sock, &serving.connection_kind, fd) {
                 Ok(conn) => conn,
                 Err(error) => {
                     net::close(fd);
@@ -359,20 +369,25 @@ fn unpack_ipv4(packed: u64) -> ([u8; 4], u16) {
     (((packed >> 16) as u32).to_be_bytes(), packed as u16)
 }
 
-/// The `socket.socket` of an accepted fd, as `socket.accept()` makes it (the listening
-/// socket's family, type and protocol), non-blocking as asyncio sets it: on Linux the
-/// `SOCK_NONBLOCK` bit in the type makes `socket` set a zero timeout without a system call
-/// (the fd is non-blocking already).
-fn connection_socket<'py>(
-    listening: &Bound<'py, PyAny>,
-    (family, kind, proto): (i32, i32, i32),
-    fd: std::os::fd::RawFd,
-) -> PyResult<Bound<'py, PyAny>> {
+/// The `(family, type, proto)` of an accepted connection's `socket.socket`: the listening
+/// socket's, non-blocking as asyncio sets it: on Linux the `SOCK_NONBLOCK` bit in the type
+/// makes `socket` set a zero timeout without a system call (the fd is non-blocking already).
+fn connection_kind((family, kind, proto): (i32, i32, i32)) -> (i32, i32, i32) {
     #[cfg(any(target_os = "linux", target_os = "android", target_os = "freebsd"))]
     let kind = kind | libc::SOCK_NONBLOCK;
+    (family, kind, proto)
+}
+
+/// The `socket.socket` of an accepted fd, as `socket.accept()` makes it (`kind`:
+/// [`connection_kind`]).
+fn connection_socket<'py>(
+    listening: &Bound<'py, PyAny>,
+    kind: &SocketKind,
+    fd: std::os::fd::RawFd,
+) -> PyResult<Bound<'py, PyAny>> {
     // `listening` is a plain `socket.socket`: `_start_serving` makes an acceptor for no
     // other type, so the connection is one too.
-    let conn = new_socket_object(listening.py(), (family, kind, proto), fd)?;
+    let conn = new_socket_object(listening.py(), kind, fd)?;
     #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
     conn.call_method1(pyo3::intern!(listening.py(), "setblocking"), (false,))?;
     Ok(conn)
@@ -438,18 +453,26 @@ fn server_class(py: Python<'_>) -> PyResult<&ServerClass> {
 }
 
 /// The server's class is asyncio's `Server` with `method` its own (not a subclass's or a
-/// patched one): its code is what the native version does.
-fn plain_server(server: &Bound<'_, PyAny>, method: &str) -> PyResult<bool> {
+/// patched one): its code is what the native version does. Then its `__dict__`, where that
+/// code finds `_sockets`, `_active_count` and `_clients` (made once per server on 3.11+, where
+/// a plain object keeps its attributes inline until something asks for the dict).
+fn plain_server<'py>(
+    server: &Bound<'py, PyAny>,
+    method: &str,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
     let py = server.py();
     let class = server_class(py)?;
     if !server.get_type().is(class.class.bind(py)) {
-        return Ok(false);
+        return Ok(None);
     }
     let (name, original) = match method {
         "_attach" => (intern!(py, "_attach"), &class.attach),
         _ => (intern!(py, "_detach"), &class.detach),
     };
-    Ok(class.class.bind(py).getattr(name)?.is(original.bind(py)))
+    if !type_lookup(class.class.bind(py), name).is_some_and(|found| found.is(original.bind(py))) {
+        return Ok(None);
+    }
+    Ok(instance_dict(server))
 }
 
 /// `server._attach(transport)` (3.13+) or `server._attach()`: natively for asyncio's own
@@ -461,16 +484,30 @@ pub(crate) fn attach_transport(
 ) -> PyResult<()> {
     let py = server.py();
     let clients = server_class(py)?.clients;
-    if plain_server(server, "_attach")? && !server.getattr(intern!(py, "_sockets"))?.is_none() {
-        if clients {
-            server
-                .getattr(intern!(py, "_clients"))?
-                .call_method1(intern!(py, "add"), (transport,))?;
-        } else {
-            let count = server.getattr(intern!(py, "_active_count"))?.add(1)?;
-            server.setattr(intern!(py, "_active_count"), count)?;
+    if let Some(attributes) = plain_server(server, "_attach")? {
+        let serving = attributes
+            .get_item(intern!(py, "_sockets"))?
+            .is_some_and(|sockets| !sockets.is_none());
+        let done = match (serving, clients) {
+            (false, _) => false,
+            (true, true) => match attributes.get_item(intern!(py, "_clients"))? {
+                Some(set) => {
+                    set.call_method1(intern!(py, "add"), (transport,))?;
+                    true
+                }
+                None => false,
+            },
+            (true, false) => match attributes.get_item(intern!(py, "_active_count"))? {
+                Some(count) => {
+                    attributes.set_item(intern!(py, "_active_count"), count.add(1)?)?;
+                    true
+                }
+                None => false,
+            },
+        };
+        if done {
+            return Ok(());
         }
-        return Ok(());
     }
     if clients {
         server.call_method1(intern!(py, "_attach"), (transport,))?;
@@ -488,24 +525,33 @@ pub(crate) fn detach_transport(
 ) -> PyResult<()> {
     let py = server.py();
     let clients = server_class(py)?.clients;
-    if plain_server(server, "_detach")? {
+    if let Some(attributes) = plain_server(server, "_detach")? {
         let remaining = if clients {
-            let set = server.getattr(intern!(py, "_clients"))?;
-            set.call_method1(intern!(py, "discard"), (transport,))?;
-            Some(set.len()?)
-        } else {
-            let count: isize = server.getattr(intern!(py, "_active_count"))?.extract()?;
-            match count > 0 {
-                true => {
-                    server.setattr(intern!(py, "_active_count"), count - 1)?;
-                    Some((count - 1) as usize)
+            match attributes.get_item(intern!(py, "_clients"))? {
+                Some(set) => {
+                    set.call_method1(intern!(py, "discard"), (transport,))?;
+                    Some(set.len()?)
                 }
-                // asyncio's `assert self._active_count > 0`.
-                false => None,
+                None => None,
+            }
+        } else {
+            match attributes.get_item(intern!(py, "_active_count"))? {
+                Some(count) => match count.extract::<isize>()? {
+                    count if count > 0 => {
+                        attributes.set_item(intern!(py, "_active_count"), count - 1)?;
+                        Some((count - 1) as usize)
+                    }
+                    // asyncio's `assert self._active_count > 0`.
+                    _ => None,
+                },
+                None => None,
             }
         };
         if let Some(remaining) = remaining {
-            if remaining == 0 && server.getattr(intern!(py, "_sockets"))?.is_none() {
+            let closed = attributes
+                .get_item(intern!(py, "_sockets"))?
+                .is_none_or(|sockets| sockets.is_none());
+            if remaining == 0 && closed {
                 server.call_method0(intern!(py, "_wakeup"))?;
             }
             return Ok(());

@@ -15,7 +15,7 @@ use pyo3::types::{PyString, PyType};
 
 use super::buffer::Buffer;
 use crate::errors::os_error;
-use crate::ffi::{check_signals, OBJECT_HEADER_SIZE};
+use crate::ffi::{check_signals, member_offset, type_lookup, Slots, OBJECT_HEADER_SIZE};
 
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
@@ -31,6 +31,9 @@ struct CSocket {
     new: Py<PyAny>,
     init: Py<PyAny>,
     python_init: Py<PyAny>,
+    /// The offsets of `socket.socket`'s `_io_refs` and `_closed` slots, which its Python
+    /// `__init__` sets (when they are the plain slots they are on 3.10-3.13).
+    state_slots: Option<(isize, isize)>,
 }
 
 static C_SOCKET: PyOnceLock<CSocket> = PyOnceLock::new();
@@ -44,7 +47,17 @@ fn c_socket(py: Python<'_>) -> PyResult<&CSocket> {
         let getter = |name: &str| -> PyResult<Py<PyAny>> {
             Ok(attributes.get_item(name)?.getattr("__get__")?.unbind())
         };
+        let socket_class = SOCKET_TYPE.import(py, "socket", "socket")?;
+        let slot = |name: &str| -> PyResult<Option<isize>> {
+            Ok(socket_class
+                .getattr("__dict__")?
+                .get_item(name)
+                .ok()
+                .and_then(|descriptor| member_offset(&descriptor)))
+        };
+        let state_slots = slot("_io_refs")?.zip(slot("_closed")?);
         Ok::<_, PyErr>(CSocket {
+            state_slots,
             family: getter("family")?,
             kind: getter("type")?,
             proto: getter("proto")?,
@@ -194,22 +207,69 @@ pub(crate) fn ipv4_address(
 /// object from `_socket.socket`'s `__new__` and `__init__`, then the two slots the Python
 /// `__init__` sets (the same on 3.10-3.13). A patched `socket.socket.__init__` is called as
 /// it is.
-pub(crate) fn new_socket_object(
-    py: Python<'_>,
-    (family, kind, proto): (i32, i32, i32),
+/// `kind`: the `(family, type, proto)` ints, made once by the caller.
+pub(crate) fn new_socket_object<'py>(
+    py: Python<'py>,
+    kind: &SocketKind,
     fd: RawFd,
-) -> PyResult<Bound<'_, PyAny>> {
+) -> PyResult<Bound<'py, PyAny>> {
     let c = c_socket(py)?;
     let cls = SOCKET_TYPE.import(py, "socket", "socket")?;
-    if !cls
-        .getattr(intern!(py, "__init__"))?
-        .is(c.python_init.bind(py))
-    {
+    let (family, kind, proto) = (
+        kind.family.bind(py),
+        kind.kind.bind(py),
+        kind.proto.bind(py),
+    );
+    let patched = !type_lookup(cls, intern!(py, "__init__"))
+        .is_some_and(|init| init.is(c.python_init.bind(py)));
+    if patched {
         return cls.call1((family, kind, proto, fd));
     }
     let sock = c.new.bind(py).call1((cls,))?;
     c.init.bind(py).call1((&sock, family, kind, proto, fd))?;
-    sock.setattr(intern!(py, "_io_refs"), 0)?;
-    sock.setattr(intern!(py, "_closed"), false)?;
+    let zero = 0i32.into_pyobject(py)?.into_any();
+    let not_closed = pyo3::types::PyBool::new(py, false).to_owned().into_any();
+    match c.state_slots {
+        // SAFETY: `sock` was made by `_socket.socket.__new__(socket.socket)`: an instance of
+        // exactly the class whose slots these are.
+        Some((io_refs, closed)) => unsafe {
+            Slots::write_at(&sock, io_refs, &zero);
+            Slots::write_at(&sock, closed, &not_closed);
+        },
+        None => {
+            sock.setattr(intern!(py, "_io_refs"), zero)?;
+            sock.setattr(intern!(py, "_closed"), not_closed)?;
+        }
+    }
     Ok(sock)
+}
+
+/// A socket's `(family, type, proto)` as the Python ints `socket.socket()` takes, made once
+/// for all the connections of a listening socket.
+pub(crate) struct SocketKind {
+    family: Py<PyAny>,
+    kind: Py<PyAny>,
+    proto: Py<PyAny>,
+}
+
+impl SocketKind {
+    pub(crate) fn new(py: Python<'_>, (family, kind, proto): (i32, i32, i32)) -> PyResult<Self> {
+        let int = |value: i32| -> PyResult<Py<PyAny>> {
+            Ok(value.into_pyobject(py)?.into_any().unbind())
+        };
+        Ok(SocketKind {
+            family: int(family)?,
+            kind: int(kind)?,
+            proto: int(proto)?,
+        })
+    }
+
+    pub(crate) fn traverse(
+        &self,
+        visit: &pyo3::gc::PyVisit<'_>,
+    ) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.family)?;
+        visit.call(&self.kind)?;
+        visit.call(&self.proto)
+    }
 }

@@ -34,7 +34,7 @@ use super::socket::{fileno, is_plain_socket, recv_into, send};
 use super::stream_lifecycle;
 use super::transport::{asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef};
 use crate::event_loop::Loop;
-use crate::ffi::{bound_method_function, bytes_len, BUFFER_WRITABLE};
+use crate::ffi::{bound_method_function, bytes_len, keep_spare_bytes, BUFFER_WRITABLE};
 
 static DATA_RECEIVED_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static GET_BUFFER_PATH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -268,7 +268,7 @@ impl TransportReader {
         "_SelectorSocketTransport._read_ready"
     }
 
-    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+    pub(crate) fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };
@@ -324,8 +324,11 @@ impl TransportReader {
             return read_eof(&transport, &attributes);
         }
         let protocol = get!(py, transport, attributes, "_protocol")?;
-        match protocol.call_method1(intern!(py, "data_received"), (data,)) {
-            Ok(_) => Ok(()),
+        match protocol.call_method1(intern!(py, "data_received"), (&data,)) {
+            Ok(_) => {
+                keep_spare_bytes(data);
+                Ok(())
+            }
             Err(error) if is_exit(&error, py) => Err(error),
             Err(error) => {
                 fatal_error(

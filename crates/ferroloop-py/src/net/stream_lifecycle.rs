@@ -147,8 +147,8 @@ fn register_transport(
 ) -> PyResult<()> {
     let py = event_loop.py();
     let transports = instance_attr(event_loop.as_any(), intern!(py, "_transports"))?;
-    match transports
-        .getattr(intern!(py, "data"))
+    // The mapping's `data` dict, from its own `__dict__` (one per loop).
+    match instance_attr(&transports, intern!(py, "data"))
         .ok()
         .and_then(|data| data.cast_into::<PyDict>().ok())
     {
@@ -471,6 +471,18 @@ impl Step {
 
     #[pyo3(signature = (*args))]
     fn __call__(&self, py: Python<'_>, args: &Bound<'_, PyTuple>) -> PyResult<()> {
+        self.run(py, args.get_item(0).ok())
+    }
+
+    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
+        visit.call(&self.reader)
+    }
+}
+
+impl Step {
+    /// The step, with its first argument (`connection_lost`'s exception) if it has one (also
+    /// called by the loop directly: `net::call_native`).
+    pub(crate) fn run(&self, py: Python<'_>, exc: Option<Bound<'_, PyAny>>) -> PyResult<()> {
         let reader = self.reader.bind(py);
         let Some((transport, attributes)) = reader.borrow().transport.bind(py) else {
             return Ok(());
@@ -478,17 +490,10 @@ impl Step {
         match self.kind {
             StepKind::StartReading => start_reading(reader, &transport, &attributes),
             StepKind::ConnectionLost => {
-                let exc = match args.len() {
-                    0 => py.None().into_bound(py),
-                    _ => args.get_item(0)?,
-                };
+                let exc = exc.unwrap_or_else(|| py.None().into_bound(py));
                 call_connection_lost(&transport, &attributes, &exc)
             }
         }
-    }
-
-    fn __traverse__(&self, visit: pyo3::gc::PyVisit<'_>) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.reader)
     }
 }
 

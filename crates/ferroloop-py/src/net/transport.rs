@@ -102,7 +102,7 @@ impl TransportRef {
 }
 
 /// `transport.<name>` for a literal name, through [`attr_at`]: each use keeps the slot's
-/// offset for that name.
+/// offset for that name, and interns the name only when the slot does not answer.
 macro_rules! get {
     ($py:expr, $transport:expr, $attributes:expr, $name:literal) => {{
         static OFFSET: $crate::net::transport::SlotOffset =
@@ -110,7 +110,7 @@ macro_rules! get {
         $crate::net::transport::attr_at(
             &$transport,
             &$attributes,
-            pyo3::intern!($py, $name),
+            || pyo3::intern!($py, $name),
             &OFFSET,
         )
     }};
@@ -125,7 +125,7 @@ macro_rules! set {
         $crate::net::transport::set_attr_at(
             &$transport,
             &$attributes,
-            pyo3::intern!($py, $name),
+            || pyo3::intern!($py, $name),
             $value,
             &OFFSET,
         )
@@ -149,7 +149,13 @@ impl SlotOffset {
         SlotOffset(AtomicIsize::new(Self::UNKNOWN))
     }
 
-    #[inline]
+    /// The offset, once known to be a slot's.
+    #[inline(always)]
+    fn known(&self) -> Option<isize> {
+        let offset = self.0.load(Ordering::Relaxed);
+        (offset >= 0).then_some(offset)
+    }
+
     fn get(&self, slots: &Slots, name: &Bound<'_, PyString>) -> Option<isize> {
         match self.0.load(Ordering::Relaxed) {
             Self::UNKNOWN => {
@@ -164,8 +170,26 @@ impl SlotOffset {
     }
 }
 
+/// The offset of `name`'s slot when `transport` is an instance of the slotted class and that
+/// offset is known already: the fast path of [`attr_at`] and [`set_attr_at`], inlined at each
+/// use.
+#[inline(always)]
+fn known_slot(
+    transport: &Bound<'_, PyAny>,
+    attributes: &Attributes<'_>,
+    offset: &SlotOffset,
+) -> Option<isize> {
+    if attributes.is_some() {
+        return None;
+    }
+    let offset = offset.known()?;
+    SLOTS
+        .get(transport.py())
+        .filter(|slots| slots.holds(transport))
+        .map(|_| offset)
+}
+
 /// The slots class's table and `name`'s offset in it, when `transport` is an instance of it.
-#[inline]
 fn slot_offset(
     transport: &Bound<'_, PyAny>,
     name: &Bound<'_, PyString>,
@@ -180,8 +204,29 @@ fn slot_offset(
 
 /// `transport.<name>`, looked up in its `__dict__` first when it has one, else in its slot at
 /// `offset` when it is an instance of the slotted class ([`Slots`]), else a plain lookup.
-#[inline]
-pub(crate) fn attr_at<'py>(
+/// `name` is only made (interned) when the slot's offset is not known yet or does not apply.
+#[inline(always)]
+pub(crate) fn attr_at<'py, 'n>(
+    transport: &Bound<'py, PyAny>,
+    attributes: &Attributes<'py>,
+    name: impl FnOnce() -> &'n Bound<'py, PyString>,
+    offset: &SlotOffset,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    'py: 'n,
+{
+    if let Some(known) = known_slot(transport, attributes, offset) {
+        // SAFETY: `transport` is an instance of the slotted class, `known` one of its slots.
+        if let Some(value) = unsafe { Slots::read_at(transport, known) } {
+            return Ok(value);
+        }
+    }
+    attr_at_slow(transport, attributes, name(), offset)
+}
+
+#[cold]
+#[inline(never)]
+fn attr_at_slow<'py>(
     transport: &Bound<'py, PyAny>,
     attributes: &Attributes<'py>,
     name: &Bound<'py, PyString>,
@@ -201,18 +246,38 @@ pub(crate) fn attr_at<'py>(
 
 /// `transport.<name> = value`: into its `__dict__` when it has one, else into its slot at
 /// `offset` (the slotted class), else a plain `setattr`.
-#[inline]
-pub(crate) fn set_attr_at<'py>(
+#[inline(always)]
+pub(crate) fn set_attr_at<'py, 'n>(
+    transport: &Bound<'py, PyAny>,
+    attributes: &Attributes<'py>,
+    name: impl FnOnce() -> &'n Bound<'py, PyString>,
+    value: impl IntoPyObject<'py>,
+    offset: &SlotOffset,
+) -> PyResult<()>
+where
+    'py: 'n,
+{
+    let value = value.into_bound_py_any(transport.py())?;
+    if let Some(known) = known_slot(transport, attributes, offset) {
+        // SAFETY: as in `attr_at`.
+        unsafe { Slots::write_at(transport, known, &value) };
+        return Ok(());
+    }
+    set_attr_at_slow(transport, attributes, name(), value, offset)
+}
+
+#[cold]
+#[inline(never)]
+fn set_attr_at_slow<'py>(
     transport: &Bound<'py, PyAny>,
     attributes: &Attributes<'py>,
     name: &Bound<'py, PyString>,
-    value: impl IntoPyObject<'py>,
+    value: Bound<'py, PyAny>,
     offset: &SlotOffset,
 ) -> PyResult<()> {
     if let Some(attributes) = attributes {
         return attributes.set_item(name, value);
     }
-    let value = value.into_bound_py_any(transport.py())?;
     match slot_offset(transport, name, offset) {
         // SAFETY: as in `attr_at`.
         Some(offset) => unsafe { Slots::write_at(transport, offset, &value) },
