@@ -582,3 +582,34 @@ def test_tls_connection_in_handshake_closed_at_the_end_of_run(loop_factory, tls_
     client.settimeout(5)
     assert client.recv(100) == b""
     client.close()
+
+
+def test_patched_socket_init_runs_for_accepted_connections(loop, monkeypatch):
+    # socket.accept() makes the connection's object with socket.socket(..., fileno=fd); a
+    # patched __init__ sees it on both loops (ferroloop otherwise skips the Python frame).
+    original = socket.socket.__init__
+    accepted = []
+
+    def spy_init(self, family=-1, type=-1, proto=-1, fileno=None):
+        original(self, family, type, proto, fileno)
+        if fileno is not None:
+            accepted.append((self.family, self.type))
+
+    transports = []
+
+    class Keep(asyncio.Protocol):
+        def connection_made(self, transport):
+            transports.append(transport)
+
+    server = loop.run_until_complete(loop.create_server(Keep, "127.0.0.1", 0))
+    port = server.sockets[0].getsockname()[1]
+    monkeypatch.setattr(socket.socket, "__init__", spy_init)
+    client = socket.create_connection(("127.0.0.1", port))
+    loop.run_until_complete(until(lambda: transports))
+    monkeypatch.undo()
+    assert accepted == [(socket.AF_INET, socket.SOCK_STREAM)]
+    assert not transports[0].get_extra_info("socket")._sock.getblocking()
+    client.close()
+    transports[0].close()
+    server.close()
+    loop.run_until_complete(server.wait_closed())
