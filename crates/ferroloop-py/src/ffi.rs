@@ -1034,6 +1034,30 @@ impl Buffer {
         }
     }
 
+    /// The buffer of exactly a `bytes` object, as its `bf_getbuffer` would export it for
+    /// `PyBUF_SIMPLE` (`PyBuffer_FillInfo`: the data, read-only, one reference to the object),
+    /// without the lookup of the slot; `None` for any other type.
+    #[inline]
+    pub fn of_bytes(obj: &Bound<'_, PyAny>) -> Option<Buffer> {
+        let raw = obj.as_ptr();
+        // SAFETY: the exact type is checked first; the view holds a new reference to the
+        // object (released by `PyBuffer_Release` in `drop`, as for an exported buffer: bytes
+        // have no `bf_releasebuffer`), so its data stays valid while the view lives.
+        unsafe {
+            if ffi::PyBytes_CheckExact(raw) == 0 {
+                return None;
+            }
+            let mut view = std::mem::MaybeUninit::<ffi::Py_buffer>::zeroed().assume_init();
+            view.buf = ffi::PyBytes_AS_STRING(raw) as *mut std::os::raw::c_void;
+            view.obj = obj.clone().into_ptr();
+            view.len = ffi::Py_SIZE(raw);
+            view.itemsize = 1;
+            view.readonly = 1;
+            view.ndim = 1;
+            Some(Buffer { view })
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.view.len as usize
     }

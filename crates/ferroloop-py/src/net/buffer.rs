@@ -67,6 +67,9 @@ impl Drop for Scratch {
 /// (`n == len(data)`, `data[n:]`) assumes. `None` for anything else: asyncio's code then
 /// raises its error, or counts the way it does (a memoryview of items wider than a byte).
 pub(crate) fn byte_buffer(data: &Bound<'_, PyAny>) -> Option<Buffer> {
+    if let Some(buffer) = Buffer::of_bytes(data) {
+        return Some(buffer);
+    }
     if !is_exact_byte_type(data) {
         return None;
     }
