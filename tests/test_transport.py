@@ -555,3 +555,32 @@ def test_received_bytes_are_never_changed_behind_the_protocol(loop):
     assert all(protocol.hashes_match)
     kept = [bytes(piece) for piece in protocol.kept]
     assert kept == [_message(i, SIZES[i]) for i in range(len(SIZES)) if i % 4 in (1, 3)]
+
+
+@pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])
+def test_base_exception_in_data_received_propagates(loop, exc_type):
+    # The native reader (called by the loop without Python's call protocol on ferroloop)
+    # lets SystemExit and KeyboardInterrupt out of run_forever, as asyncio's _read_ready does;
+    # the transport is not closed and reads on in the next run.
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    received = []
+
+    class Raising(asyncio.Protocol):
+        def data_received(self, data):
+            received.append(bytes(data))
+            if len(received) == 1:
+                raise exc_type()
+            loop.stop()
+
+    transport, _ = loop.run_until_complete(loop.create_connection(Raising, sock=a))
+    b.sendall(b"first")
+    with pytest.raises(exc_type):
+        loop.run_forever()
+    assert not transport.is_closing()
+    b.sendall(b"second")
+    loop.run_forever()
+    assert received == [b"first", b"second"]
+    transport.close()
+    loop.run_until_complete(asyncio.sleep(0))
+    b.close()
