@@ -797,6 +797,20 @@ pub fn type_lookup<'py>(
     }
 }
 
+/// `type(obj).<name>` when it is a plain class attribute (found by [`type_lookup`], and not a
+/// descriptor: its type has no `__get__`), which is then what `obj.<name>` gives for an
+/// object whose instance dict does not have the name. `None` otherwise.
+#[inline]
+pub fn plain_class_attribute<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, pyo3::types::PyString>,
+) -> Option<Bound<'py, PyAny>> {
+    let found = type_lookup(&obj.get_type(), name)?;
+    // SAFETY: a live object's type; `tp_descr_get` is a public slot.
+    let descriptor = unsafe { (*ffi::Py_TYPE(found.as_ptr())).tp_descr_get.is_some() };
+    (!descriptor).then_some(found)
+}
+
 /// `obj.__dict__` (`PyObject_GenericGetDict`), `None` when it has none.
 pub fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, pyo3::types::PyDict>> {
     let py = obj.py();

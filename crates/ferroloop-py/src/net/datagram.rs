@@ -13,13 +13,43 @@ use ferroloop_core::sys::net;
 use super::buffer::{byte_buffer, recvfrom_bytes, SCRATCH_SIZE};
 use super::socket::{fileno, ipv4_address, is_plain_socket, retry_interrupted, socket_kind};
 use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
-use crate::ffi::{fs_decode, fs_encode, keep_spare_bytes};
+use crate::ffi::{fs_decode, fs_encode, keep_spare_bytes, member_offset, type_lookup, Slots};
 use crate::gil_cell::GilCell;
 
 static ASYNCIO_DATAGRAM_READ_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static ASYNCIO_SENDTO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// Whether asyncio's `sendto` drops an empty datagram (up to 3.12; 3.13 sends it).
 static DROPS_EMPTY: PyOnceLock<bool> = PyOnceLock::new();
+
+/// `asyncio.BaseTransport`'s `_extra` slot: its member descriptor and offset.
+static EXTRA_SLOT: PyOnceLock<Option<(Py<PyAny>, isize)>> = PyOnceLock::new();
+
+/// `transport._extra`: read at its slot's offset when the transport's class leaves it
+/// `BaseTransport`'s slot (asyncio's datagram classes and ferroloop's subclass do), without
+/// the generic attribute lookup; else (or when empty) that lookup, with its error.
+fn extra_dict<'py>(transport: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = transport.py();
+    let slot = EXTRA_SLOT.get_or_try_init(py, || {
+        let member = py
+            .import("asyncio.transports")?
+            .getattr("BaseTransport")?
+            .getattr("__dict__")?
+            .get_item("_extra")?;
+        Ok::<_, PyErr>(member_offset(&member).map(|offset| (member.unbind(), offset)))
+    })?;
+    if let Some((member, offset)) = slot {
+        let found = type_lookup(&transport.get_type(), intern!(py, "_extra"));
+        if found.is_some_and(|found| found.is(member.bind(py))) {
+            // SAFETY: the transport's class resolves `_extra` to `BaseTransport`'s member
+            // descriptor, so it is an instance of a subclass of `BaseTransport`, whose layout
+            // has that slot at `offset`.
+            if let Some(extra) = unsafe { Slots::read_at(transport, *offset) } {
+                return Ok(extra);
+            }
+        }
+    }
+    transport.getattr(intern!(py, "_extra"))
+}
 
 /// Where a datagram goes.
 enum Destination {
@@ -392,9 +422,7 @@ impl DatagramReader {
         if !is_plain_socket(&sock)? {
             return asyncio();
         }
-        let peername = transport
-            .getattr(intern!(py, "_extra"))?
-            .get_item(intern!(py, "peername"))?;
+        let peername = extra_dict(&transport)?.get_item(intern!(py, "peername"))?;
         let unnamed_peer = addr.is_none()
             && peername
                 .cast::<pyo3::types::PyString>()

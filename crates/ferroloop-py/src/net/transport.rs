@@ -313,6 +313,11 @@ pub(crate) fn dict_attr<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     match attributes.get_item(name)? {
         Some(value) => Ok(value),
-        None => object.getattr(name),
+        // Not in the instance dict: a plain class attribute (`max_size`) is what the generic
+        // lookup would give, without its second look at the dict.
+        None => match crate::ffi::plain_class_attribute(object, name) {
+            Some(value) => Ok(value),
+            None => object.getattr(name),
+        },
     }
 }
