@@ -66,7 +66,9 @@ pub(crate) fn register_native_callbacks(py: Python<'_>) {
 /// transport's step. Python's call protocol (an argument tuple, pyo3's argument parsing and
 /// trampoline) costs more than a reader's whole work on a small message. `None` for any
 /// other callback; else whether it returned, with its exception set when it raised (as
-/// `ffi::call_discarding` leaves it).
+/// `ffi::call_discarding` leaves it). A panic becomes pyo3's `PanicException` here, as
+/// pyo3's trampoline would make it, so that it never unwinds through the loop's run (and
+/// past the `PyContext_Exit` of the context the callback runs in).
 #[inline(always)]
 pub(crate) fn call_native(
     py: Python<'_>,
@@ -74,7 +76,42 @@ pub(crate) fn call_native(
     args: Option<&Args>,
     io: bool,
 ) -> Option<bool> {
-    let outcome = if io {
+    let call = std::panic::AssertUnwindSafe(|| call_native_unguarded(py, callback, args, io));
+    let outcome = match std::panic::catch_unwind(call) {
+        Ok(outcome) => outcome?,
+        Err(payload) => Err(panic_error(payload)),
+    };
+    Some(match outcome {
+        Ok(()) => true,
+        Err(error) => {
+            error.restore(py);
+            false
+        }
+    })
+}
+
+/// pyo3's `PanicException` for a caught panic, with its message.
+#[cold]
+fn panic_error(payload: Box<dyn std::any::Any + Send>) -> PyErr {
+    let message = match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(message), _) => (*message).to_owned(),
+        (_, Some(message)) => message.clone(),
+        _ => "panic from Rust code".to_owned(),
+    };
+    pyo3::panic::PanicException::new_err(message)
+}
+
+#[inline(always)]
+fn call_native_unguarded(
+    py: Python<'_>,
+    callback: &Py<PyAny>,
+    args: Option<&Args>,
+    io: bool,
+) -> Option<PyResult<()>> {
+    Some(if io {
         if args.is_some() {
             return None;
         }
@@ -88,13 +125,6 @@ pub(crate) fn call_native(
             .and_then(|step| step.run(py, exc))
     } else {
         return None;
-    };
-    Some(match outcome {
-        Ok(()) => true,
-        Err(error) => {
-            error.restore(py);
-            false
-        }
     })
 }
 
