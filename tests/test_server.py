@@ -40,6 +40,18 @@ class Recorder(asyncio.Protocol):
         self.trace.append(("lost", self.name, exc))
 
 
+def keeping_server(loop, host="127.0.0.1"):
+    """A server whose protocol keeps each transport it is given: (server, port, transports)."""
+    transports = []
+
+    class Keep(asyncio.Protocol):
+        def connection_made(self, transport):
+            transports.append(transport)
+
+    server = loop.run_until_complete(loop.create_server(Keep, host, 0))
+    return server, server.sockets[0].getsockname()[1], transports
+
+
 @pytest.mark.nodebug
 def test_accept_order_of_steps(loop):
     # asyncio: the accept callback runs after the poll of one iteration, the protocol factory
@@ -122,14 +134,7 @@ def test_sockname_of_connections_to_a_wildcard_server_is_each_ones_own(loop):
     # ferroloop reads an IPv4 sockname natively and reuses the previous connection's tuple
     # when the address is the same: connections through two local addresses must still get
     # their own.
-    transports = []
-
-    class Keep(asyncio.Protocol):
-        def connection_made(self, transport):
-            transports.append(transport)
-
-    server = loop.run_until_complete(loop.create_server(Keep, "0.0.0.0", 0))
-    port = server.sockets[0].getsockname()[1]
+    server, port, transports = keeping_server(loop, "0.0.0.0")
     clients = []
     for host in ["127.0.0.1", "127.0.0.2", "127.0.0.2", "127.0.0.1"]:
         clients.append(socket.create_connection((host, port)))
@@ -442,14 +447,7 @@ async def until(condition, timeout=5.0):
 
 def test_server_counts_connections_and_wait_closed_waits_for_them(loop):
     # ferroloop does asyncio's Server._attach/_detach natively for asyncio's own Server.
-    transports = []
-
-    class Keep(asyncio.Protocol):
-        def connection_made(self, transport):
-            transports.append(transport)
-
-    server = loop.run_until_complete(loop.create_server(Keep, "127.0.0.1", 0))
-    port = server.sockets[0].getsockname()[1]
+    server, port, transports = keeping_server(loop)
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
     loop.run_until_complete(until(lambda: len(transports) == 3))
     assert active_connections(server) == 3
@@ -599,14 +597,7 @@ def test_patched_socket_init_runs_for_accepted_connections(loop, monkeypatch):
         if fileno is not None:
             accepted.append((self.family, self.type))
 
-    transports = []
-
-    class Keep(asyncio.Protocol):
-        def connection_made(self, transport):
-            transports.append(transport)
-
-    server = loop.run_until_complete(loop.create_server(Keep, "127.0.0.1", 0))
-    port = server.sockets[0].getsockname()[1]
+    server, port, transports = keeping_server(loop)
     monkeypatch.setattr(socket.socket, "__init__", spy_init)
     client = socket.create_connection(("127.0.0.1", port))
     loop.run_until_complete(until(lambda: transports))

@@ -119,42 +119,41 @@ fn call_native_unguarded(
     } else if STEP.holds(callback) {
         let exc = args.and_then(|args| args.first(py));
         // SAFETY: the exact type was checked.
-        let step = unsafe { callback.bind(py).cast_unchecked::<Step>() };
-        step.try_borrow()
-            .map_err(PyErr::from)
-            .and_then(|step| step.run(py, exc))
+        unsafe { borrowed::<Step>(callback.bind(py), |step| step.run(py, exc)) }
     } else {
         return None;
     })
 }
 
 fn call_native_io(py: Python<'_>, callback: &Py<PyAny>) -> Option<PyResult<()>> {
-    let callback = callback.bind(py);
-    Some(if READER.holds(callback.as_unbound()) {
+    let bound = callback.bind(py);
+    Some(if READER.holds(callback) {
         // SAFETY: the exact type was checked.
-        let reader = unsafe { callback.cast_unchecked::<TransportReader>() };
-        reader
-            .try_borrow()
-            .map_err(PyErr::from)
-            .and_then(|r| r.__call__(py))
-    } else if DATAGRAM_READER.holds(callback.as_unbound()) {
+        unsafe { borrowed::<TransportReader>(bound, |reader| reader.__call__(py)) }
+    } else if DATAGRAM_READER.holds(callback) {
         // SAFETY: the exact type was checked.
-        let reader = unsafe { callback.cast_unchecked::<DatagramReader>() };
-        reader
-            .try_borrow()
-            .map_err(PyErr::from)
-            .and_then(|r| r.__call__(py))
-    } else if WRITER.holds(callback.as_unbound()) {
+        unsafe { borrowed::<DatagramReader>(bound, |reader| reader.__call__(py)) }
+    } else if WRITER.holds(callback) {
         // SAFETY: the exact type was checked.
-        let writer = unsafe { callback.cast_unchecked::<TransportWriter>() };
-        writer
-            .try_borrow()
-            .map_err(PyErr::from)
-            .and_then(|w| w.__call__(py))
-    } else if ACCEPTOR.holds(callback.as_unbound()) {
+        unsafe { borrowed::<TransportWriter>(bound, |writer| writer.__call__(py)) }
+    } else if ACCEPTOR.holds(callback) {
         // SAFETY: the exact type was checked.
-        Acceptor::__call__(unsafe { callback.cast_unchecked::<Acceptor>() })
+        Acceptor::__call__(unsafe { bound.cast_unchecked::<Acceptor>() })
     } else {
         return None;
     })
+}
+
+/// `call(&callback)` with `callback` borrowed as the `T` it is.
+///
+/// # Safety
+/// `callback`'s type is exactly `T`.
+unsafe fn borrowed<T: pyo3::PyClass>(
+    callback: &Bound<'_, PyAny>,
+    call: impl FnOnce(&T) -> PyResult<()>,
+) -> PyResult<()> {
+    // SAFETY: the caller's.
+    let native = unsafe { callback.cast_unchecked::<T>() };
+    let native = native.try_borrow()?;
+    call(&native)
 }
