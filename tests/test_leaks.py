@@ -328,3 +328,42 @@ def test_closed_datagram_transports_leave_no_cyclic_garbage():
     finally:
         gc.enable()
         loop.close()
+
+
+def test_an_accepted_connections_acyclic_objects_are_not_gc_tracked():
+    # ferroloop leaves out of the cyclic GC what cannot be part of a cycle: the connection's
+    # socket.socket (slots holding an int and a bool), the plain weak reference in
+    # loop._transports and the pending extra dict. With hundreds of connections alive, every
+    # tracked object is traversed by each collection that their own allocations trigger.
+    import ferroloop
+
+    loop = ferroloop.new_event_loop()
+    transports = []
+
+    class Keep(asyncio.Protocol):
+        def connection_made(self, transport):
+            transports.append(transport)
+
+    async def main():
+        server = await loop.create_server(Keep, "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname())
+        while not transports:
+            await asyncio.sleep(0.001)
+        (transport,) = transports
+        sock = transport._sock
+        assert type(sock) is socket.socket
+        assert not gc.is_tracked(sock)
+        assert not gc.is_tracked(loop._transports.data[sock.fileno()])
+        assert gc.is_tracked(transport)
+        # What asyncio's own code does with the socket still works.
+        assert transport.get_extra_info("socket").fileno() == sock.fileno()
+        assert transport.get_extra_info("peername") == client.getsockname()
+        client.close()
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()

@@ -15,7 +15,7 @@ use pyo3::types::{PyString, PyType};
 
 use super::buffer::Buffer;
 use crate::errors::os_error;
-use crate::ffi::{check_signals, member_offset, type_lookup, Slots, OBJECT_HEADER_SIZE};
+use crate::ffi::{check_signals, member_offset, type_lookup, untrack, Slots, OBJECT_HEADER_SIZE};
 
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
@@ -241,6 +241,12 @@ pub(crate) fn new_socket_object<'py>(
             sock.setattr(intern!(py, "_closed"), not_closed)?;
         }
     }
+    // `socket.socket` has `__slots__` and no `__dict__`: an int and a bool are all it holds,
+    // so it can never be part of a reference cycle. Tracked, each open connection's socket
+    // would be one more object for every collection of the cyclic GC to traverse (a server
+    // with hundreds of connections coming and going triggered collections that cost ~15 %
+    // of its instructions).
+    untrack(&sock);
     Ok(sock)
 }
 

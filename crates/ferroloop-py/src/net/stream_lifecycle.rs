@@ -40,7 +40,7 @@ use super::stream::{is_slotted, write_buffer_empty, SLOTTED, UNSET_BUFFERED};
 use super::transport::{fatal_error, get, instance_attr, is_exit, set, Attributes};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
-use crate::ffi::{descriptor_set, dict_discard, instance_dict, object_new};
+use crate::ffi::{descriptor_set, dict_discard, instance_dict, object_new, untrack};
 use crate::handles::Args;
 
 /// The attributes that are slots on every stream transport class (`BaseTransport`'s and
@@ -152,7 +152,12 @@ fn register_transport(
         .ok()
         .and_then(|data| data.cast_into::<PyDict>().ok())
     {
-        Some(data) => data.set_item(fd, pyo3::types::PyWeakrefReference::new(transport)?),
+        Some(data) => {
+            let reference = pyo3::types::PyWeakrefReference::new(transport)?;
+            // A weak reference without a callback holds nothing: never part of a cycle.
+            untrack(reference.as_any());
+            data.set_item(fd, reference)
+        }
         None => transports.set_item(fd, transport),
     }
 }
@@ -326,6 +331,9 @@ pub(crate) fn make_socket_transport<'py>(
                 py,
                 PendingExtra::new(sock.clone().unbind(), peer, sockname.unbind()),
             )?;
+            // What it holds (a socket object, a tuple of a string and an int) cannot lead
+            // back to it: it can never be part of a reference cycle (see `untrack`).
+            untrack(pending.as_any());
             descriptor_set(asyncio.extra_slot.bind(py), &transport, pending.as_any())?;
         }
         _ => {
