@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import _core, _hooks, _sslproto, _stream_transport  # noqa: F401  (_hooks registers itself)
+from ._datagram_transport import _SelectorDatagramTransport
 from ._metrics import MetricsMixin
 from ._watchdog import WatchdogMixin
 
@@ -39,9 +40,6 @@ __all__ = ("Loop",)
 
 _PY312 = sys.version_info >= (3, 12)
 _PY313 = sys.version_info >= (3, 13)
-# What a buffered datagram adds to _SelectorDatagramTransport._buffer_size besides its length:
-# no such counter before 3.11, nothing 3.11-3.12, an 8-byte header from 3.13.
-_DATAGRAM_HEADER = None if sys.version_info < (3, 11) else (8 if _PY313 else 0)
 # BaseEventLoop._run_forever_setup/_run_forever_cleanup: 3.13+ (tested, not assumed by version).
 _HAS_RUN_FOREVER_SETUP = hasattr(base_events.BaseEventLoop, "_run_forever_setup")
 
@@ -404,93 +402,6 @@ class _SelectorSocketTransport(selector_events._SelectorSocketTransport):
 
 
 _core._install_stream_methods(_SelectorSocketTransport)
-
-
-class _SelectorDatagramTransport(selector_events._SelectorDatagramTransport):
-    """asyncio's datagram transport (the running version's own class, subclassed), whose
-    reader callback is native: ``_read_ready`` is a ``ferroloop._core._DatagramReader``, which
-    does what asyncio's ``_read_ready`` does, receiving into a per-thread buffer. asyncio's
-    method in debug mode. See crates/ferroloop-py/src/net/datagram.rs."""
-
-    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
-        if not loop.get_debug():
-            # Before asyncio's __init__, which schedules _add_reader(fd, self._read_ready).
-            native = _core._DatagramReader(self, self.__dict__)
-            self._read_ready = native
-            self.sendto = native.sendto
-        super().__init__(loop, sock, protocol, address, waiter, extra)
-
-    def sendto(self, data, addr=None):
-        """asyncio's ``sendto`` (the native one, an instance attribute outside debug mode,
-        comes first); to an unnamed Unix peer it sends as uvloop does (docs/deviations.md)."""
-        if (
-            addr is None
-            and not self._address
-            and not self._conn_lost
-            and not self._buffer
-            and self._extra["peername"] == ""
-            and isinstance(data, (bytes, bytearray, memoryview))
-            and (data or _PY313)
-        ):
-            try:
-                self._sock.send(data)
-            except (BlockingIOError, InterruptedError):
-                self._buffer_datagram(data, addr)
-            except OSError as exc:
-                self._protocol.error_received(exc)
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal write error on datagram transport")
-            return
-        return super().sendto(data, addr)
-
-    def _buffer_datagram(self, data, addr):
-        """asyncio's ``sendto`` after a send that would block: wait for writability and
-        buffer the datagram (with the running version's buffer-size accounting)."""
-        self._loop._add_writer(self._sock_fd, self._sendto_ready)
-        self._buffer.append((bytes(data), addr))
-        if _DATAGRAM_HEADER is not None:
-            self._buffer_size += len(data) + _DATAGRAM_HEADER
-        self._maybe_pause_protocol()
-
-    def _sendto_ready(self):
-        if self._extra["peername"] != "":
-            return super()._sendto_ready()
-        # Connected to an unnamed Unix peer (a socketpair): asyncio's method would call
-        # sock.sendto(data, None), a TypeError; send as uvloop does (docs/deviations.md).
-        while self._buffer:
-            data, addr = self._buffer.popleft()
-            if _DATAGRAM_HEADER is not None:
-                self._buffer_size -= len(data) + _DATAGRAM_HEADER
-            try:
-                self._sock.send(data) if addr is None else self._sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                self._buffer.appendleft((data, addr))
-                if _DATAGRAM_HEADER is not None:
-                    self._buffer_size += len(data) + _DATAGRAM_HEADER
-                break
-            except OSError as exc:
-                self._protocol.error_received(exc)
-                return
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._fatal_error(exc, "Fatal write error on datagram transport")
-                return
-        self._maybe_resume_protocol()
-        if not self._buffer:
-            self._loop._remove_writer(self._sock_fd)
-            if self._closing:
-                self._call_connection_lost(None)
-
-    def _call_connection_lost(self, exc):
-        try:
-            super()._call_connection_lost(exc)
-        finally:
-            # The native reader holds the transport: break the cycle once it is done.
-            self.__dict__.pop("_read_ready", None)
-            self.__dict__.pop("sendto", None)
 
 
 class _SelectorView:

@@ -38,6 +38,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(net::new_socket_transport, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_stream_methods, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_tls_methods, m)?)?;
+    m.add_function(wrap_pyfunction!(net::install_datagram_methods, m)?)?;
     m.add_function(wrap_pyfunction!(net::tls_constants, m)?)?;
     m.add_function(wrap_pyfunction!(net::release_stream_callbacks, m)?)?;
     m.add_class::<handles::Handle>()?;

@@ -1,54 +1,40 @@
 //! The read path of asyncio's datagram transport, natively (see [`DatagramReader`]), and its
 //! `sendto` when the datagram goes out at once.
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::gc::PyVisit;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyString};
+use pyo3::types::{PyBytes, PyString};
 use pyo3::PyTraverseError;
 
 use ferroloop_core::sys::net;
 
 use super::buffer::{byte_buffer, recvfrom_bytes, SCRATCH_SIZE};
 use super::socket::{fileno, ipv4_address, is_plain_socket, retry_interrupted, socket_kind};
-use super::transport::{asyncio_method, fatal_error, get, is_exit, TransportRef};
-use crate::ffi::{fs_decode, fs_encode, keep_spare_bytes, member_offset, type_lookup, Slots};
+use super::transport::{
+    asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef, DATAGRAM_SLOTS,
+};
+use crate::ffi::{fs_decode, fs_encode, keep_spare_bytes};
 use crate::gil_cell::GilCell;
 
 static ASYNCIO_DATAGRAM_READ_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-static ASYNCIO_SENDTO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// ferroloop's Python `sendto` of the slotted class (asyncio's, but for an unnamed Unix
+/// peer), kept when the native method replaces it (`methods.rs`).
+pub(crate) static PYTHON_SENDTO: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// Whether asyncio's `sendto` drops an empty datagram (up to 3.12; 3.13 sends it).
 static DROPS_EMPTY: PyOnceLock<bool> = PyOnceLock::new();
 
-/// `asyncio.BaseTransport`'s `_extra` slot: its member descriptor and offset.
-static EXTRA_SLOT: PyOnceLock<Option<(Py<PyAny>, isize)>> = PyOnceLock::new();
+/// A datagram transport's attributes: always its slots (the class is
+/// `ferroloop._datagram_transport`'s slotted one), through [`DATAGRAM_SLOTS`].
+const SLOTS_ONLY: Attributes<'static> = None;
 
-/// `transport._extra`: read at its slot's offset when the transport's class leaves it
-/// `BaseTransport`'s slot (asyncio's datagram classes and ferroloop's subclass do), without
-/// the generic attribute lookup; else (or when empty) that lookup, with its error.
-fn extra_dict<'py>(transport: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    let py = transport.py();
-    let slot = EXTRA_SLOT.get_or_try_init(py, || {
-        let member = py
-            .import("asyncio.transports")?
-            .getattr("BaseTransport")?
-            .getattr("__dict__")?
-            .get_item("_extra")?;
-        Ok::<_, PyErr>(member_offset(&member).map(|offset| (member.unbind(), offset)))
-    })?;
-    if let Some((member, offset)) = slot {
-        let found = type_lookup(&transport.get_type(), intern!(py, "_extra"));
-        if found.is_some_and(|found| found.is(member.bind(py))) {
-            // SAFETY: the transport's class resolves `_extra` to `BaseTransport`'s member
-            // descriptor, so it is an instance of a subclass of `BaseTransport`, whose layout
-            // has that slot at `offset`.
-            if let Some(extra) = unsafe { Slots::read_at(transport, *offset) } {
-                return Ok(extra);
-            }
-        }
-    }
-    transport.getattr(intern!(py, "_extra"))
+/// `transport.<name>` on the slotted datagram transport (a plain lookup on anything else).
+macro_rules! dget {
+    ($py:expr, $transport:expr, $name:literal) => {
+        get!(in DATAGRAM_SLOTS; $py, $transport, SLOTS_ONLY, $name)
+    };
 }
 
 /// Where a datagram goes.
@@ -285,88 +271,9 @@ impl DatagramReader {
         drop(evicted);
         Ok(address)
     }
-}
 
-#[pymethods]
-impl DatagramReader {
-    #[new]
-    fn new(transport: Py<PyAny>, attributes: Py<PyDict>) -> Self {
-        DatagramReader {
-            transport: TransportRef::new(transport, Some(attributes)),
-            family: GilCell::new(None),
-            senders: GilCell::new(Vec::new()),
-        }
-    }
-
-    /// The name asyncio's messages give the method this replaces ("Exception in callback
-    /// _SelectorDatagramTransport._read_ready()").
-    #[getter]
-    fn __qualname__(&self) -> &'static str {
-        "_SelectorDatagramTransport._read_ready"
-    }
-
-    pub(crate) fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let Some((transport, attributes)) = self.transport.bind(py) else {
-            return Ok(());
-        };
-        if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
-            return Ok(());
-        }
-        let sock = get!(py, transport, attributes, "_sock")?;
-        let native = self.is_native(&sock)?;
-        let size = match get!(py, transport, attributes, "max_size")?.extract::<usize>() {
-            Ok(size) if native && size <= SCRATCH_SIZE => size,
-            _ => {
-                asyncio_method(
-                    py,
-                    &ASYNCIO_DATAGRAM_READ_READY,
-                    "_SelectorDatagramTransport",
-                    "_read_ready",
-                )?
-                .call1((transport,))?;
-                return Ok(());
-            }
-        };
-        let fd = fileno(&sock)?;
-        for index in 0..DATAGRAMS_PER_EVENT {
-            // A datagram_received that closed the transport, or an error, ends the batch.
-            if index > 0
-                && (get!(py, transport, attributes, "_conn_lost")?.is_truthy()?
-                    || get!(py, transport, attributes, "_closing")?.is_truthy()?)
-            {
-                break;
-            }
-            let (data, sender) = match recvfrom_bytes(py, fd, size) {
-                Ok(Some(pair)) => pair,
-                Ok(None) => break,
-                Err(error) if error.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
-                    get!(py, transport, attributes, "_protocol")?
-                        .call_method1(intern!(py, "error_received"), (error.into_value(py),))?;
-                    break;
-                }
-                Err(error) if is_exit(&error, py) => return Err(error),
-                Err(error) => {
-                    fatal_error(
-                        &transport,
-                        error,
-                        intern!(py, "Fatal read error on datagram transport"),
-                    )?;
-                    break;
-                }
-            };
-            let address = match Address::of(&sender) {
-                Some(sender) => self.address(py, sender)?,
-                // No address from the kernel: what `makesockaddr` gives for an empty one.
-                None => py.None().into_bound(py),
-            };
-            get!(py, transport, attributes, "_protocol")?
-                .call_method1(intern!(py, "datagram_received"), (&data, address))?;
-            keep_spare_bytes(data);
-        }
-        Ok(())
-    }
-
-    /// `transport.sendto(data, addr=None)` (an instance attribute of the transport): asyncio's
+    /// `transport.sendto(data, addr=None)` (the slotted class's C method, `methods.rs`, for a
+    /// transport with this reader): asyncio's
     /// `_SelectorDatagramTransport.sendto` when the datagram can go out at once on a plain
     /// socket: connected (`send`), to an IPv4 `(host, port)` on an IPv4 socket, to a
     /// numeric IPv6 `(host, port[, flowinfo[, scope_id]])` on an IPv6 socket, or to a path
@@ -375,21 +282,22 @@ impl DatagramReader {
     /// case is asyncio's own `sendto`. A socket connected to an unnamed Unix peer (a
     /// `socketpair`) sends with `send`, as uvloop does, where asyncio calls `sendto(data, None)`
     /// and fails (see docs/deviations.md).
-    #[pyo3(signature = (data, addr=None))]
-    fn sendto(
+    pub(crate) fn sendto(
         &self,
-        py: Python<'_>,
+        transport: &Bound<'_, PyAny>,
         data: &Bound<'_, PyAny>,
         addr: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let Some((transport, attributes)) = self.transport.bind(py) else {
-            return Ok(());
-        };
+        let py = transport.py();
         let none = py.None().into_bound(py);
         let addr = addr.unwrap_or(&none);
         let asyncio = || -> PyResult<()> {
-            asyncio_method(py, &ASYNCIO_SENDTO, "_SelectorDatagramTransport", "sendto")?
-                .call1((&transport, data, addr))?;
+            PYTHON_SENDTO
+                .get(py)
+                .ok_or_else(|| {
+                    PyRuntimeError::new_err("the datagram transport class is not installed")
+                })?
+                .call1(py, (transport, data, addr))?;
             Ok(())
         };
         let Some(buffer) = byte_buffer(data) else {
@@ -403,7 +311,7 @@ impl DatagramReader {
                 return Ok(());
             }
         }
-        let address = get!(py, transport, attributes, "_address")?;
+        let address = dget!(py, transport, "_address")?;
         let addr = if address.is_truthy()? {
             // asyncio: `addr not in (None, self._address)` raises.
             if !addr.is_none() && !addr.is(&address) && !addr.eq(&address)? {
@@ -413,16 +321,17 @@ impl DatagramReader {
         } else {
             addr
         };
-        if get!(py, transport, attributes, "_conn_lost")?.is_truthy()?
-            || get!(py, transport, attributes, "_buffer")?.len()? != 0
+        // `_buffer` is a property over this slot, which asyncio's `__init__` sets.
+        if dget!(py, transport, "_conn_lost")?.is_truthy()?
+            || dget!(py, transport, "_write_buffer")?.len()? != 0
         {
             return asyncio();
         }
-        let sock = get!(py, transport, attributes, "_sock")?;
+        let sock = dget!(py, transport, "_sock")?;
         if !is_plain_socket(&sock)? {
             return asyncio();
         }
-        let peername = extra_dict(&transport)?.get_item(intern!(py, "peername"))?;
+        let peername = dget!(py, transport, "_extra")?.get_item(intern!(py, "peername"))?;
         let unnamed_peer = addr.is_none()
             && peername
                 .cast::<pyo3::types::PyString>()
@@ -463,16 +372,96 @@ impl DatagramReader {
             }
             Err(error) if is_exit(&error, py) => Err(error),
             Err(error) if error.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
-                get!(py, transport, attributes, "_protocol")?
+                dget!(py, transport, "_protocol")?
                     .call_method1(intern!(py, "error_received"), (error.into_value(py),))?;
                 Ok(())
             }
             Err(error) => fatal_error(
-                &transport,
+                transport,
                 error,
                 intern!(py, "Fatal write error on datagram transport"),
             ),
         }
+    }
+}
+
+#[pymethods]
+impl DatagramReader {
+    #[new]
+    fn new(transport: Py<PyAny>) -> Self {
+        DatagramReader {
+            transport: TransportRef::new(transport, None),
+            family: GilCell::new(None),
+            senders: GilCell::new(Vec::new()),
+        }
+    }
+
+    /// The name asyncio's messages give the method this replaces ("Exception in callback
+    /// _SelectorDatagramTransport._read_ready()").
+    #[getter]
+    fn __qualname__(&self) -> &'static str {
+        "_SelectorDatagramTransport._read_ready"
+    }
+
+    pub(crate) fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        let Some((transport, _)) = self.transport.bind(py) else {
+            return Ok(());
+        };
+        if dget!(py, transport, "_conn_lost")?.is_truthy()? {
+            return Ok(());
+        }
+        let sock = dget!(py, transport, "_sock")?;
+        let native = self.is_native(&sock)?;
+        let size = match dget!(py, transport, "max_size")?.extract::<usize>() {
+            Ok(size) if native && size <= SCRATCH_SIZE => size,
+            _ => {
+                asyncio_method(
+                    py,
+                    &ASYNCIO_DATAGRAM_READ_READY,
+                    "_SelectorDatagramTransport",
+                    "_read_ready",
+                )?
+                .call1((transport,))?;
+                return Ok(());
+            }
+        };
+        let fd = fileno(&sock)?;
+        for index in 0..DATAGRAMS_PER_EVENT {
+            // A datagram_received that closed the transport, or an error, ends the batch.
+            if index > 0
+                && (dget!(py, transport, "_conn_lost")?.is_truthy()?
+                    || dget!(py, transport, "_closing")?.is_truthy()?)
+            {
+                break;
+            }
+            let (data, sender) = match recvfrom_bytes(py, fd, size) {
+                Ok(Some(pair)) => pair,
+                Ok(None) => break,
+                Err(error) if error.is_instance_of::<pyo3::exceptions::PyOSError>(py) => {
+                    dget!(py, transport, "_protocol")?
+                        .call_method1(intern!(py, "error_received"), (error.into_value(py),))?;
+                    break;
+                }
+                Err(error) if is_exit(&error, py) => return Err(error),
+                Err(error) => {
+                    fatal_error(
+                        &transport,
+                        error,
+                        intern!(py, "Fatal read error on datagram transport"),
+                    )?;
+                    break;
+                }
+            };
+            let address = match Address::of(&sender) {
+                Some(sender) => self.address(py, sender)?,
+                // No address from the kernel: what `makesockaddr` gives for an empty one.
+                None => py.None().into_bound(py),
+            };
+            dget!(py, transport, "_protocol")?
+                .call_method1(intern!(py, "datagram_received"), (&data, address))?;
+            keep_spare_bytes(data);
+        }
+        Ok(())
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {

@@ -10,6 +10,9 @@
 //!   are the reader's `write` and `stream_lifecycle::close`; on any other (made in debug mode,
 //!   or after `connection_lost`, when the reader is gone) asyncio's (the slotted class's copy
 //!   of it). The slotted class also gets `__del__`, native for a closed transport.
+//! - `ferroloop._datagram_transport._SelectorDatagramTransport` (the slotted datagram class):
+//!   `sendto`, the reader's native send on a transport whose `_reader` slot holds a
+//!   [`DatagramReader`], the class's Python `sendto` otherwise.
 //! - `ferroloop._sslproto.SSLProtocol`: `get_buffer` and `buffer_updated`; and its
 //!   `_SSLProtocolTransport`: `write` (`tls.rs`).
 
@@ -21,10 +24,13 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
 use pyo3::{intern, Borrowed};
 
+use super::datagram::{DatagramReader, PYTHON_SENDTO};
 use super::stream::{asyncio_write, is_slotted, slotted_of, Slotted, TransportReader, SLOTTED};
 use super::stream_lifecycle;
 use super::tls;
-use super::transport::{asyncio_class_method, asyncio_method, get, SLOTS};
+use super::transport::{
+    asyncio_class_method, asyncio_method, get, Attributes, DATAGRAM_SLOTS, SLOTS,
+};
 use crate::event_loop::{fastcall_def, install_methods, MethodDef};
 use crate::ffi::Slots;
 
@@ -165,6 +171,55 @@ unsafe fn finalize(
     unsafe { delegate(&method, slf, args, nargs, kwnames) }
 }
 
+/// `transport.sendto(data, addr=None)` on the slotted datagram class.
+///
+/// # Safety
+/// Called by CPython as a fast method of the class (see `install_datagram_methods`).
+unsafe fn datagram_sendto(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    args: *const *mut ffi::PyObject,
+    nargs: ffi::Py_ssize_t,
+    kwnames: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    const SLOTS_ONLY: Attributes<'static> = None;
+    // SAFETY: as in `write`.
+    let transport = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
+    // `sendto(data)`, `sendto(data, addr)` or `sendto(data, addr=addr)`.
+    let keywords = match kwnames.is_null() {
+        true => 0,
+        // SAFETY: `kwnames` is a tuple of names when it is not NULL.
+        false => unsafe { ffi::PyTuple_GET_SIZE(kwnames) },
+    };
+    let plain = match (nargs, keywords) {
+        (1, 0) | (2, 0) => true,
+        // SAFETY: a tuple of one name.
+        (1, 1) => unsafe { Borrowed::from_ptr(py, ffi::PyTuple_GET_ITEM(kwnames, 0)) }
+            .eq(intern!(py, "addr"))?,
+        _ => false,
+    };
+    if plain {
+        let reader = get!(in DATAGRAM_SLOTS; py, transport, SLOTS_ONLY, "_reader");
+        if let Ok(reader) = reader.and_then(|r| Ok(r.cast_into::<DatagramReader>()?)) {
+            // SAFETY: `nargs + keywords` arguments, the data first.
+            let (data, addr) = unsafe {
+                let data = Borrowed::from_ptr(py, *args).to_owned();
+                let addr = (nargs + keywords == 2).then(|| Borrowed::from_ptr(py, *args.add(1)));
+                (data, addr.map(|a| a.to_owned()))
+            };
+            reader.borrow().sendto(&transport, &data, addr.as_ref())?;
+            return Ok(py.None().into_ptr());
+        }
+    }
+    let method = PYTHON_SENDTO
+        .get(py)
+        .ok_or_else(|| PyRuntimeError::new_err("the datagram transport class is not installed"))?
+        .bind(py)
+        .clone();
+    // SAFETY: CPython's arguments, unchanged.
+    unsafe { delegate(&method, slf, args, nargs, kwnames) }
+}
+
 /// The C entry point `$entry` of the method body `$body` (`fn(py, slf, args, nargs,
 /// kwnames) -> PyResult<*mut PyObject>`), run as pyo3 runs its own methods: attached, panics
 /// turned into exceptions, errors restored.
@@ -190,6 +245,7 @@ macro_rules! entry {
 entry!(write_entry, write);
 entry!(close_entry, close);
 entry!(finalize_entry, finalize);
+entry!(datagram_sendto_entry, datagram_sendto);
 
 /// The one positional argument of a call that has exactly one and no keywords.
 ///
@@ -340,6 +396,28 @@ pub fn install_stream_methods(cls: &Bound<'_, PyType>, unset: Option<Py<PyAny>>)
         install_methods(cls, &SLOTTED_METHODS)?;
     }
     install_methods(cls, &METHODS)
+}
+
+static DATAGRAM_METHODS: [MethodDef; 1] = [fastcall_def(
+    c"sendto",
+    c"Send data to the transport.",
+    datagram_sendto_entry,
+)];
+
+/// `ferroloop._core._install_datagram_methods(cls)`: `cls` is ferroloop's slotted datagram
+/// transport class; its `sendto` (kept for the cases the native one leaves to it) becomes the
+/// native method, and its slots are what the native reader and `sendto` read.
+#[pyfunction]
+#[pyo3(name = "_install_datagram_methods")]
+pub fn install_datagram_methods(cls: &Bound<'_, PyType>) -> PyResult<()> {
+    let py = cls.py();
+    let sendto = cls.getattr(intern!(py, "sendto"))?.unbind();
+    if PYTHON_SENDTO.set(py, sendto).is_err() || DATAGRAM_SLOTS.set(py, Slots::of(cls)?).is_err() {
+        return Err(PyRuntimeError::new_err(
+            "the slotted datagram transport class is installed already",
+        ));
+    }
+    install_methods(cls, &DATAGRAM_METHODS)
 }
 
 static TLS_PROTOCOL_METHODS: [MethodDef; 2] = [

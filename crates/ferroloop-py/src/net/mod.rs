@@ -34,7 +34,7 @@ pub(crate) mod transport;
 pub(crate) use datagram::DatagramReader;
 pub(crate) use drain::TransportWriter;
 pub(crate) use extra::PendingExtra;
-pub(crate) use methods::{install_stream_methods, install_tls_methods};
+pub(crate) use methods::{install_datagram_methods, install_stream_methods, install_tls_methods};
 pub(crate) use server::Acceptor;
 pub(crate) use stream::TransportReader;
 pub(crate) use stream_lifecycle::{new_socket_transport, release_stream_callbacks, Step};

@@ -102,9 +102,14 @@ impl TransportRef {
 }
 
 /// `transport.<name>` for a literal name, through [`attr_at`]: each use keeps the slot's
-/// offset for that name, and interns the name only when the slot does not answer.
+/// offset for that name, and interns the name only when the slot does not answer. The slots
+/// are the slotted stream transport's ([`SLOTS`]), or those of the table given with `in`.
 macro_rules! get {
-    ($py:expr, $transport:expr, $attributes:expr, $name:literal) => {{
+    ($py:expr, $transport:expr, $attributes:expr, $name:literal) => {
+        $crate::net::transport::get!(in $crate::net::transport::SLOTS;
+            $py, $transport, $attributes, $name)
+    };
+    (in $table:path; $py:expr, $transport:expr, $attributes:expr, $name:literal) => {{
         static OFFSET: $crate::net::transport::SlotOffset =
             $crate::net::transport::SlotOffset::new();
         $crate::net::transport::attr_at(
@@ -112,14 +117,20 @@ macro_rules! get {
             &$attributes,
             || pyo3::intern!($py, $name),
             &OFFSET,
+            &$table,
         )
     }};
 }
 pub(crate) use get;
 
-/// `transport.<name> = value` for a literal name, through [`set_attr_at`].
+/// `transport.<name> = value` for a literal name, through [`set_attr_at`] (slots as for
+/// [`get!`]).
 macro_rules! set {
-    ($py:expr, $transport:expr, $attributes:expr, $name:literal, $value:expr) => {{
+    ($py:expr, $transport:expr, $attributes:expr, $name:literal, $value:expr) => {
+        $crate::net::transport::set!(in $crate::net::transport::SLOTS;
+            $py, $transport, $attributes, $name, $value)
+    };
+    (in $table:path; $py:expr, $transport:expr, $attributes:expr, $name:literal, $value:expr) => {{
         static OFFSET: $crate::net::transport::SlotOffset =
             $crate::net::transport::SlotOffset::new();
         $crate::net::transport::set_attr_at(
@@ -128,12 +139,14 @@ macro_rules! set {
             || pyo3::intern!($py, $name),
             $value,
             &OFFSET,
+            &$table,
         )
     }};
 }
 pub(crate) use set;
 
-/// The offset of one name's slot in the slotted class ([`SLOTS`]), found at its first use:
+/// The offset of one name's slot in a slotted class ([`SLOTS`], [`DATAGRAM_SLOTS`]), found at
+/// its first use:
 /// a `static` per use of [`get!`] and [`set!`], so that reading a slot is a type check and a
 /// load, without the name's lookup in [`Slots`]' table.
 pub(crate) struct SlotOffset(AtomicIsize);
@@ -178,12 +191,13 @@ fn known_slot(
     transport: &Bound<'_, PyAny>,
     attributes: &Attributes<'_>,
     offset: &SlotOffset,
+    table: &PyOnceLock<Slots>,
 ) -> Option<isize> {
     if attributes.is_some() {
         return None;
     }
     let offset = offset.known()?;
-    SLOTS
+    table
         .get(transport.py())
         .filter(|slots| slots.holds(transport))
         .map(|_| offset)
@@ -194,8 +208,9 @@ fn slot_offset(
     transport: &Bound<'_, PyAny>,
     name: &Bound<'_, PyString>,
     offset: &SlotOffset,
+    table: &PyOnceLock<Slots>,
 ) -> Option<isize> {
-    let slots = SLOTS.get(transport.py())?;
+    let slots = table.get(transport.py())?;
     if !slots.holds(transport) {
         return None;
     }
@@ -211,17 +226,18 @@ pub(crate) fn attr_at<'py, 'n>(
     attributes: &Attributes<'py>,
     name: impl FnOnce() -> &'n Bound<'py, PyString>,
     offset: &SlotOffset,
+    table: &PyOnceLock<Slots>,
 ) -> PyResult<Bound<'py, PyAny>>
 where
     'py: 'n,
 {
-    if let Some(known) = known_slot(transport, attributes, offset) {
+    if let Some(known) = known_slot(transport, attributes, offset, table) {
         // SAFETY: `transport` is an instance of the slotted class, `known` one of its slots.
         if let Some(value) = unsafe { Slots::read_at(transport, known) } {
             return Ok(value);
         }
     }
-    attr_at_slow(transport, attributes, name(), offset)
+    attr_at_slow(transport, attributes, name(), offset, table)
 }
 
 #[cold]
@@ -231,11 +247,12 @@ fn attr_at_slow<'py>(
     attributes: &Attributes<'py>,
     name: &Bound<'py, PyString>,
     offset: &SlotOffset,
+    table: &PyOnceLock<Slots>,
 ) -> PyResult<Bound<'py, PyAny>> {
     if let Some(attributes) = attributes {
         return dict_attr(transport, attributes, name);
     }
-    if let Some(offset) = slot_offset(transport, name, offset) {
+    if let Some(offset) = slot_offset(transport, name, offset, table) {
         // SAFETY: `transport` is an instance of the slotted class, `offset` one of its slots.
         if let Some(value) = unsafe { Slots::read_at(transport, offset) } {
             return Ok(value);
@@ -253,17 +270,18 @@ pub(crate) fn set_attr_at<'py, 'n>(
     name: impl FnOnce() -> &'n Bound<'py, PyString>,
     value: impl IntoPyObject<'py>,
     offset: &SlotOffset,
+    table: &PyOnceLock<Slots>,
 ) -> PyResult<()>
 where
     'py: 'n,
 {
     let value = value.into_bound_py_any(transport.py())?;
-    if let Some(known) = known_slot(transport, attributes, offset) {
+    if let Some(known) = known_slot(transport, attributes, offset, table) {
         // SAFETY: as in `attr_at`.
         unsafe { Slots::write_at(transport, known, &value) };
         return Ok(());
     }
-    set_attr_at_slow(transport, attributes, name(), value, offset)
+    set_attr_at_slow(transport, attributes, name(), value, offset, table)
 }
 
 #[cold]
@@ -274,11 +292,12 @@ fn set_attr_at_slow<'py>(
     name: &Bound<'py, PyString>,
     value: Bound<'py, PyAny>,
     offset: &SlotOffset,
+    table: &PyOnceLock<Slots>,
 ) -> PyResult<()> {
     if let Some(attributes) = attributes {
         return attributes.set_item(name, value);
     }
-    match slot_offset(transport, name, offset) {
+    match slot_offset(transport, name, offset, table) {
         // SAFETY: as in `attr_at`.
         Some(offset) => unsafe { Slots::write_at(transport, offset, &value) },
         None => transport.setattr(name, value)?,
@@ -289,6 +308,10 @@ fn set_attr_at_slow<'py>(
 /// The slots of ferroloop's slotted stream transport class, set when the class is installed
 /// (`methods.rs`).
 pub(crate) static SLOTS: PyOnceLock<Slots> = PyOnceLock::new();
+
+/// The slots of ferroloop's slotted datagram transport class
+/// (`ferroloop._datagram_transport`), set when the class is installed (`methods.rs`).
+pub(crate) static DATAGRAM_SLOTS: PyOnceLock<Slots> = PyOnceLock::new();
 
 /// `object.<name>` for an attribute that no class of `object` makes a descriptor of (state
 /// that `__init__` sets): read from its `__dict__`, without the lookup through its classes
