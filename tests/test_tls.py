@@ -5,6 +5,7 @@ both loops, or records what the application sees on both and compares."""
 
 import asyncio
 import os
+import socket
 import ssl
 import sys
 
@@ -296,6 +297,67 @@ def test_peer_close_notify_mid_stream(loop, contexts):
 
     trace, received = loop.run_until_complete(main())
     assert received == b"last words"
+    assert trace == ["made", "eof", ("lost", None)]
+
+
+def test_records_split_across_reads(loop, contexts):
+    """A client that sends its records in 5,000-byte pieces: the server's reads end inside
+    records, so a record's start is taken by one read and its plaintext comes out in the
+    next (ferroloop sizes that read's buffer from what is waiting and must grow it). Every
+    byte arrives, in order, as ``bytes``; records then close_notify in one piece close the
+    connection as asyncio does."""
+    payload = os.urandom(150_000)
+
+    async def main():
+        trace = []
+        protocol = Recorder(trace, echo=False)
+        server = await loop.create_server(lambda: protocol, "127.0.0.1", 0, ssl=contexts[0])
+        port = server.sockets[0].getsockname()[1]
+        raw = socket.create_connection(("127.0.0.1", port))
+        raw.setblocking(False)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        client = contexts[1].wrap_bio(incoming, outgoing, server_hostname="localhost")
+
+        async def flush(step=None):
+            wire = outgoing.read()
+            step = step or len(wire) or 1
+            for start in range(0, len(wire), step):
+                await loop.sock_sendall(raw, wire[start : start + step])
+                if step < len(wire):
+                    await asyncio.sleep(0.002)
+
+        while True:
+            try:
+                client.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await flush()
+                incoming.write(await asyncio.wait_for(loop.sock_recv(raw, 65536), 10))
+        await flush()
+        await asyncio.wait_for(protocol.made, 10)
+        client.write(payload)
+        await flush(5000)
+        for _ in range(1000):
+            if len(protocol.received) >= len(payload):
+                break
+            await asyncio.sleep(0.005)
+        received = bytes(protocol.received)
+        client.write(b"tail")
+        try:
+            client.unwrap()
+        except ssl.SSLWantReadError:
+            pass
+        await flush()
+        lost = await asyncio.wait_for(protocol.lost, 10)
+        raw.close()
+        server.close()
+        await server.wait_closed()
+        return received, bytes(protocol.received), lost, trace
+
+    received, everything, lost, trace = loop.run_until_complete(main())
+    assert received == payload
+    assert everything == payload + b"tail"
+    assert lost is None
     assert trace == ["made", "eof", ("lost", None)]
 
 

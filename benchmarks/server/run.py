@@ -163,12 +163,17 @@ def schedstat_ns(pid: int) -> tuple[int, int]:
     return total, n
 
 
-def stat_cpu_ns(pid: int) -> int:
-    """utime + stime of the whole process (dead threads included), tick resolution."""
+def stat_times_ns(pid: int) -> tuple[int, int]:
+    """(utime, stime) of the whole process (dead threads included), tick resolution."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    ticks = int(fields[11]) + int(fields[12])
-    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) * tick, int(fields[12]) * tick
+
+
+def stat_cpu_ns(pid: int) -> int:
+    """utime + stime of the whole process (dead threads included), tick resolution."""
+    return sum(stat_times_ns(pid))
 
 
 def rss_bytes(pid: int) -> int:
@@ -361,11 +366,11 @@ def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
         if line != "START":
             fail(f"no START ({line!r})")
         cpu0, sched0, threads0 = server_cpu(pid)
-        stat0 = stat_cpu_ns(pid)
+        (user0, sys0) = stat_times_ns(pid)
         t0 = time.perf_counter()
         line = read_line(client, a.duration + 30)
         cpu1, sched1, threads1 = server_cpu(pid)
-        stat1 = stat_cpu_ns(pid)
+        (user1, sys1) = stat_times_ns(pid)
         t1 = time.perf_counter()
         if not line or not line.startswith("END "):
             fail(f"no END ({line!r})")
@@ -382,7 +387,11 @@ def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
             "req_per_s": n / (t1 - t0),
             "server_cpu_ns": cpu1 - cpu0,
             "server_cpu_util": (cpu1 - cpu0) / 1e9 / (t1 - t0),
-            "stat_cpu_ns": stat1 - stat0,
+            "stat_cpu_ns": (user1 + sys1) - (user0 + sys0),
+            # The user-space and kernel shares of that (tick resolution): where a loop's CPU
+            # per request goes.
+            "stat_user_ns": user1 - user0,
+            "stat_sys_ns": sys1 - sys0,
             "schedstat_ns": sched1 - sched0,
             "threads": [threads0, threads1],
             "client_note": last_line(client_err),

@@ -987,6 +987,126 @@ pub fn keep_spare_bytes(data: Bound<'_, PyAny>) {
     }
 }
 
+extern "C" {
+    // CPython's `bytes` resize for an object nothing else references (3.10-3.14, exported,
+    // not limited API; pyo3-ffi declares it crate-private).
+    fn _PyBytes_Resize(
+        bytes: *mut *mut ffi::PyObject,
+        size: ffi::Py_ssize_t,
+    ) -> std::os::raw::c_int;
+}
+
+/// A `bytes` object filled in place: made with room for some bytes, written through a
+/// writable `memoryview` of its unused part, then cut to what was written. Only this value
+/// references the object until [`finish`](Self::finish) hands it out, so nothing can see its
+/// contents change.
+pub struct BytesBuilder<'py> {
+    object: Option<Bound<'py, PyAny>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl<'py> BytesBuilder<'py> {
+    /// Room for `capacity` bytes (at least one).
+    pub fn new(py: Python<'py>, capacity: usize) -> PyResult<Self> {
+        let capacity = capacity.max(1);
+        // SAFETY: the GIL is held; a NULL source makes an uninitialised `bytes` of that size
+        // (a new reference, or NULL with an exception set).
+        let object = unsafe {
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyBytes_FromStringAndSize(ptr::null(), capacity as ffi::Py_ssize_t),
+            )?
+        };
+        Ok(BytesBuilder {
+            object: Some(object),
+            len: 0,
+            capacity,
+        })
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// How many more bytes fit.
+    pub fn room(&self) -> usize {
+        self.capacity - self.len
+    }
+
+    /// Room for `more` bytes beyond what was written.
+    pub fn reserve(&mut self, more: usize) -> PyResult<()> {
+        if self.room() >= more {
+            return Ok(());
+        }
+        self.resize(self.len + more)?;
+        self.capacity = self.len + more;
+        Ok(())
+    }
+
+    /// `fill(view)` with a writable `memoryview` of the unused part; `fill` returns how many
+    /// bytes it wrote at the start of it (at most its length). The view is released before
+    /// this returns: `fill` may hand it to code that keeps it, which then finds it released.
+    pub fn fill(
+        &mut self,
+        fill: impl FnOnce(&Bound<'py, PyAny>) -> PyResult<usize>,
+    ) -> PyResult<usize> {
+        let Some(object) = self.object.as_ref() else {
+            return Ok(0);
+        };
+        let py = object.py();
+        let room = self.room();
+        // SAFETY: `object` is a `bytes` of `capacity` bytes that only this value references;
+        // the view covers its bytes from `len` to `capacity`, and is released (below) before
+        // the object is resized or handed out.
+        let view = unsafe {
+            let data = ffi::PyBytes_AsString(object.as_ptr()).add(self.len);
+            Bound::from_owned_ptr_or_err(
+                py,
+                ffi::PyMemoryView_FromMemory(data, room as ffi::Py_ssize_t, ffi::PyBUF_WRITE),
+            )?
+        };
+        let written = fill(&view);
+        if let Err(error) = view.call_method0(pyo3::intern!(py, "release")) {
+            // Still exported (a consumer kept a `Py_buffer` of it): the memory must outlive
+            // it, so the object is left to leak rather than freed or resized.
+            std::mem::forget(self.object.take());
+            return Err(error);
+        }
+        let written = written?.min(room);
+        self.len += written;
+        Ok(written)
+    }
+
+    /// The `bytes` of what was written (CPython's empty `bytes` when nothing was).
+    pub fn finish(mut self) -> PyResult<Bound<'py, PyAny>> {
+        self.resize(self.len)?;
+        self.object
+            .take()
+            .ok_or_else(|| pyo3::exceptions::PyBufferError::new_err("bytes still exported"))
+    }
+
+    fn resize(&mut self, size: usize) -> PyResult<()> {
+        let Some(object) = self.object.take() else {
+            return Err(pyo3::exceptions::PyBufferError::new_err(
+                "bytes still exported",
+            ));
+        };
+        let py = object.py();
+        let mut raw = object.into_ptr();
+        // SAFETY: `raw` is a `bytes` that nothing else references (this value's reference,
+        // given up here): `_PyBytes_Resize` reallocates it, or frees it and sets NULL with an
+        // exception set.
+        if unsafe { _PyBytes_Resize(&mut raw, size as ffi::Py_ssize_t) } < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        // SAFETY: the (possibly moved) object, our reference.
+        self.object = Some(unsafe { Bound::from_owned_ptr(py, raw) });
+        Ok(())
+    }
+}
+
 /// `memoryview(obj)` (`PyMemoryView_FromObject`).
 pub fn memoryview<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     // SAFETY: the GIL is held; a new reference or NULL with an exception set.

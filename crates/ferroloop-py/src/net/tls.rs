@@ -25,7 +25,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PySlice, PyTuple, PyType};
 
 use super::transport::dict_attr;
-use crate::ffi::{bytes_len, instance_dict};
+use crate::ffi::{bytes_len, instance_dict, BytesBuilder};
 
 /// What the native methods compare with, given once by `ferroloop._sslproto`.
 struct Constants {
@@ -232,12 +232,39 @@ fn read_copied(protocol: &Protocol<'_>) -> PyResult<()> {
     let py = protocol.py();
     let (sslobj, exact) = protocol.ssl_object()?;
     let incoming = get!(protocol, "_incoming")?;
-    let max_size = get!(protocol, "max_size")?;
-    let again = protocol.constants.again_errors.bind(py);
+    let (data, close_notify) = match exact {
+        true => read_in_place(&sslobj, &incoming, protocol.constants)?,
+        false => read_chunks(&sslobj, &get!(protocol, "max_size")?, protocol.constants)?,
+    };
+    if let Some(data) = data {
+        let app = get!(protocol, "_app_protocol")?;
+        app.call_method1(intern!(py, "data_received"), (data,))?;
+    }
+    if close_notify {
+        call!(protocol, "_call_eof_received")?;
+        call!(protocol, "_start_shutdown")?;
+    }
+    Ok(())
+}
+
+/// What asyncio's read loop gives: the data decrypted (`None` when none), and whether the
+/// peer's `close_notify` ended it.
+type Decrypted<'py> = (Option<Bound<'py, PyAny>>, bool);
+
+/// asyncio's read loop for an SSL object that is not exactly `ssl.SSLObject`: `read(max_size)`
+/// until it raises `SSLWantReadError` (or another of `SSLAgainErrors`) or gives `b''`, the
+/// chunks joined.
+fn read_chunks<'py>(
+    sslobj: &Bound<'py, PyAny>,
+    max_size: &Bound<'py, PyAny>,
+    constants: &Constants,
+) -> PyResult<Decrypted<'py>> {
+    let py = sslobj.py();
+    let again = constants.again_errors.bind(py);
     let mut chunks: Vec<Bound<'_, PyAny>> = Vec::new();
     let mut close_notify = false;
     loop {
-        let chunk = match sslobj.call_method1(intern!(py, "read"), (&max_size,)) {
+        let chunk = match sslobj.call_method1(intern!(py, "read"), (max_size,)) {
             Ok(chunk) => chunk,
             Err(error) if error.matches(py, again)? => break,
             Err(error) => return Err(error),
@@ -247,38 +274,75 @@ fn read_copied(protocol: &Protocol<'_>) -> PyResult<()> {
             break;
         }
         chunks.push(chunk);
-        // Nothing left to decrypt: asyncio's next read would raise SSLWantReadError.
-        if exact
-            && pending(&incoming.getattr(intern!(py, "pending"))?)
-            && pending(&sslobj.call_method0(intern!(py, "pending"))?)
-        {
+    }
+    let data = match chunks.len() {
+        0 => None,
+        1 => chunks.pop(),
+        _ => Some(
+            PyBytes::new(py, b"").call_method1(intern!(py, "join"), (PyList::new(py, chunks)?,))?,
+        ),
+    };
+    Ok((data, close_notify))
+}
+
+/// The same read loop on `ssl.SSLObject`'s C object, decrypting into one `bytes` object made
+/// for it: `read(n, buffer)` into its unused part, the object sized from what the incoming
+/// BIO and the SSL object hold and grown when a record's start was read before, then cut to
+/// what came. asyncio's `read(max_size)` allocates `max_size` (256 KiB) per record and
+/// `b''.join` copies the records again; the data `data_received` gets is the same.
+fn read_in_place<'py>(
+    sslobj: &Bound<'py, PyAny>,
+    incoming: &Bound<'py, PyAny>,
+    constants: &Constants,
+) -> PyResult<Decrypted<'py>> {
+    let py = sslobj.py();
+    let again = constants.again_errors.bind(py);
+    let count = |value: PyResult<Bound<'py, PyAny>>| -> Option<usize> {
+        value.ok()?.extract::<usize>().ok()
+    };
+    let waiting = |sslobj: &Bound<'py, PyAny>| {
+        (
+            count(incoming.getattr(intern!(py, "pending"))),
+            count(sslobj.call_method0(intern!(py, "pending"))),
+        )
+    };
+    let (encrypted, decrypted) = waiting(sslobj);
+    let mut data = BytesBuilder::new(py, encrypted.unwrap_or(0) + decrypted.unwrap_or(0))?;
+    let mut close_notify = false;
+    loop {
+        // Full: a record whose start was read by an earlier call (the SSL object keeps it,
+        // the BIO no longer counts it) can hold more than was estimated.
+        if data.room() == 0 {
+            data.reserve(RECORD)?;
+        }
+        let read = data.fill(|view| {
+            sslobj
+                .call_method1(intern!(py, "read"), (view.len()?, view))?
+                .extract::<usize>()
+        });
+        match read {
+            Ok(0) => {
+                close_notify = true;
+                break;
+            }
+            Ok(_) => {}
+            Err(error) if error.matches(py, again)? => break,
+            Err(error) => return Err(error),
+        }
+        // Nothing left to decrypt: the next read could only raise SSLWantReadError.
+        if waiting(sslobj) == (Some(0), Some(0)) {
             break;
         }
     }
-    match chunks.len() {
-        0 => {}
-        1 => {
-            let app = get!(protocol, "_app_protocol")?;
-            app.call_method1(intern!(py, "data_received"), (chunks.pop(),))?;
-        }
-        _ => {
-            let data = PyBytes::new(py, b"")
-                .call_method1(intern!(py, "join"), (PyList::new(py, chunks)?,))?;
-            let app = get!(protocol, "_app_protocol")?;
-            app.call_method1(intern!(py, "data_received"), (data,))?;
-        }
-    }
-    if close_notify {
-        call!(protocol, "_call_eof_received")?;
-        call!(protocol, "_start_shutdown")?;
-    }
-    Ok(())
+    let data = match data.is_empty() {
+        true => None,
+        false => Some(data.finish()?),
+    };
+    Ok((data, close_notify))
 }
 
-/// `count == 0` for an int count (anything else counts as not empty).
-fn pending(count: &Bound<'_, PyAny>) -> bool {
-    matches!(count.extract::<isize>(), Ok(0))
-}
+/// Room kept free for one more read: a TLS record's largest plaintext (16 KiB).
+const RECORD: usize = 16 * 1024;
 
 /// asyncio's `_process_outgoing`: what the SSL object wrote goes to the socket transport.
 fn process_outgoing(protocol: &Protocol<'_>) -> PyResult<()> {
