@@ -6,9 +6,15 @@ callbacks, arguments and contexts never leak from one use to the next. They run 
 on asyncio they simply describe asyncio's behaviour.
 """
 
+import asyncio
 import contextvars
 import gc
+import socket
 import weakref
+
+import pytest
+
+import ferroloop
 
 var = contextvars.ContextVar("var", default="unset")
 
@@ -462,3 +468,63 @@ def test_a_transports_reader_keeps_what_data_received_set(loop):
             (b"b3", "b2"),
         ]
     )
+
+
+def test_removed_reader_handles_are_reused_only_when_nobody_holds_them(loop):
+    """A reader handle that nothing else references is kept when removed and reused by the
+    next ``add_reader`` (ferroloop, outside debug mode); one that code holds (the selector
+    view gives handles out) stays the cancelled handle it was, and the new reader gets
+    another. Either way each reader runs its own callback with its own arguments."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    ran = []
+
+    def on_ready(tag):
+        a.recv(10)
+        ran.append(tag)
+
+    try:
+        for round_ in range(3):
+            loop.add_reader(a.fileno(), on_ready, ("first", round_))
+            b.send(b"x")
+            loop.run_until_complete(asyncio.sleep(0.01))
+            assert loop.remove_reader(a.fileno())
+        # A handle held by code is not reused: it stays cancelled and keeps its identity.
+        loop.add_reader(a.fileno(), on_ready, "held")
+        held = loop._selector.get_key(a.fileno()).data[0]
+        assert not held.cancelled()
+        assert loop.remove_reader(a.fileno())
+        assert held.cancelled()
+        loop.add_reader(a.fileno(), on_ready, "after")
+        fresh = loop._selector.get_key(a.fileno()).data[0]
+        assert fresh is not held
+        assert held.cancelled() and not fresh.cancelled()
+        b.send(b"y")
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert loop.remove_reader(a.fileno())
+        assert fresh.cancelled()
+    finally:
+        a.close()
+        b.close()
+    assert ran == [("first", 0), ("first", 1), ("first", 2), "after"]
+
+
+@pytest.mark.nodebug
+def test_removed_reader_handle_is_reused_outside_debug_mode():
+    loop = ferroloop.new_event_loop()
+    a, b = socket.socketpair()
+    try:
+        loop.add_reader(a.fileno(), lambda: None)
+        assert loop._io_pool_len() == 0
+        assert loop.remove_reader(a.fileno())
+        assert loop._io_pool_len() == 1
+        loop.add_reader(a.fileno(), lambda: None)
+        assert loop._io_pool_len() == 0
+        held = loop._selector.get_key(a.fileno()).data[0]
+        assert loop.remove_reader(a.fileno())
+        assert loop._io_pool_len() == 0  # held above: not reused
+        del held
+    finally:
+        a.close()
+        b.close()
+        loop.close()

@@ -11,9 +11,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 
-use super::{new_untracked, Loop, Ready};
+use super::{new_untracked, Loop, Ready, IO_POOL_SIZE};
 use crate::errors::os_error;
-use crate::ffi::check_signals;
+use crate::ffi::{check_signals, sole_owner};
 use crate::handles::{Args, Handle, Kind};
 
 /// `(fileobj, events, reader, writer)` of one fd, as `loop._fd_key` returns it.
@@ -246,10 +246,23 @@ impl Loop {
         let py = slf.py();
         let this = slf.get();
         this.check_closed(py)?;
-        let handle = new_untracked(
-            py,
-            this.make_handle(py, Kind::Io, f64::NAN, callback, args, context)?,
-        )?;
+        let pooled = match this.is_debug() {
+            true => None,
+            false => this.state.borrow_mut(py).io_pool.pop(),
+        };
+        let handle = match pooled {
+            Some(handle) => {
+                let (context, shared_context) = this.handle_context(py, context)?;
+                handle
+                    .get()
+                    .reset(py, callback.unbind(), args, context, shared_context);
+                handle
+            }
+            None => new_untracked(
+                py,
+                this.make_handle(py, Kind::Io, f64::NAN, callback, args, context)?,
+            )?,
+        };
         let previous = {
             let mut state = this.state.borrow_mut(py);
             let state = &mut *state;
@@ -367,7 +380,27 @@ impl Loop {
             previous
         };
         Handle::cancel_impl(previous.bind(py))?;
+        this.recycle_io(py, previous);
         Ok(true)
+    }
+
+    /// Keep a removed (cancelled) reader or writer handle for reuse, if nothing else can see
+    /// it: not the ready queue (an event of this iteration), not a caller that holds it (the
+    /// selector view gives handles out), not a weak reference. Not in debug mode, where
+    /// handles carry the traceback of where they were made.
+    fn recycle_io(&self, py: Python<'_>, handle: Py<Handle>) {
+        if self.is_debug() || !sole_owner(handle.bind(py).as_any()) {
+            handle.drop_ref(py);
+            return;
+        }
+        handle.get().clear(py);
+        let mut state = self.state.borrow_mut(py);
+        if state.io_pool.len() < IO_POOL_SIZE {
+            state.io_pool.push(handle);
+            return;
+        }
+        drop(state);
+        handle.drop_ref(py);
     }
 
     /// Remember the socket object (a weak reference) whose `sock_*` wait parked `fd`'s reader.

@@ -59,6 +59,8 @@ const HANDLE_POOL_MAX: usize = 1 << 18;
 const HANDLE_POOL_IDLE: usize = 1024;
 /// How many fired or cancelled timer handles a loop keeps for reuse.
 const TIMER_POOL_SIZE: usize = 1024;
+/// Reader and writer handles kept for reuse (see `LoopState::io_pool`).
+const IO_POOL_SIZE: usize = 1024;
 /// Seconds a surplus of pooled handles is kept before an idle loop gives it back.
 const HANDLE_POOL_GRACE: f64 = 1.0;
 
@@ -120,6 +122,11 @@ struct LoopState {
     handle_pool: Vec<Py<Handle>>,
     /// The same for `TimerHandle`s (stored as their `Handle` base).
     timer_pool: Vec<Py<Handle>>,
+    /// The same for reader and writer handles, kept when they are removed (`io.rs`): a
+    /// server's connections each register a reader and remove it at the end, and every
+    /// allocation of a GC type (which every pyo3 object is) counts towards the cyclic GC's
+    /// next collection.
+    io_pool: Vec<Py<Handle>>,
     /// asyncio's `_task_factory` (`set_task_factory`/`get_task_factory`).
     task_factory: Option<Py<PyAny>>,
     /// While `run_forever` runs: the frame that called it, where the loop's own machinery
@@ -662,6 +669,7 @@ impl Loop {
                 run_forever_caller: None,
                 handle_pool: Vec::with_capacity(HANDLE_POOL_IDLE),
                 timer_pool: Vec::new(),
+                io_pool: Vec::new(),
             }),
             poller: Mutex::new(poller),
             running_tstate: AtomicPtr::new(std::ptr::null_mut()),
@@ -984,6 +992,7 @@ impl Loop {
             (
                 std::mem::take(&mut state.handle_pool),
                 std::mem::take(&mut state.timer_pool),
+                std::mem::take(&mut state.io_pool),
             )
         };
         drop(pools);
@@ -1050,5 +1059,10 @@ impl Loop {
     /// Number of ran `call_soon` handles kept for reuse (for tests).
     fn _handle_pool_len(&self, py: Python<'_>) -> usize {
         self.state.borrow(py).handle_pool.len()
+    }
+
+    /// Number of removed reader and writer handles kept for reuse (for tests).
+    fn _io_pool_len(&self, py: Python<'_>) -> usize {
+        self.state.borrow(py).io_pool.len()
     }
 }
