@@ -151,13 +151,14 @@ def test_sendto_argument_forms(loop):
     transport.sendto(data=b"c", addr=addr)
     transport.sendto(memoryview(b"xdx")[1:2], addr)
     assert [peer.recv(10) for _ in range(4)] == [b"a", b"b", b"c", b"d"]
-    errors = []
-    for args, kwargs in (
+    wrong_calls = (
         ((b"e", addr, 1), {}),
         ((b"e",), {"address": addr}),
         ((), {}),
         ((b"e", addr), {"addr": addr}),
-    ):
+    )
+    errors = []
+    for args, kwargs in wrong_calls:
         with pytest.raises(TypeError) as info:
             transport.sendto(*args, **kwargs)
         errors.append(str(info.value))
@@ -167,12 +168,7 @@ def test_sendto_argument_forms(loop):
     # The messages asyncio's method gives, on either loop.
     method = selector_events._SelectorDatagramTransport.sendto
     expected = []
-    for args, kwargs in (
-        ((b"e", addr, 1), {}),
-        ((b"e",), {"address": addr}),
-        ((), {}),
-        ((b"e", addr), {"addr": addr}),
-    ):
+    for args, kwargs in wrong_calls:
         with pytest.raises(TypeError) as info:
             method(object(), *args, **kwargs)
         expected.append(str(info.value))

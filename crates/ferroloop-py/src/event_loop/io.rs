@@ -11,7 +11,7 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyTuple, PyWeakrefMethods, PyWeakrefReference};
 
-use super::{new_untracked, Loop, Ready, IO_POOL_SIZE};
+use super::{Loop, Ready, IO_POOL_SIZE};
 use crate::errors::os_error;
 use crate::ffi::{check_signals, sole_owner};
 use crate::handles::{Args, Handle, Kind};
@@ -246,23 +246,7 @@ impl Loop {
         let py = slf.py();
         let this = slf.get();
         this.check_closed(py)?;
-        let pooled = match this.is_debug() {
-            true => None,
-            false => this.state.borrow_mut(py).io_pool.pop(),
-        };
-        let handle = match pooled {
-            Some(handle) => {
-                let (context, shared_context) = this.handle_context(py, context)?;
-                handle
-                    .get()
-                    .reset(py, callback.unbind(), args, context, shared_context);
-                handle
-            }
-            None => new_untracked(
-                py,
-                this.make_handle(py, Kind::Io, f64::NAN, callback, args, context)?,
-            )?,
-        };
+        let handle = this.pooled_or_new(py, Kind::Io, callback, args, context)?;
         let previous = {
             let mut state = this.state.borrow_mut(py);
             let state = &mut *state;

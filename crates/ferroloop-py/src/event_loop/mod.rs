@@ -245,29 +245,49 @@ impl Loop {
             this.check_closed(py)?;
             check_callable(py, &callback, method)?;
         }
-        let pooled = if debug {
-            None
-        } else {
-            this.state.borrow_mut(py).handle_pool.pop()
-        };
-        let handle = match pooled {
-            Some(handle) => {
-                let (context, shared_context) = this.handle_context(py, context)?;
-                handle
-                    .get()
-                    .reset(py, callback.unbind(), args, context, shared_context);
-                handle
-            }
-            None => new_untracked(
-                py,
-                this.make_handle(py, Kind::Soon, f64::NAN, callback, args, context)?,
-            )?,
-        };
+        let handle = this.pooled_or_new(py, Kind::Soon, callback, args, context)?;
         this.state
             .borrow_mut(py)
             .ready
             .push_back(Ready::Native(handle.clone_ref(py)));
         Ok(handle)
+    }
+
+    /// A `call_soon` (`Kind::Soon`) or reader/writer (`Kind::Io`) handle for `callback`: one
+    /// from that kind's pool outside debug mode when there is one (debug-mode handles carry a
+    /// source traceback), a new one otherwise.
+    #[inline(always)]
+    fn pooled_or_new(
+        &self,
+        py: Python<'_>,
+        kind: Kind,
+        callback: Bound<'_, PyAny>,
+        args: Option<Args>,
+        context: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<Py<Handle>> {
+        let pooled = match self.is_debug() {
+            true => None,
+            false => {
+                let mut state = self.state.borrow_mut(py);
+                match kind {
+                    Kind::Io => state.io_pool.pop(),
+                    _ => state.handle_pool.pop(),
+                }
+            }
+        };
+        match pooled {
+            Some(handle) => {
+                let (context, shared_context) = self.handle_context(py, context)?;
+                handle
+                    .get()
+                    .reset(py, callback.unbind(), args, context, shared_context);
+                Ok(handle)
+            }
+            None => new_untracked(
+                py,
+                self.make_handle(py, kind, f64::NAN, callback, args, context)?,
+            ),
+        }
     }
 
     /// Keep a `call_soon` handle that ran for reuse, if nothing else can see it.

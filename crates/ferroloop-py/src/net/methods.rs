@@ -47,6 +47,18 @@ fn native_reader<'py>(transport: &Bound<'py, PyAny>) -> Option<Bound<'py, Transp
     reader.ok()?.cast_into::<TransportReader>().ok()
 }
 
+/// How many keyword arguments a vectorcall passes.
+///
+/// # Safety
+/// `kwnames` is a vectorcall's names: NULL or a tuple.
+unsafe fn keyword_count(kwnames: *mut ffi::PyObject) -> ffi::Py_ssize_t {
+    match kwnames.is_null() {
+        true => 0,
+        // SAFETY: a tuple of names when it is not NULL (the caller's).
+        false => unsafe { ffi::PyTuple_GET_SIZE(kwnames) },
+    }
+}
+
 /// `method(transport, *args, **kwargs)` for a fast call's arguments.
 ///
 /// # Safety
@@ -59,11 +71,8 @@ unsafe fn delegate(
     kwnames: *mut ffi::PyObject,
 ) -> PyResult<*mut ffi::PyObject> {
     let py = method.py();
-    let keywords = match kwnames.is_null() {
-        true => 0,
-        // SAFETY: `kwnames` is a tuple of names when it is not NULL.
-        false => unsafe { ffi::PyTuple_GET_SIZE(kwnames) },
-    };
+    // SAFETY: (the caller's) a vectorcall's names.
+    let keywords = unsafe { keyword_count(kwnames) };
     let mut vector = Vec::with_capacity((1 + nargs + keywords) as usize);
     vector.push(transport);
     // SAFETY: a vectorcall passes `nargs` positional then `keywords` keyword values.
@@ -186,11 +195,8 @@ unsafe fn datagram_sendto(
     // SAFETY: as in `write`.
     let transport = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
     // `sendto(data)`, `sendto(data, addr)` or `sendto(data, addr=addr)`.
-    let keywords = match kwnames.is_null() {
-        true => 0,
-        // SAFETY: `kwnames` is a tuple of names when it is not NULL.
-        false => unsafe { ffi::PyTuple_GET_SIZE(kwnames) },
-    };
+    // SAFETY: CPython's names.
+    let keywords = unsafe { keyword_count(kwnames) };
     let plain = match (nargs, keywords) {
         (1, 0) | (2, 0) => true,
         // SAFETY: a tuple of one name.
