@@ -21,7 +21,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use ferroloop_core::metrics::{Sample, StallDetector, StallEvent};
+use ferroloop_core::metrics::{Sample, StallDetector, StallEvent, StealMeter};
 use ferroloop_core::sys::clock::monotonic_ns;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
@@ -105,9 +105,10 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
     let tick = tick_for(threshold_ns);
     let probe = &shared.probe;
     let mut detector = StallDetector::new(threshold_ns);
+    let mut steal = StealMeter::default();
     // The current block was announced with a "blocked" report (so its end gets one too).
     let mut announced = false;
-    let take_sample = |stopping: bool| {
+    let mut take_sample = |stopping: bool| {
         // When stopping, the loop is closing: a block announced before has ended, and its end
         // is reported now (before `stop()` returns) rather than lost.
         let running = !stopping && probe.is_running();
@@ -119,6 +120,11 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
             parked,
             progress: probe.progress(),
             cpu_ns: if busy { probe.loop_cpu_ns() } else { None },
+            stolen_ns: if busy {
+                steal.charged_ns(probe.loop_tid())
+            } else {
+                None
+            },
         }
     };
     // A first look right away: a block that is already going on is then dated from the

@@ -223,6 +223,11 @@ impl Probe {
         thread::thread_runnable_ns(self.loop_tid.load(Relaxed))
     }
 
+    /// The kernel's id of the thread that runs (or last ran) the loop.
+    pub fn loop_tid(&self) -> i32 {
+        self.loop_tid.load(Relaxed)
+    }
+
     pub fn set_timing(&self, enabled: bool) {
         if enabled {
             self.flags.fetch_or(FLAG_TIMING, Relaxed);
@@ -331,6 +336,44 @@ impl Drop for RunGuard<'_> {
     }
 }
 
+/// The steal time of the CPUs a thread ran on, summed over the watchdog's looks at it: time a
+/// virtual machine's host took from the thread while it wanted to run, which its own
+/// accounting ([`thread::thread_runnable_ns`]) leaves out. On a host that takes half of its
+/// CPUs' time, a CPU-bound thread is runnable for only half of the wall time.
+///
+/// Each look charges the steal of the CPU the thread is on now since the previous look. A
+/// thread that moved between CPUs in between is charged its new CPU's steal, and a thread
+/// that slept is charged steal it did not suffer; the watchdog divides the thread's runnable
+/// time by the wall time less the steal, so a sleeping thread still scores near 0.
+#[derive(Debug, Default)]
+pub struct StealMeter {
+    /// Every CPU's steal time at the previous look (ns).
+    previous: Vec<u64>,
+    current: Vec<u64>,
+    charged_ns: u64,
+}
+
+impl StealMeter {
+    /// The steal time charged to thread `tid` so far, or `None` when it cannot be known (no
+    /// `/proc`, the thread is gone).
+    pub fn charged_ns(&mut self, tid: i32) -> Option<u64> {
+        let cpu = thread::thread_processor(tid)?;
+        if !crate::sys::steal::read_cpu_steal_ns(&mut self.current) {
+            return None;
+        }
+        Some(self.charge(cpu))
+    }
+
+    /// Charges CPU `cpu`'s steal since the previous reading (now in `current`).
+    fn charge(&mut self, cpu: usize) -> u64 {
+        if let (Some(&now), Some(&before)) = (self.current.get(cpu), self.previous.get(cpu)) {
+            self.charged_ns += now.saturating_sub(before);
+        }
+        std::mem::swap(&mut self.previous, &mut self.current);
+        self.charged_ns
+    }
+}
+
 /// One look of the watchdog at the loop.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -339,6 +382,8 @@ pub struct Sample {
     pub parked: bool,
     pub progress: u64,
     pub cpu_ns: Option<u64>,
+    /// Steal time charged to the loop thread so far ([`StealMeter`]); `None` counts as none.
+    pub stolen_ns: Option<u64>,
 }
 
 /// What the watchdog must report.
@@ -346,7 +391,8 @@ pub struct Sample {
 pub enum StallEvent {
     /// The loop has been stuck in one callback (or one stretch of its own code) for
     /// `blocked_ns`, since about `started_ns`. `cpu_fraction` is the share of that time the
-    /// loop thread was runnable (on a CPU or waiting for one) (near 1: CPU-bound work; near 0: a blocking call).
+    /// loop thread was runnable (on a CPU or waiting for one), leaving out the time the host
+    /// took from its CPU (near 1: CPU-bound work; near 0: a blocking call).
     Blocked {
         started_ns: i64,
         blocked_ns: i64,
@@ -372,6 +418,8 @@ pub struct StallDetector {
     first_seen_ns: i64,
     first_cpu_ns: Option<u64>,
     last_cpu_ns: Option<u64>,
+    first_stolen_ns: Option<u64>,
+    last_stolen_ns: Option<u64>,
     last_seen_ns: i64,
     last_sample_ns: i64,
     busy: bool,
@@ -387,6 +435,8 @@ impl StallDetector {
             first_seen_ns: 0,
             first_cpu_ns: None,
             last_cpu_ns: None,
+            first_stolen_ns: None,
+            last_stolen_ns: None,
             last_seen_ns: 0,
             last_sample_ns: 0,
             busy: false,
@@ -404,13 +454,31 @@ impl StallDetector {
         }
     }
 
-    fn cpu_fraction(&self, until_ns: i64, until_cpu: Option<u64>) -> Option<f64> {
+    /// The loop thread's runnable share of the wall time since the stretch's first sample,
+    /// the wall time less what the host took from its CPU.
+    fn cpu_fraction(
+        &self,
+        until_ns: i64,
+        until_cpu: Option<u64>,
+        until_stolen: Option<u64>,
+    ) -> Option<f64> {
         let (first, last) = (self.first_cpu_ns?, until_cpu?);
         let wall = until_ns - self.first_seen_ns;
         if wall <= 0 {
             return None;
         }
-        Some((last.saturating_sub(first) as f64 / wall as f64).clamp(0.0, 1.0))
+        let runnable = last.saturating_sub(first) as f64;
+        let stolen = match (self.first_stolen_ns, until_stolen) {
+            (Some(first), Some(last)) => last.saturating_sub(first) as f64,
+            _ => 0.0,
+        };
+        let available = wall as f64 - stolen;
+        if available <= 0.0 {
+            // The host took all of it (steal is counted in 10 ms ticks, so it can overshoot):
+            // whatever ran, ran all the time it could.
+            return Some(if runnable > 0.0 { 1.0 } else { 0.0 });
+        }
+        Some((runnable / available).clamp(0.0, 1.0))
     }
 
     /// Whether a block was reported and its end not yet.
@@ -426,6 +494,7 @@ impl StallDetector {
         if busy && self.busy && sample.progress == self.progress {
             self.last_seen_ns = sample.now_ns;
             self.last_cpu_ns = sample.cpu_ns;
+            self.last_stolen_ns = sample.stolen_ns;
             let blocked_ns = sample.now_ns - self.started_ns();
             if self.reported.is_none() && blocked_ns >= self.threshold_ns {
                 let started_ns = self.started_ns();
@@ -433,7 +502,7 @@ impl StallDetector {
                 return Some(StallEvent::Blocked {
                     started_ns,
                     blocked_ns,
-                    cpu_fraction: self.cpu_fraction(sample.now_ns, sample.cpu_ns),
+                    cpu_fraction: self.cpu_fraction(sample.now_ns, sample.cpu_ns, sample.stolen_ns),
                 });
             }
             return None;
@@ -446,7 +515,11 @@ impl StallDetector {
             StallEvent::Released {
                 started_ns,
                 total_ns: end - started_ns,
-                cpu_fraction: self.cpu_fraction(self.last_seen_ns, self.last_cpu_ns),
+                cpu_fraction: self.cpu_fraction(
+                    self.last_seen_ns,
+                    self.last_cpu_ns,
+                    self.last_stolen_ns,
+                ),
             }
         });
         self.previous_ns = previous_sample_ns;
@@ -456,6 +529,8 @@ impl StallDetector {
         self.last_seen_ns = sample.now_ns;
         self.first_cpu_ns = sample.cpu_ns;
         self.last_cpu_ns = sample.cpu_ns;
+        self.first_stolen_ns = sample.stolen_ns;
+        self.last_stolen_ns = sample.stolen_ns;
         event
     }
 }

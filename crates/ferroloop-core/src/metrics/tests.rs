@@ -11,6 +11,7 @@ fn sample(now_ms: i64, progress: u64) -> Sample {
         parked: false,
         progress,
         cpu_ns: Some(0),
+        stolen_ns: None,
     }
 }
 
@@ -90,6 +91,58 @@ fn cpu_fraction_tells_cpu_bound_from_blocking() {
         }) => assert!((f - 0.95).abs() < 1e-9),
         other => panic!("{other:?}"),
     }
+}
+
+/// The fraction of a block over 100 ms in which the loop thread was runnable for
+/// `runnable_ms`, its CPU's steal having grown by `stolen_ms` (`None`: unknown).
+fn fraction_with_steal(runnable_ms: u64, stolen_ms: Option<u64>) -> Option<f64> {
+    let mut detector = StallDetector::new(50 * MS);
+    detector.observe(sample(0, 1), None);
+    let mut s = sample(10, 2);
+    s.cpu_ns = Some(1_000);
+    s.stolen_ns = stolen_ms.map(|_| 7 * MS as u64);
+    detector.observe(s, None);
+    s = sample(110, 2);
+    s.cpu_ns = Some(1_000 + runnable_ms * MS as u64);
+    s.stolen_ns = stolen_ms.map(|ms| (7 + ms) * MS as u64);
+    match detector.observe(s, None) {
+        Some(StallEvent::Blocked { cpu_fraction, .. }) => cpu_fraction,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn steal_time_is_left_out_of_the_wall_time() {
+    // A CPU-bound thread on a host that took half of its CPU.
+    assert_eq!(fraction_with_steal(50, Some(50)), Some(1.0));
+    // Without the correction it would read as a blocking call.
+    assert_eq!(fraction_with_steal(50, None), Some(0.5));
+    // A thread blocked in a system call stays near 0 however much the host takes.
+    assert_eq!(fraction_with_steal(0, Some(60)), Some(0.0));
+    assert_eq!(fraction_with_steal(10, Some(60)), Some(0.25));
+    // Steal counted in whole ticks can exceed the wall time.
+    assert_eq!(fraction_with_steal(3, Some(110)), Some(1.0));
+    assert_eq!(fraction_with_steal(0, Some(110)), Some(0.0));
+}
+
+#[test]
+fn the_steal_meter_charges_the_cpu_the_thread_is_on() {
+    let mut meter = StealMeter {
+        current: vec![100, 1_000],
+        ..StealMeter::default()
+    };
+    // The first look has nothing to compare with.
+    assert_eq!(meter.charge(1), 0);
+    meter.current = vec![150, 1_400];
+    assert_eq!(meter.charge(1), 400);
+    // The thread moved to CPU 0: charged CPU 0's steal since the previous look.
+    meter.current = vec![170, 2_000];
+    assert_eq!(meter.charge(0), 420);
+    // A CPU that was not there before (came online) is charged from the next look.
+    meter.current = vec![170, 2_000, 5_000];
+    assert_eq!(meter.charge(2), 420);
+    meter.current = vec![170, 2_000, 5_030];
+    assert_eq!(meter.charge(2), 450);
 }
 
 #[test]

@@ -4,4 +4,5 @@
 
 pub mod clock;
 pub mod net;
+pub mod steal;
 pub mod thread;

@@ -57,6 +57,24 @@ pub fn thread_runnable_ns(tid: i32) -> Option<u64> {
     thread_cpu_time_ns(tid)
 }
 
+/// The CPU the thread `tid` of this process last ran on (`/proc/self/task/<tid>/stat`, field
+/// 39), or `None` when it cannot be read.
+pub fn thread_processor(tid: i32) -> Option<usize> {
+    if tid <= 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    processor_from_stat(&text)
+}
+
+/// Field 39 of a `/proc/.../stat` line. The second field (the command name, in parentheses)
+/// may hold spaces and parentheses, so fields are counted after its last `)`.
+fn processor_from_stat(text: &str) -> Option<usize> {
+    let after_name = &text[text.rfind(')')? + 1..];
+    // Field 3 is the first after the name; field 39 is the 37th after it.
+    after_name.split_ascii_whitespace().nth(36)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,6 +91,20 @@ mod tests {
         let b = thread_cpu_time_ns(tid).expect("own cpu clock");
         assert!(b > a);
         assert!(thread_runnable_ns(tid).expect("runnable time") > 0);
+    }
+
+    #[test]
+    fn the_processor_is_read_after_the_command_name() {
+        let mut line = String::from("42 (a (b) c) R");
+        for field in 4..=52 {
+            line.push_str(&format!(" {}", if field == 39 { 7 } else { 1000 + field }));
+        }
+        assert_eq!(processor_from_stat(&line), Some(7));
+        assert_eq!(processor_from_stat("42 (x) R 1 2"), None);
+        let own = thread_processor(current_tid()).expect("own processor");
+        // SAFETY: sysconf has no preconditions.
+        let configured = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+        assert!((own as libc::c_long) < configured, "{own} of {configured}");
     }
 
     #[test]
