@@ -533,6 +533,20 @@ def test_close_releases_the_callbacks_at_once_from_312(loop):
     b.close()
 
 
+async def _accepted_connection(loop):
+    """A server on 127.0.0.1, a blocking client socket connected to it, and the transport of
+    the connection the server accepted."""
+    made = loop.create_future()
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.set_result(transport)
+
+    server = await loop.create_server(P, "127.0.0.1", 0)
+    client = socket.create_connection(server.sockets[0].getsockname())
+    return server, client, await made
+
+
 @pytest.mark.parametrize("first_read", ["open", "after_close"])
 def test_extra_of_an_accepted_connection(loop, first_read):
     """ferroloop makes an accepted IPv4 connection's extra dict when first read: the same keys,
@@ -540,17 +554,9 @@ def test_extra_of_an_accepted_connection(loop, first_read):
     closed (the peer gone, the socket closed)."""
 
     async def main():
-        made = loop.create_future()
-
-        class P(asyncio.Protocol):
-            def connection_made(self, transport):
-                made.set_result(transport)
-
-        server = await loop.create_server(P, "127.0.0.1", 0)
+        server, client, t = await _accepted_connection(loop)
         address = server.sockets[0].getsockname()
-        client = socket.create_connection(address)
         client_address = client.getsockname()
-        t = await made
         seen = {}
         if first_read == "open":
             seen["open"] = (t.get_extra_info("peername"), t.get_extra_info("sockname"))
@@ -573,6 +579,42 @@ def test_extra_of_an_accepted_connection(loop, first_read):
         assert seen["open"] == (client_address, address)
     assert seen["socket"] == ("TransportSocket", -1, True)
     assert seen["missing"] == "default"
+
+
+def test_a_high_fd_is_one_int_for_the_transport_and_the_registry(loop):
+    """An idle connection holds its fd number once: asyncio's ``_sock_fd`` and the key of
+    ``loop._transports`` are one int object on ferroloop (a fd above 256 is not a cached small
+    int). Lookups by fd find the transport on both loops."""
+    import os
+
+    held = []
+    try:
+        # Push the next fds above 256.
+        base = socket.socket()
+        held.append(base)
+        while not held or held[-1].fileno() <= 300:
+            held.append(socket.socket(fileno=os.dup(base.fileno())))
+
+        async def main():
+            server, client, t = await _accepted_connection(loop)
+            fd = t._sock_fd
+            assert fd > 256
+            assert loop._transports[fd] is t
+            assert loop._transports.get(fd + 0) is t
+            keys = [key for key in loop._transports.data if key == fd]
+            client.close()
+            t.close()
+            server.close()
+            await server.wait_closed()
+            return fd, keys
+
+        fd, keys = loop.run_until_complete(main())
+        assert len(keys) == 1
+        if isinstance(loop, ferroloop.Loop):
+            assert keys[0] is fd
+    finally:
+        for sock in held:
+            sock.close()
 
 
 def test_unclosed_transport_warns_and_closes_its_socket(loop):

@@ -133,6 +133,32 @@ async def cruncher(window):
     return t
 
 
+def _stolen_ticks():
+    """The host's steal time so far, in clock ticks (``/proc/stat``'s ``steal``; 0 where
+    there is none)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def run_watching_the_host(main, recorder):
+    """``run_with_watchdog``, and whether the host took more than a fifth of the CPUs' time
+    meanwhile. The watchdog leaves the host's steal time out of a block's wall time, but a
+    virtual CPU that the host holds at the moment of the watchdog's look has not had that
+    time accounted yet (the guest kernel adds it when the CPU runs again): under heavy steal
+    a CPU-bound block can still read as a blocking call, so the tests check the cause "cpu"
+    only on a host that left the CPUs mostly alone."""
+    stolen = _stolen_ticks()
+    started = time.monotonic()
+    run_with_watchdog(main, recorder)
+    elapsed = time.monotonic() - started
+    stolen = (_stolen_ticks() - stolen) / os.sysconf("SC_CLK_TCK")
+    return stolen > 0.2 * elapsed * (os.cpu_count() or 1)
+
+
 def test_cpu_bound_in_coroutine():
     recorder = Recorder()
     window = []
@@ -140,16 +166,19 @@ def test_cpu_bound_in_coroutine():
     async def main(loop):
         await asyncio.create_task(cruncher(window), name="the-cruncher")
 
-    run_with_watchdog(main, recorder)
+    busy_host = run_watching_the_host(main, recorder)
     report = check_blocked_report(
         recorder,
         window,
         task_name="the-cruncher",
         function="cruncher",
         line=_line_of(cruncher, "# CPU"),
-        cause="cpu",
+        cause=None if busy_host else "cpu",
     )
-    assert "ProcessPoolExecutor" in report.hint
+    if busy_host:
+        assert report.cause in ("cpu", "blocking"), report
+    else:
+        assert "ProcessPoolExecutor" in report.hint
 
 
 async def receiver(window, sock):
@@ -234,7 +263,7 @@ def test_c_code_holding_the_gil_is_reported_when_it_lets_go():
     async def main(loop):
         await asyncio.create_task(holder(), name="the-holder")
 
-    run_with_watchdog(main, recorder)
+    busy_host = run_watching_the_host(main, recorder)
     blocked = recorder.of_kind("blocked") + recorder.of_kind("unseen")
     assert blocked, recorder.reports
     report = blocked[0][1]
@@ -244,7 +273,7 @@ def test_c_code_holding_the_gil_is_reported_when_it_lets_go():
             _line_of(holder, "GIL-HOLDER"),
             _line_of(holder, "while time.perf_counter()"),
         )
-        assert report.cause == "cpu", report
+        assert report.cause in (("cpu", "blocking") if busy_host else ("cpu",)), report
 
 
 # ---------------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
     let mut steal = StealMeter::default();
     // The current block was announced with a "blocked" report (so its end gets one too).
     let mut announced = false;
-    let mut take_sample = |stopping: bool| {
+    let take_sample = |stopping: bool| {
         // When stopping, the loop is closing: a block announced before has ended, and its end
         // is reported now (before `stop()` returns) rather than lost.
         let running = !stopping && probe.is_running();
@@ -120,11 +120,7 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
             parked,
             progress: probe.progress(),
             cpu_ns: if busy { probe.loop_cpu_ns() } else { None },
-            stolen_ns: if busy {
-                steal.charged_ns(probe.loop_tid())
-            } else {
-                None
-            },
+            stolen_ns: None,
         }
     };
     // A first look right away: a block that is already going on is then dated from the
@@ -132,7 +128,10 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
     detector.observe(take_sample(false), None);
     loop {
         let stopping = control.sleep(tick);
-        let sample = take_sample(stopping);
+        let mut sample = take_sample(stopping);
+        if detector.continues(&sample) {
+            sample.stolen_ns = steal.charged_ns(probe.loop_tid());
+        }
         let block_end = if detector.reported() {
             probe.block_end()
         } else {

@@ -416,9 +416,12 @@ pub struct StallDetector {
     previous_ns: i64,
     /// The first sample that saw `progress` while busy.
     first_seen_ns: i64,
-    first_cpu_ns: Option<u64>,
+    /// Where the runnable share is measured from: the stretch's first sample, or its first
+    /// with a steal reading (the watchdog reads steal only while a stretch goes on).
+    basis_ns: i64,
+    basis_cpu_ns: Option<u64>,
+    basis_stolen_ns: Option<u64>,
     last_cpu_ns: Option<u64>,
-    first_stolen_ns: Option<u64>,
     last_stolen_ns: Option<u64>,
     last_seen_ns: i64,
     last_sample_ns: i64,
@@ -433,9 +436,10 @@ impl StallDetector {
             progress: u64::MAX,
             previous_ns: 0,
             first_seen_ns: 0,
-            first_cpu_ns: None,
+            basis_ns: 0,
+            basis_cpu_ns: None,
+            basis_stolen_ns: None,
             last_cpu_ns: None,
-            first_stolen_ns: None,
             last_stolen_ns: None,
             last_seen_ns: 0,
             last_sample_ns: 0,
@@ -454,21 +458,21 @@ impl StallDetector {
         }
     }
 
-    /// The loop thread's runnable share of the wall time since the stretch's first sample,
-    /// the wall time less what the host took from its CPU.
+    /// The loop thread's runnable share of the wall time since the basis, the wall time less
+    /// what the host took from its CPU.
     fn cpu_fraction(
         &self,
         until_ns: i64,
         until_cpu: Option<u64>,
         until_stolen: Option<u64>,
     ) -> Option<f64> {
-        let (first, last) = (self.first_cpu_ns?, until_cpu?);
-        let wall = until_ns - self.first_seen_ns;
+        let (first, last) = (self.basis_cpu_ns?, until_cpu?);
+        let wall = until_ns - self.basis_ns;
         if wall <= 0 {
             return None;
         }
         let runnable = last.saturating_sub(first) as f64;
-        let stolen = match (self.first_stolen_ns, until_stolen) {
+        let stolen = match (self.basis_stolen_ns, until_stolen) {
             (Some(first), Some(last)) => last.saturating_sub(first) as f64,
             _ => 0.0,
         };
@@ -486,12 +490,19 @@ impl StallDetector {
         self.reported.is_some()
     }
 
+    /// Whether `sample` continues the current stretch: the loop busy in the same callback as
+    /// at the previous look. Only then does the watchdog read steal time (`/proc/stat`, whose
+    /// size grows with the number of CPUs), so a loop that keeps moving costs no reading.
+    pub fn continues(&self, sample: &Sample) -> bool {
+        sample.running && !sample.parked && self.busy && sample.progress == self.progress
+    }
+
     /// Look at a sample; `block_end_ns` is when the loop thread saw the reported callback end,
     /// if it did.
     pub fn observe(&mut self, sample: Sample, block_end_ns: Option<i64>) -> Option<StallEvent> {
         let busy = sample.running && !sample.parked;
         let previous_sample_ns = std::mem::replace(&mut self.last_sample_ns, sample.now_ns);
-        if busy && self.busy && sample.progress == self.progress {
+        if self.continues(&sample) {
             self.last_seen_ns = sample.now_ns;
             self.last_cpu_ns = sample.cpu_ns;
             self.last_stolen_ns = sample.stolen_ns;
@@ -504,6 +515,12 @@ impl StallDetector {
                     blocked_ns,
                     cpu_fraction: self.cpu_fraction(sample.now_ns, sample.cpu_ns, sample.stolen_ns),
                 });
+            }
+            if self.basis_stolen_ns.is_none() && sample.stolen_ns.is_some() {
+                // The first steal reading of this stretch: measure the share from here.
+                self.basis_ns = sample.now_ns;
+                self.basis_cpu_ns = sample.cpu_ns;
+                self.basis_stolen_ns = sample.stolen_ns;
             }
             return None;
         }
@@ -527,9 +544,10 @@ impl StallDetector {
         self.busy = busy;
         self.first_seen_ns = sample.now_ns;
         self.last_seen_ns = sample.now_ns;
-        self.first_cpu_ns = sample.cpu_ns;
+        self.basis_ns = sample.now_ns;
+        self.basis_cpu_ns = sample.cpu_ns;
+        self.basis_stolen_ns = sample.stolen_ns;
         self.last_cpu_ns = sample.cpu_ns;
-        self.first_stolen_ns = sample.stolen_ns;
         self.last_stolen_ns = sample.stolen_ns;
         event
     }

@@ -126,6 +126,59 @@ fn steal_time_is_left_out_of_the_wall_time() {
 }
 
 #[test]
+fn steal_is_read_only_while_a_stretch_goes_on_and_measured_from_its_first_reading() {
+    let mut detector = StallDetector::new(50 * MS);
+    let first = sample(0, 1);
+    assert!(!detector.continues(&first));
+    detector.observe(first, None);
+    // The loop moved: a new stretch, no steal read.
+    let mut s = sample(10, 2);
+    assert!(!detector.continues(&s));
+    s.cpu_ns = Some(0);
+    detector.observe(s, None);
+    // Still in the same callback: the watchdog reads steal from here on.
+    s = sample(20, 2);
+    assert!(detector.continues(&s));
+    s.cpu_ns = Some(5 * MS as u64);
+    s.stolen_ns = Some(1_000 * MS as u64);
+    assert_eq!(detector.observe(s, None), None);
+    // 100 ms later: runnable 50 ms of it, the host took the other 50.
+    s = sample(120, 2);
+    s.cpu_ns = Some(55 * MS as u64);
+    s.stolen_ns = Some(1_050 * MS as u64);
+    match detector.observe(s, None) {
+        Some(StallEvent::Blocked {
+            cpu_fraction: Some(f),
+            ..
+        }) => assert_eq!(f, 1.0),
+        other => panic!("{other:?}"),
+    }
+    // A parked loop does not continue a stretch.
+    let mut parked = sample(130, 2);
+    parked.parked = true;
+    assert!(!detector.continues(&parked));
+}
+
+#[test]
+fn a_block_reported_at_the_first_steal_reading_is_measured_without_it() {
+    let mut detector = StallDetector::new(50 * MS);
+    detector.observe(sample(0, 1), None);
+    let mut s = sample(10, 2);
+    s.cpu_ns = Some(0);
+    detector.observe(s, None);
+    s = sample(70, 2);
+    s.cpu_ns = Some(30 * MS as u64);
+    s.stolen_ns = Some(1_000 * MS as u64);
+    match detector.observe(s, None) {
+        Some(StallEvent::Blocked {
+            cpu_fraction: Some(f),
+            ..
+        }) => assert!((f - 0.5).abs() < 1e-9, "{f}"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn the_steal_meter_charges_the_cpu_the_thread_is_on() {
     let mut meter = StealMeter {
         current: vec![100, 1_000],

@@ -142,7 +142,7 @@ pub(crate) fn asyncio(py: Python<'_>) -> PyResult<&Asyncio> {
 /// way, and it is replaced when the fd number is reused.
 fn register_transport(
     event_loop: &Bound<'_, Loop>,
-    fd: i32,
+    fd: &Bound<'_, PyAny>,
     transport: &Bound<'_, PyAny>,
 ) -> PyResult<()> {
     let py = event_loop.py();
@@ -363,7 +363,10 @@ pub(crate) fn make_socket_transport<'py>(
         }
     }
     set!(py, transport, attributes, "_sock", sock)?;
-    set!(py, transport, attributes, "_sock_fd", fd)?;
+    // One int for the slot and the `_transports` key: a fd above 256 is not a cached small
+    // int, and each idle connection would keep two equal ones.
+    let fd_object = fd.into_pyobject(py)?.into_any();
+    set!(py, transport, attributes, "_sock_fd", &fd_object)?;
     set!(py, transport, attributes, "_protocol_connected", false)?;
     // _SelectorSocketTransport.set_protocol, then _SelectorTransport.set_protocol. On the
     // slotted class, `_read_cb` says which method asyncio chose (the `_read_ready_cb`
@@ -406,7 +409,7 @@ pub(crate) fn make_socket_transport<'py>(
     if !server.is_none() {
         attach_transport(server, &transport)?;
     }
-    register_transport(event_loop, fd, &transport)?;
+    register_transport(event_loop, &fd_object, &transport)?;
     // The rest of _SelectorSocketTransport.__init__.
     set!(py, transport, attributes, "_eof", false)?;
     set!(py, transport, attributes, "_empty_waiter", py.None())?;
