@@ -212,7 +212,7 @@ const RECENT_SENDERS: usize = 8;
 /// `str` or an abstract name's `bytes` for Unix, `None` for an unbound Unix sender), or reused
 /// when one of the last few datagrams came from the same sender. Other sockets, and a
 /// `max_size` larger than the buffer, take asyncio's own method.
-#[pyclass(module = "ferroloop._core", name = "_DatagramReader")]
+#[pyclass(module = "ferroloop._core", name = "_DatagramReader", frozen)]
 pub struct DatagramReader {
     transport: TransportRef,
     /// The family of the socket when it is a plain `socket.socket`, else -1 (checked once).
@@ -468,8 +468,10 @@ impl DatagramReader {
         self.transport.traverse(&visit)
     }
 
-    fn __clear__(&mut self) {
-        self.transport.clear();
-        self.senders = GilCell::new(Vec::new());
+    fn __clear__(&self, py: Python<'_>) {
+        self.transport.clear(py);
+        // Dropped once the borrow has ended (GilCell's rule 2).
+        let senders = std::mem::take(&mut *self.senders.borrow_mut(py));
+        drop(senders);
     }
 }

@@ -40,7 +40,7 @@ fn asyncio_name(py: Python<'_>) -> PyResult<&'static str> {
 }
 
 /// The writer callback of one stream transport (see the module docs).
-#[pyclass(module = "ferroloop._core", name = "_TransportWriter")]
+#[pyclass(module = "ferroloop._core", name = "_TransportWriter", frozen)]
 pub struct TransportWriter {
     transport: TransportRef,
 }
@@ -129,8 +129,8 @@ impl TransportWriter {
         self.transport.traverse(&visit)
     }
 
-    fn __clear__(&mut self) {
-        self.transport.clear();
+    fn __clear__(&self, py: Python<'_>) {
+        self.transport.clear(py);
     }
 }
 

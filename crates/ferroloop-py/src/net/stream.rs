@@ -247,7 +247,7 @@ fn read_into_protocol_buffer(
 }
 
 /// The reader callback of one socket transport (see the module docs).
-#[pyclass(module = "ferroloop._core", name = "_TransportReader")]
+#[pyclass(module = "ferroloop._core", name = "_TransportReader", frozen)]
 pub struct TransportReader {
     pub(crate) transport: TransportRef,
 }
@@ -345,8 +345,8 @@ impl TransportReader {
         self.transport.traverse(&visit)
     }
 
-    fn __clear__(&mut self) {
-        self.transport.clear();
+    fn __clear__(&self, py: Python<'_>) {
+        self.transport.clear(py);
     }
 }
 

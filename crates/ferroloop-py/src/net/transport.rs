@@ -2,6 +2,7 @@
 //! `__dict__` as a native callback holds them, attribute lookups in that dict, asyncio's own
 //! methods looked up once, and asyncio's `_fatal_error`.
 
+use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use pyo3::exceptions::{PyKeyboardInterrupt, PySystemExit};
@@ -67,16 +68,25 @@ pub(crate) type Attributes<'py> = Option<Bound<'py, PyDict>>;
 
 /// A native callback's transport and its [`Attributes`]. Both are dropped by the cyclic GC's
 /// `__clear__`: the transport holds the callback.
+///
+/// The callbacks are `frozen` pyclasses (no borrow flag: an idle connection's reader is 48
+/// bytes, a pymalloc size class below the 56 a flag made it), so the one thing that changes,
+/// the cleared reference, lives in an `UnsafeCell`.
 pub(crate) struct TransportRef {
-    transport: Option<Py<PyAny>>,
-    attributes: Option<Py<PyDict>>,
+    held: UnsafeCell<Option<(Py<PyAny>, Option<Py<PyDict>>)>>,
 }
+
+// SAFETY: the cell is read and written only with the GIL held: `bind` and `clear` take a
+// `Python` token, and `traverse` runs inside the cyclic GC, which holds it. None of them lets
+// a reference into the cell outlive the call or calls into Python while holding one (`clear`
+// takes the value out first and drops it after), so no access overlaps another. As for
+// `GilCell`, the module is declared `gil_used = true`.
+unsafe impl Sync for TransportRef {}
 
 impl TransportRef {
     pub(crate) fn new(transport: Py<PyAny>, attributes: Option<Py<PyDict>>) -> Self {
         TransportRef {
-            transport: Some(transport),
-            attributes,
+            held: UnsafeCell::new(Some((transport, attributes))),
         }
     }
 
@@ -85,19 +95,27 @@ impl TransportRef {
         &self,
         py: Python<'py>,
     ) -> Option<(Bound<'py, PyAny>, Attributes<'py>)> {
-        let transport = self.transport.as_ref()?.bind(py).clone();
-        let attributes = self.attributes.as_ref().map(|a| a.bind(py).clone());
-        Some((transport, attributes))
+        // SAFETY: see `impl Sync`; the clones below run no Python code.
+        let held = unsafe { &*self.held.get() };
+        let (transport, attributes) = held.as_ref()?;
+        let attributes = attributes.as_ref().map(|a| a.bind(py).clone());
+        Some((transport.bind(py).clone(), attributes))
     }
 
     pub(crate) fn traverse(&self, visit: &PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.transport)?;
-        visit.call(&self.attributes)
+        // SAFETY: see `impl Sync`; visiting runs no Python code.
+        if let Some((transport, attributes)) = unsafe { &*self.held.get() } {
+            visit.call(transport)?;
+            visit.call(attributes)?;
+        }
+        Ok(())
     }
 
-    pub(crate) fn clear(&mut self) {
-        self.transport = None;
-        self.attributes = None;
+    pub(crate) fn clear(&self, _py: Python<'_>) {
+        // SAFETY: see `impl Sync`. Taken out before it is dropped: dropping can run Python
+        // code (a `__del__`) that reaches this reference again.
+        let held = unsafe { (*self.held.get()).take() };
+        drop(held);
     }
 }
 
