@@ -73,8 +73,11 @@ pub(crate) type Attributes<'py> = Option<Bound<'py, PyDict>>;
 /// bytes, a pymalloc size class below the 56 a flag made it), so the one thing that changes,
 /// the cleared reference, lives in an `UnsafeCell`.
 pub(crate) struct TransportRef {
-    held: UnsafeCell<Option<(Py<PyAny>, Option<Py<PyDict>>)>>,
+    held: UnsafeCell<Option<Held>>,
 }
+
+/// The transport and, for asyncio's own classes, its `__dict__`.
+type Held = (Py<PyAny>, Option<Py<PyDict>>);
 
 // SAFETY: the cell is read and written only with the GIL held: `bind` and `clear` take a
 // `Python` token, and `traverse` runs inside the cyclic GC, which holds it. None of them lets
