@@ -362,10 +362,11 @@ def test_slotted_transport_slots_are_member_descriptors():
     from ferroloop import _stream_transport
 
     cls = _stream_transport._SelectorSocketTransport
-    for name in ("_sock", "_sock_fd", "_protocol", "_server", "_conn_lost", "_closing", "_eof"):
+    slots = ("_socket", "_sock_fd", "_protocol", "_server", "_conn_lost", "_closing", "_eof")
+    for name in slots:
         assert type(getattr(cls, name)) is types.MemberDescriptorType, name
     # Properties shadow the slots behind them.
-    for name in ("_extra", "_buffer", "_read_ready_cb", "_read_ready"):
+    for name in ("_sock", "_extra", "_buffer", "_read_ready_cb", "_read_ready"):
         assert type(getattr(cls, name)) is property, name
 
     loop = ferroloop.new_event_loop()

@@ -617,6 +617,150 @@ def test_a_high_fd_is_one_int_for_the_transport_and_the_registry(loop):
             sock.close()
 
 
+def _fd_is_open(fd):
+    import os
+
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_an_accepted_connections_socket_object(loop):
+    """``transport._sock`` of an accepted connection is the ``socket.socket`` that
+    ``socket.accept()`` makes, the same object on every read and inside
+    ``extra["socket"]``; the connection works after it was read, and closing the transport
+    closes the fd. ferroloop makes that object only when it is first read."""
+
+    async def main():
+        server, client, t = await _accepted_connection(loop)
+        fd = t._sock_fd
+        slotted = type(t).__dict__.get("_socket") or type(t).__mro__[1].__dict__.get("_socket")
+        unmade = slotted is not None and type(slotted.__get__(t)) is tuple
+        sock = t._sock
+        seen = {
+            "type": type(sock),
+            "fd": sock.fileno() == fd,
+            "kind": (sock.family, sock.type, sock.proto),
+            "timeout": sock.gettimeout(),
+            "same": t._sock is sock,
+            "wrapped": t.get_extra_info("socket")._sock is sock,
+            "peer": t.get_extra_info("peername") == client.getsockname(),
+        }
+        client.sendall(b"ping")
+        t.write(b"pong")
+        await asyncio.sleep(0.01)
+        seen["echo"] = client.recv(10)
+        t.close()
+        await asyncio.sleep(0.01)
+        seen["closed"] = (t._sock, _fd_is_open(fd))
+        client.close()
+        server.close()
+        await server.wait_closed()
+        return seen, unmade
+
+    seen, unmade = loop.run_until_complete(main())
+    assert seen == {
+        "type": socket.socket,
+        "fd": True,
+        "kind": (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP),
+        "timeout": 0.0,
+        "same": True,
+        "wrapped": True,
+        "peer": True,
+        "echo": b"pong",
+        "closed": (None, False),
+    }
+    # In debug mode each accept is asyncio's own code, which makes the object at once.
+    assert unmade == (isinstance(loop, ferroloop.Loop) and not loop.get_debug())
+
+
+def test_an_accepted_transport_dropped_unclosed_warns_and_closes_its_fd(loop):
+    """asyncio's ``__del__`` for an accepted connection's transport that nobody closed: the
+    ``ResourceWarning`` for the transport, and its fd closed (on ferroloop, by making the
+    socket object that was never read and closing it, as asyncio's ``__del__`` does)."""
+    import gc
+    import warnings
+
+    box = []
+
+    class P(asyncio.Protocol):
+        def connection_made(self, transport):
+            box.append(transport)
+
+    async def main():
+        server = await loop.create_server(P, "127.0.0.1", 0)
+        client = socket.create_connection(server.sockets[0].getsockname())
+        while not box:
+            await asyncio.sleep(0.001)
+        t = box.pop()
+        fd = t._sock_fd
+        t.pause_reading()  # off the selector: nothing else holds it
+        await asyncio.sleep(0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del t
+            gc.collect()
+        still_open = _fd_is_open(fd)
+        client.close()
+        server.close()
+        await server.wait_closed()
+        messages = [str(w.message) for w in caught if w.category is ResourceWarning]
+        return messages, still_open
+
+    messages, still_open = loop.run_until_complete(main())
+    transports = [
+        m for m in messages if m.startswith("unclosed transport <_SelectorSocketTransport")
+    ]
+    assert len(transports) == 1, messages
+    # asyncio's socket object is garbage in the same collection, and its own finalizer may
+    # warn first ("unclosed <socket.socket ...>"); ferroloop's socket objects are not
+    # tracked by the cyclic GC (net/socket.rs), so only the transport's __del__ closes them.
+    assert len(messages) <= 2, messages
+    assert not still_open
+
+
+def test_a_failing_protocol_factory_closes_the_accepted_socket(loop):
+    """The protocol factory raised for an accepted connection: asyncio drops the socket
+    unclosed (its ``ResourceWarning``) and the peer sees the connection end."""
+    import gc
+    import warnings
+
+    def factory():
+        raise RuntimeError("no protocol")
+
+    # asyncio reports the error in debug mode only. Only its message is kept: the exception's
+    # traceback would keep asyncio's socket object (a local of the failed step) alive.
+    reported = []
+    loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            client = socket.create_connection(server.sockets[0].getsockname())
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+            gc.collect()
+        client.settimeout(5)
+        try:
+            ended = client.recv(10) == b""
+        except ConnectionResetError:
+            ended = True
+        client.close()
+        server.close()
+        await server.wait_closed()
+        messages = [str(w.message) for w in caught if w.category is ResourceWarning]
+        return messages, ended
+
+    messages, ended = loop.run_until_complete(main())
+    assert ended
+    assert [m for m in messages if m.startswith("unclosed <socket.socket")], messages
+    expected = ["Error on transport creation for incoming connection"]
+    assert reported == (expected if loop.get_debug() else [])
+
+
 def test_unclosed_transport_warns_and_closes_its_socket(loop):
     """A transport dropped without close(): asyncio's ResourceWarning and its socket closed
     (ferroloop's __del__ is native for a closed transport and asyncio's otherwise); a closed

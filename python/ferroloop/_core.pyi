@@ -29,6 +29,8 @@ __all__ = [
     "_Acceptor",
     "_TransportStep",
     "_PendingExtra",
+    "_AcceptedFd",
+    "_accepted_socket",
     "_new_socket_transport",
     "_install_datagram_methods",
     "_install_stream_methods",
@@ -236,12 +238,19 @@ class _Acceptor:
         check_fd: bool,
     ) -> _Acceptor: ...
     def __call__(self) -> None: ...
-    def _connection(self, conn: socket.socket, addr: Any) -> None: ...
+    def _connection(self, conn: socket.socket | _AcceptedFd, addr: Any) -> None: ...
 
 @final
 class _PendingExtra:
     # net/extra.rs: an accepted IPv4 connection's extra dict, made when first read.
-    def build(self) -> dict[str, Any]: ...
+    def build(self, sock: socket.socket | None = None) -> dict[str, Any]: ...
+
+@final
+class _AcceptedFd:
+    # net/server.rs: an accepted connection's fd on its way to the connection step.
+    ...
+
+def _accepted_socket(kind: tuple[int, int, int], fd: int) -> socket.socket: ...
 
 @final
 class _TransportStep:

@@ -24,8 +24,9 @@ use pyo3::PyTraverseError;
 use ferroloop_core::sys::net;
 
 use super::buffer::{byte_buffer, Buffer};
-use super::socket::{fileno, is_plain_socket, retry_interrupted, send};
+use super::socket::{retry_interrupted, send};
 use super::stream_lifecycle;
+use super::stream_lifecycle::SocketSlot;
 use super::transport::{asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef};
 
 static ASYNCIO_WRITE_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -64,16 +65,16 @@ impl TransportWriter {
         let Some((transport, attributes)) = self.transport.bind(py) else {
             return Ok(());
         };
-        let sock = get!(py, transport, attributes, "_sock")?;
+        let sock = SocketSlot::of(&transport, &attributes)?;
         let buffer = get!(py, transport, attributes, "_write_buffer")?;
         // asyncio's `assert self._buffer`, and sockets of other types: its own method.
-        if buffer.is_none() || buffer.len()? == 0 || !is_plain_socket(&sock)? {
+        if buffer.is_none() || buffer.len()? == 0 || !sock.is_plain()? {
             return asyncio_write_ready(&transport);
         }
         if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
             return Ok(());
         }
-        let fd = fileno(&sock)?;
+        let fd = sock.fileno()?;
         let sent = if buffer.is_exact_instance_of::<PyByteArray>() {
             let Some(data) = byte_buffer(&buffer) else {
                 return asyncio_write_ready(&transport);
@@ -120,7 +121,8 @@ impl TransportWriter {
         if get!(py, transport, attributes, "_closing")?.is_truthy()? {
             transport.call_method1(intern!(py, "_call_connection_lost"), (py.None(),))?;
         } else if get!(py, transport, attributes, "_eof")?.is_truthy()? {
-            sock.call_method1(intern!(py, "shutdown"), (libc::SHUT_WR,))?;
+            sock.object(&transport)?
+                .call_method1(intern!(py, "shutdown"), (libc::SHUT_WR,))?;
         }
         Ok(())
     }

@@ -166,7 +166,7 @@ unsafe fn finalize(
     let transport = unsafe { Borrowed::from_ptr(py, slf) }.to_owned();
     if nargs == 0 && kwnames.is_null() {
         // An empty slot (a transport whose construction failed) is asyncio's case below.
-        if let Ok(sock) = get!(py, transport, None, "_sock") {
+        if let Ok(sock) = get!(py, transport, None, "_socket") {
             if sock.is_none() {
                 return Ok(py.None().into_ptr());
             }

@@ -11,7 +11,7 @@ use ferroloop_core::sys::net;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyString, PyType};
+use pyo3::types::{PyString, PyTuple, PyType};
 
 use super::buffer::Buffer;
 use crate::errors::os_error;
@@ -202,6 +202,15 @@ pub(crate) fn ipv4_address(
     Ok((text, port).into_pyobject(py)?.into_any())
 }
 
+/// Whether `socket.socket.__init__` is not `socket`'s own (a library watching sockets being
+/// made patched it): socket objects are then made by calling the class, so that it runs.
+pub(crate) fn init_patched(py: Python<'_>) -> PyResult<bool> {
+    let c = c_socket(py)?;
+    let cls = SOCKET_TYPE.import(py, "socket", "socket")?;
+    Ok(!type_lookup(cls, intern!(py, "__init__"))
+        .is_some_and(|init| init.is(c.python_init.bind(py))))
+}
+
 /// `socket.socket(family, kind, proto, fd)` for an fd this process owns, as `socket.accept()`
 /// makes its connection's object, without the Python frame of `socket.socket.__init__`: the
 /// object from `_socket.socket`'s `__new__` and `__init__`, then the two slots the Python
@@ -220,9 +229,7 @@ pub(crate) fn new_socket_object<'py>(
         kind.kind.bind(py),
         kind.proto.bind(py),
     );
-    let patched = !type_lookup(cls, intern!(py, "__init__"))
-        .is_some_and(|init| init.is(c.python_init.bind(py)));
-    if patched {
+    if init_patched(py)? {
         return cls.call1((family, kind, proto, fd));
     }
     let sock = c.new.bind(py).call1((cls,))?;
@@ -256,6 +263,9 @@ pub(crate) struct SocketKind {
     family: Py<PyAny>,
     kind: Py<PyAny>,
     proto: Py<PyAny>,
+    /// The three as one tuple: what the `_socket` slot of a transport whose socket object is
+    /// not made yet holds (see `stream_lifecycle.rs`), shared by the server's connections.
+    tuple: Py<PyTuple>,
 }
 
 impl SocketKind {
@@ -263,11 +273,34 @@ impl SocketKind {
         let int = |value: i32| -> PyResult<Py<PyAny>> {
             Ok(value.into_pyobject(py)?.into_any().unbind())
         };
+        let (family, kind, proto) = (int(family)?, int(kind)?, int(proto)?);
+        let tuple = PyTuple::new(py, [&family, &kind, &proto])?.unbind();
         Ok(SocketKind {
-            family: int(family)?,
-            kind: int(kind)?,
-            proto: int(proto)?,
+            family,
+            kind,
+            proto,
+            tuple,
         })
+    }
+
+    /// The kind a [`SocketKind::tuple`] stands for.
+    fn of_tuple(tuple: &Bound<'_, PyTuple>) -> PyResult<Self> {
+        let item = |index: usize| -> PyResult<Py<PyAny>> { Ok(tuple.get_item(index)?.unbind()) };
+        if tuple.len() != 3 {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "expected (family, type, proto)",
+            ));
+        }
+        Ok(SocketKind {
+            family: item(0)?,
+            kind: item(1)?,
+            proto: item(2)?,
+            tuple: tuple.clone().unbind(),
+        })
+    }
+
+    pub(crate) fn tuple<'py>(&self, py: Python<'py>) -> &Bound<'py, PyTuple> {
+        self.tuple.bind(py)
     }
 
     pub(crate) fn traverse(
@@ -276,6 +309,45 @@ impl SocketKind {
     ) -> Result<(), pyo3::PyTraverseError> {
         visit.call(&self.family)?;
         visit.call(&self.kind)?;
-        visit.call(&self.proto)
+        visit.call(&self.proto)?;
+        visit.call(&self.tuple)
     }
+}
+
+/// The `socket.socket` of an accepted connection's fd, as `socket.accept()` makes it: `kind`
+/// is the connection's `(family, type, proto)` (a [`SocketKind::tuple`]), non-blocking as
+/// asyncio sets it.
+pub(crate) fn accepted_socket<'py>(
+    py: Python<'py>,
+    kind: &SocketKind,
+    fd: RawFd,
+) -> PyResult<Bound<'py, PyAny>> {
+    let conn = new_socket_object(py, kind, fd)?;
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    conn.call_method1(intern!(py, "setblocking"), (false,))?;
+    Ok(conn)
+}
+
+/// `ferroloop._core._accepted_socket(kind, fd)`: the socket object of a transport whose
+/// `_socket` slot held its kind (`_stream_transport._get_sock`), made when first read.
+#[pyfunction]
+#[pyo3(name = "_accepted_socket")]
+pub fn accepted_socket_of<'py>(
+    py: Python<'py>,
+    kind: &Bound<'py, PyTuple>,
+    fd: RawFd,
+) -> PyResult<Bound<'py, PyAny>> {
+    accepted_socket(py, &SocketKind::of_tuple(kind)?, fd)
+}
+
+/// A closed socket object of `kind`: what `extra["socket"]` wraps for a connection closed
+/// before its socket object was made (asyncio's shows `fd=-1` then).
+pub(crate) fn closed_socket<'py>(
+    py: Python<'py>,
+    kind: &Bound<'py, PyTuple>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let cls = SOCKET_TYPE.import(py, "socket", "socket")?;
+    let sock = cls.call1(kind)?;
+    sock.call_method0(intern!(py, "close"))?;
+    Ok(sock)
 }

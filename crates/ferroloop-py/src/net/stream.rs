@@ -30,8 +30,9 @@ use pyo3::PyTraverseError;
 use pyo3::exceptions::PyRuntimeError;
 
 use super::buffer::{byte_buffer, recv_bytes, Buffer};
-use super::socket::{fileno, is_plain_socket, recv_into, send};
+use super::socket::{recv_into, send};
 use super::stream_lifecycle;
+use super::stream_lifecycle::SocketSlot;
 use super::transport::{asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef};
 use crate::event_loop::Loop;
 use crate::ffi::{bound_method_function, bytes_len, keep_spare_bytes, BUFFER_WRITABLE};
@@ -180,7 +181,7 @@ fn read_eof(transport: &Bound<'_, PyAny>, attributes: &Attributes<'_>) -> PyResu
 fn read_into_protocol_buffer(
     transport: &Bound<'_, PyAny>,
     attributes: &Attributes<'_>,
-    sock: &Bound<'_, PyAny>,
+    sock: &SocketSlot<'_>,
 ) -> PyResult<()> {
     let py = transport.py();
     let protocol = get!(py, transport, attributes, "_protocol")?;
@@ -207,8 +208,11 @@ fn read_into_protocol_buffer(
     };
     // `sock.recv_into(buf)`; a buffer that is not writable gets socket's own error.
     let received = match Buffer::get(&buffer, BUFFER_WRITABLE) {
-        Ok(view) => fileno(sock).and_then(|fd| recv_into(py, fd, &view)),
-        Err(_) => match sock.call_method1(intern!(py, "recv_into"), (&buffer,)) {
+        Ok(view) => sock.fileno().and_then(|fd| recv_into(py, fd, &view)),
+        Err(_) => match sock
+            .object(transport)?
+            .call_method1(intern!(py, "recv_into"), (&buffer,))
+        {
             Ok(nbytes) => nbytes.extract::<usize>().map(Some),
             Err(error)
                 if error.is_instance_of::<pyo3::exceptions::PyBlockingIOError>(py)
@@ -286,8 +290,8 @@ impl TransportReader {
             if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
                 return Ok(());
             }
-            let sock = get!(py, transport, attributes, "_sock")?;
-            if is_plain_socket(&sock)? {
+            let sock = SocketSlot::of(&transport, &attributes)?;
+            if sock.is_plain()? {
                 return read_into_protocol_buffer(&transport, &attributes, &sock);
             }
         }
@@ -298,14 +302,14 @@ impl TransportReader {
         if get!(py, transport, attributes, "_conn_lost")?.is_truthy()? {
             return Ok(());
         }
-        let sock = get!(py, transport, attributes, "_sock")?;
+        let sock = SocketSlot::of(&transport, &attributes)?;
         let max_size = get!(py, transport, attributes, "max_size")?;
         let size = match max_size.extract::<isize>().map(usize::try_from) {
-            Ok(Ok(size)) if is_plain_socket(&sock)? => size,
+            Ok(Ok(size)) if sock.is_plain()? => size,
             // Not the usual socket or size: asyncio's own code, with its errors.
             _ => return callback(),
         };
-        let received = fileno(&sock).and_then(|fd| recv_bytes(py, fd, size));
+        let received = sock.fileno().and_then(|fd| recv_bytes(py, fd, size));
         let data = match received {
             Ok(Some(data)) => data,
             Ok(None) => return Ok(()),
@@ -363,8 +367,8 @@ impl TransportReader {
             && get!(py, transport, attributes, "_empty_waiter")?.is_none()
             && !get!(py, transport, attributes, "_conn_lost")?.is_truthy()?
             && write_buffer_empty(&transport, &attributes)?;
-        let sock = get!(py, transport, attributes, "_sock")?;
-        let buffer = match plain && is_plain_socket(&sock)? {
+        let sock = SocketSlot::of(&transport, &attributes)?;
+        let buffer = match plain && sock.is_plain()? {
             true => byte_buffer(data),
             false => None,
         };
@@ -373,7 +377,7 @@ impl TransportReader {
             asyncio_write(&transport)?.call1((&transport, data))?;
             return Ok(());
         };
-        let sent = fileno(&sock).and_then(|fd| send(py, fd, buffer.as_slice()));
+        let sent = sock.fileno().and_then(|fd| send(py, fd, buffer.as_slice()));
         let sent = match sent {
             Ok(Some(n)) if n == buffer.len() => return Ok(()),
             Ok(Some(n)) => n,

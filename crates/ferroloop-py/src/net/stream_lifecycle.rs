@@ -34,7 +34,7 @@ use ferroloop_core::sys::net;
 use super::extra::PendingExtra;
 use super::server::{attach_transport, detach_transport};
 use super::sock_ops::ensure_fd_no_transport;
-use super::socket::{close_socket, fileno, ipv4_address, socket_kind};
+use super::socket::{accepted_socket_of, close_socket, fileno, ipv4_address, socket_kind};
 use super::stream::TransportReader;
 use super::stream::{is_slotted, write_buffer_empty, SLOTTED, UNSET_BUFFERED};
 use super::transport::{fatal_error, get, instance_attr, is_exit, set, Attributes};
@@ -47,6 +47,85 @@ use crate::handles::Args;
 /// `_FlowControlMixin`'s, and the slotted class's own), never `__dict__` entries: at their
 /// offsets on the slotted class, a plain `setattr` on the others.
 const SLOTS_ONLY: Attributes<'static> = None;
+
+/// The socket a transport is made for: a socket object, or an accepted IPv4 connection's fd
+/// whose socket object is made only when `transport._sock` is first read (see `server.rs`).
+#[derive(Clone, Copy)]
+pub(crate) enum TransportSocket<'a, 'py> {
+    Object(&'a Bound<'py, PyAny>),
+    Unmade {
+        fd: std::os::fd::RawFd,
+        /// The connection's `(family, type, proto)`, shared by a server's connections: what
+        /// the slotted class's `_socket` slot holds until the object is made.
+        kind: &'a Bound<'py, PyTuple>,
+    },
+}
+
+/// A transport's socket as native code reads it: the object in `_sock` (`None` once closed),
+/// or, on the slotted class, the fd of a socket object not made yet (`_socket` holds its
+/// kind, a tuple, then). Reading never makes the object.
+pub(crate) enum SocketSlot<'py> {
+    Object(Bound<'py, PyAny>),
+    Unmade(std::os::fd::RawFd),
+}
+
+impl<'py> SocketSlot<'py> {
+    pub(crate) fn of(
+        transport: &Bound<'py, PyAny>,
+        attributes: &Attributes<'py>,
+    ) -> PyResult<Self> {
+        let py = transport.py();
+        if attributes.is_some() {
+            return Ok(SocketSlot::Object(get!(
+                py, transport, attributes, "_sock"
+            )?));
+        }
+        let sock = get!(py, transport, SLOTS_ONLY, "_socket")?;
+        if sock.is_exact_instance_of::<PyTuple>() {
+            let fd = get!(py, transport, SLOTS_ONLY, "_sock_fd")?.extract()?;
+            return Ok(SocketSlot::Unmade(fd));
+        }
+        Ok(SocketSlot::Object(sock))
+    }
+
+    /// A `socket.socket` (or one not made yet), which native reads and writes serve.
+    pub(crate) fn is_plain(&self) -> PyResult<bool> {
+        match self {
+            SocketSlot::Unmade(_) => Ok(true),
+            SocketSlot::Object(sock) => super::socket::is_plain_socket(sock),
+        }
+    }
+
+    /// The socket object, made now if it was not (`transport._sock`): for what only the
+    /// object's own methods do.
+    pub(crate) fn object(&self, transport: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            SocketSlot::Object(sock) => Ok(sock.clone()),
+            SocketSlot::Unmade(_) => transport.getattr(intern!(transport.py(), "_sock")),
+        }
+    }
+
+    pub(crate) fn fileno(&self) -> PyResult<std::os::fd::RawFd> {
+        match self {
+            SocketSlot::Unmade(fd) => Ok(*fd),
+            SocketSlot::Object(sock) => fileno(sock),
+        }
+    }
+}
+
+/// Sets what [`SocketSlot::of`] reads: `_sock`, or the slotted class's `_socket` slot under
+/// its `_sock` property.
+fn set_socket_slot(
+    transport: &Bound<'_, PyAny>,
+    attributes: &Attributes<'_>,
+    value: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = transport.py();
+    match attributes {
+        Some(_) => set!(py, transport, attributes, "_sock", value),
+        None => set!(py, transport, SLOTS_ONLY, "_socket", value),
+    }
+}
 
 /// What differs between the supported asyncio versions, read once from asyncio itself.
 pub(crate) struct Asyncio {
@@ -218,7 +297,16 @@ pub fn new_socket_transport<'py>(
     check_fd: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     make_socket_transport(
-        event_loop, cls, sock, None, protocol, waiter, extra, None, server, check_fd,
+        event_loop,
+        cls,
+        TransportSocket::Object(sock),
+        None,
+        protocol,
+        waiter,
+        extra,
+        None,
+        server,
+        check_fd,
     )
 }
 
@@ -230,7 +318,7 @@ pub fn new_socket_transport<'py>(
 pub(crate) fn make_socket_transport<'py>(
     event_loop: &Bound<'py, Loop>,
     cls: &Bound<'py, PyType>,
-    sock: &Bound<'py, PyAny>,
+    socket: TransportSocket<'_, 'py>,
     sock_kind: Option<(i32, i32, i32)>,
     protocol: &Bound<'py, PyAny>,
     waiter: &Bound<'py, PyAny>,
@@ -241,11 +329,49 @@ pub(crate) fn make_socket_transport<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = event_loop.py();
     let asyncio = asyncio(py)?;
-    let fd = fileno(sock)?;
+    // An unmade socket serves an accepted IPv4 connection with no extra of the caller's (the
+    // case the acceptor passes one for); any other gets its socket object at once.
+    let made;
+    let socket = match socket {
+        TransportSocket::Unmade { fd, kind }
+            if sock_kind.is_none_or(|(family, _, _)| family != libc::AF_INET)
+                || peer.is_none()
+                || !extra.is_none() =>
+        {
+            made = accepted_socket_of(py, kind, fd)?;
+            TransportSocket::Object(&made)
+        }
+        socket => socket,
+    };
+    let fd = match socket {
+        TransportSocket::Object(sock) => fileno(sock)?,
+        TransportSocket::Unmade { fd, .. } => fd,
+    };
     if check_fd {
-        ensure_fd_no_transport(event_loop, fd)?;
+        if let Err(error) = ensure_fd_no_transport(event_loop, fd) {
+            if let TransportSocket::Unmade { fd, .. } = socket {
+                net::close(fd);
+            }
+            return Err(error);
+        }
     }
     let transport = object_new(cls)?;
+    // One int for the slot and the `_transports` key: a fd above 256 is not a cached small
+    // int, and each idle connection would keep two equal ones.
+    let fd_object = fd.into_pyobject(py)?.into_any();
+    // From here the transport owns an unmade socket's fd: its `_socket` slot says so (and the
+    // transport's `__del__` closes it if it is dropped unclosed, as asyncio's closes its
+    // socket). Set first, so that any failure below finds it.
+    if let TransportSocket::Unmade { kind, .. } = socket {
+        if !is_slotted(&transport) {
+            net::close(fd);
+            return Err(PyTypeError::new_err(
+                "an unmade socket needs ferroloop's slotted transport class",
+            ));
+        }
+        set!(py, transport, SLOTS_ONLY, "_sock_fd", &fd_object)?;
+        set!(py, transport, SLOTS_ONLY, "_socket", kind)?;
+    }
     // A subclass of asyncio's class keeps its attributes in its `__dict__`; ferroloop's
     // slotted class in slots (its `__dict__`, for other attributes, is made only when needed).
     let attributes = match is_slotted(&transport) {
@@ -314,29 +440,37 @@ pub(crate) fn make_socket_transport<'py>(
         "_low_water",
         asyncio.low_water.bind(py)
     )?;
-    let (family, kind, proto) = match sock_kind {
-        Some(known) => known,
-        None => socket_kind(sock)?,
+    let (family, kind, proto) = match (sock_kind, socket) {
+        (Some(known), _) => known,
+        (None, TransportSocket::Object(sock)) => socket_kind(sock)?,
+        (None, TransportSocket::Unmade { .. }) => unreachable!("made above"),
     };
-    let sockname = match family {
-        libc::AF_INET => local_ipv4_address(py, fd)?,
-        _ => address_or_none(sock, intern!(py, "getsockname"))?,
+    let sockname = match (family, socket) {
+        (libc::AF_INET, _) => local_ipv4_address(py, fd)?,
+        (_, TransportSocket::Object(sock)) => address_or_none(sock, intern!(py, "getsockname"))?,
+        (_, TransportSocket::Unmade { .. }) => unreachable!("made above"),
     };
-    match (slotted, peer) {
+    match (slotted, peer, socket) {
         // An accepted IPv4 connection on the slotted class, with no extra of the caller's:
         // the dict is made when first read (`extra.rs`). `BaseTransport`'s slot, under the
         // class's `_extra` property.
-        (Some(_), Some(peer)) if extra.is_none() => {
+        (Some(_), Some(peer), socket) if extra.is_none() => {
+            let source = match socket {
+                TransportSocket::Object(sock) => sock.clone(),
+                TransportSocket::Unmade { kind, .. } => kind.clone().into_any(),
+            };
             let pending = Bound::new(
                 py,
-                PendingExtra::new(sock.clone().unbind(), peer, sockname.unbind()),
+                PendingExtra::new(source.unbind(), peer, sockname.unbind()),
             )?;
-            // What it holds (a socket object, a tuple of a string and an int) cannot lead
-            // back to it: it can never be part of a reference cycle (see `untrack`).
+            // What it holds (a socket object or a tuple of ints, a tuple of a string and an
+            // int) cannot lead back to it: it can never be part of a reference cycle (see
+            // `untrack`).
             untrack(pending.as_any());
             descriptor_set(asyncio.extra_slot.bind(py), &transport, pending.as_any())?;
         }
-        _ => {
+        (_, _, TransportSocket::Unmade { .. }) => unreachable!("made above"),
+        (_, _, TransportSocket::Object(sock)) => {
             let extra = if extra.is_none() {
                 PyDict::new(py).into_any()
             } else {
@@ -362,10 +496,11 @@ pub(crate) fn make_socket_transport<'py>(
             }
         }
     }
-    set!(py, transport, attributes, "_sock", sock)?;
-    // One int for the slot and the `_transports` key: a fd above 256 is not a cached small
-    // int, and each idle connection would keep two equal ones.
-    let fd_object = fd.into_pyobject(py)?.into_any();
+    match socket {
+        TransportSocket::Object(sock) => set_socket_slot(&transport, &attributes, sock)?,
+        // Set at the start.
+        TransportSocket::Unmade { .. } => {}
+    }
     set!(py, transport, attributes, "_sock_fd", &fd_object)?;
     set!(py, transport, attributes, "_protocol_connected", false)?;
     // _SelectorSocketTransport.set_protocol, then _SelectorTransport.set_protocol. On the
@@ -643,13 +778,17 @@ fn call_connection_lost(
     };
     // The `finally:` clause: runs whatever connection_lost did.
     let cleanup = (|| -> PyResult<()> {
-        let sock = get!(py, transport, attributes, "_sock")?;
-        if sock.get_type().is(asyncio.socket_type.bind(py)) {
-            close_socket(&sock)?;
-        } else {
-            sock.call_method0(intern!(py, "close"))?;
+        match SocketSlot::of(transport, attributes)? {
+            // Never made: nothing but this transport knows the fd.
+            SocketSlot::Unmade(fd) => net::close(fd),
+            SocketSlot::Object(sock) if sock.get_type().is(asyncio.socket_type.bind(py)) => {
+                close_socket(&sock)?
+            }
+            SocketSlot::Object(sock) => {
+                sock.call_method0(intern!(py, "close"))?;
+            }
         }
-        set!(py, transport, attributes, "_sock", py.None())?;
+        set_socket_slot(transport, attributes, &py.None().into_bound(py))?;
         set!(py, transport, attributes, "_protocol", py.None())?;
         set!(py, transport, SLOTS_ONLY, "_loop", py.None())?;
         let server = get!(py, transport, attributes, "_server")?;
