@@ -365,9 +365,11 @@ def test_slotted_transport_slots_are_member_descriptors():
     slots = ("_socket", "_sock_fd", "_protocol", "_server", "_conn_lost", "_closing", "_eof")
     for name in slots:
         assert type(getattr(cls, name)) is types.MemberDescriptorType, name
-    # Properties shadow the slots behind them.
-    for name in ("_sock", "_extra", "_buffer", "_read_ready_cb", "_read_ready"):
+    # Properties (two of them native data descriptors) shadow the slots behind them.
+    for name in ("_buffer", "_read_ready_cb", "_read_ready"):
         assert type(getattr(cls, name)) is property, name
+    assert type(cls._sock) is ferroloop._core._SocketAttribute
+    assert type(cls._extra) is ferroloop._core._ExtraAttribute
 
     loop = ferroloop.new_event_loop()
     try:

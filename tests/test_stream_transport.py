@@ -655,6 +655,12 @@ def test_an_accepted_connections_socket_object(loop):
         t.close()
         await asyncio.sleep(0.01)
         seen["closed"] = (t._sock, _fd_is_open(fd))
+        # Deleting them: asyncio's class attribute `_sock = None` shows through; `_extra`
+        # (BaseTransport's slot) is gone.
+        del t._sock
+        seen["deleted"] = t._sock
+        del t._extra
+        seen["deleted extra"] = not hasattr(t, "_extra")
         client.close()
         server.close()
         await server.wait_closed()
@@ -671,6 +677,8 @@ def test_an_accepted_connections_socket_object(loop):
         "peer": True,
         "echo": b"pong",
         "closed": (None, False),
+        "deleted": None,
+        "deleted extra": True,
     }
     # In debug mode each accept is asyncio's own code, which makes the object at once.
     assert unmade == (isinstance(loop, ferroloop.Loop) and not loop.get_debug())

@@ -30,7 +30,8 @@ __all__ = [
     "_TransportStep",
     "_PendingExtra",
     "_AcceptedFd",
-    "_accepted_socket",
+    "_SocketAttribute",
+    "_ExtraAttribute",
     "_new_socket_transport",
     "_install_datagram_methods",
     "_install_stream_methods",
@@ -250,7 +251,19 @@ class _AcceptedFd:
     # net/server.rs: an accepted connection's fd on its way to the connection step.
     ...
 
-def _accepted_socket(kind: tuple[int, int, int], fd: int) -> socket.socket: ...
+@final
+class _SocketAttribute:
+    # net/extra.rs: the slotted stream transport's `_sock`, made when first read.
+    def __get__(self, instance: Any, owner: Any = None, /) -> Any: ...
+    def __set__(self, instance: Any, value: Any, /) -> None: ...
+    def __delete__(self, instance: Any, /) -> None: ...
+
+@final
+class _ExtraAttribute:
+    # net/extra.rs: the slotted stream transport's `_extra`, made when first read.
+    def __get__(self, instance: Any, owner: Any = None, /) -> Any: ...
+    def __set__(self, instance: Any, value: Any, /) -> None: ...
+    def __delete__(self, instance: Any, /) -> None: ...
 
 @final
 class _TransportStep:

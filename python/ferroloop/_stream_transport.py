@@ -20,10 +20,12 @@ holds. What differs:
   3.11, a 760-byte ``deque`` from 3.12) is made when first read, which asyncio's code does only
   once a send could not take everything (or to measure it); natively, an empty slot is an empty
   buffer.
-- ``_extra`` is a property over ``BaseTransport``'s slot: an accepted IPv4 connection's dict
-  (``peername``, ``socket``, ``sockname``, as asyncio makes them) is made when first read.
-- ``_sock`` is a property over a ``_socket`` slot: an accepted IPv4 connection's
-  ``socket.socket`` is made when first read (natively, only ``_sock_fd`` is needed).
+- ``_extra`` is a (native) data descriptor over ``BaseTransport``'s slot: an accepted IPv4
+  connection's dict (``peername``, ``socket``, ``sockname``, as asyncio makes them) is made when
+  first read.
+- ``_sock`` is a (native) data descriptor over a ``_socket`` slot: an accepted IPv4
+  connection's ``socket.socket`` is made when first read (natively, only ``_sock_fd`` is
+  needed).
 - ``_read_ready`` is the native reader (``ferroloop._core._TransportReader``), kept in the
   ``_reader`` slot, while there is one; asyncio's method otherwise.
 - Attributes asyncio's class does not have can still be set: they go into an instance
@@ -168,42 +170,17 @@ def _set_buffer(self: Any, buffer: Any) -> None:
 _BUFFER_FACTORY = getattr(selector_events._SelectorTransport, "_buffer_factory", collections.deque)
 
 
-_socket_member: Any = None
-
-
-def _get_sock(self: Any) -> Any:
-    """asyncio's ``_sock``, kept in the ``_socket`` slot. An accepted IPv4 connection's socket
-    object is made when first read: until then the slot holds the connection's ``(family,
-    type, proto)`` (``crates/ferroloop-py/src/net/server.rs``), and the object is made for
-    ``_sock_fd`` as ``socket.accept()`` would have made it. A pending ``extra`` dict is made
-    at the same time, so that its ``socket`` wraps this object."""
-    try:
-        sock = _socket_member.__get__(self)
-    except AttributeError:
-        # asyncio's class attribute, for a transport whose __init__ failed.
-        return None
-    if type(sock) is tuple:
-        sock = _core._accepted_socket(sock, self._sock_fd)
-        _socket_member.__set__(self, sock)
-        extra = _EXTRA_SLOT.__get__(self)
-        if type(extra) is _core._PendingExtra:
-            _EXTRA_SLOT.__set__(self, extra.build(sock))
-    return sock
-
-
-def _set_sock(self: Any, sock: Any) -> None:
-    _socket_member.__set__(self, sock)
-
-
 # asyncio's _SelectorTransport, slotted. `_sock = None` (a class attribute there, read by
-# __del__ on a transport whose __init__ failed) is a property over the `_socket` slot here.
+# __del__ on a transport whose __init__ failed) is a native data descriptor over the `_socket`
+# slot here: an accepted IPv4 connection's socket object is made when first read
+# (crates/ferroloop-py/src/net/extra.rs), and `None` is read while the slot is unset.
 _SelectorTransport: Any = type(
     "_SelectorTransport",
     (transports._FlowControlMixin, transports.Transport),
     {
         **_copy_namespace(selector_events._SelectorTransport, frozenset({"_sock"})),
         "_buffer": property(_get_buffer, _set_buffer),
-        "_sock": property(_get_sock, _set_sock),
+        "_sock": _core._SocketAttribute(),
         "__module__": __name__,
         "__slots__": (
             "_socket",
@@ -223,7 +200,6 @@ _SelectorTransport: Any = type(
     },
 )
 _rebind_super(_SelectorTransport)
-_socket_member = _SelectorTransport.__dict__["_socket"]
 
 _read_member: Any = None
 _read_ready_cb = property(_read_ready_cb_get, _read_ready_cb_set)
@@ -233,27 +209,6 @@ if _WRITE_READY:
     _write_ready, _bind_write = _bound_unless_set("_write_cb", _choose_write)
     _extra_slots = ("_write_cb",)
     _extra_namespace = {"_write_ready": _write_ready}
-
-
-_EXTRA_SLOT = transports.BaseTransport.__dict__["_extra"]
-
-
-def _get_extra(self: Any) -> Any:
-    """``BaseTransport``'s ``_extra`` slot; an accepted IPv4 connection's dict is made on first
-    read (``crates/ferroloop-py/src/net/extra.rs``), with its socket object."""
-    extra = _EXTRA_SLOT.__get__(self)
-    if type(extra) is _core._PendingExtra:
-        # Making the socket object makes the dict; a closed transport has none to make.
-        sock = self._sock
-        extra = _EXTRA_SLOT.__get__(self)
-        if type(extra) is _core._PendingExtra:
-            extra = extra.build(sock)
-            _EXTRA_SLOT.__set__(self, extra)
-    return extra
-
-
-def _set_extra(self: Any, extra: Any) -> None:
-    _EXTRA_SLOT.__set__(self, extra)
 
 
 def _read_ready(self: Any) -> Any:
@@ -274,7 +229,8 @@ _SelectorSocketTransport: Any = type(
         "__module__": __name__,
         "__slots__": ("_eof", "_empty_waiter", "_read_cb", "_reader", *_extra_slots),
         "_read_ready_cb": _read_ready_cb,
-        "_extra": property(_get_extra, _set_extra),
+        # Made on first read for an accepted IPv4 connection (net/extra.rs).
+        "_extra": _core._ExtraAttribute(),
         "_read_ready": property(_read_ready),
         **_extra_namespace,
     },

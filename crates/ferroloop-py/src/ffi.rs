@@ -740,6 +740,28 @@ pub fn member_offset(descriptor: &Bound<'_, PyAny>) -> Option<isize> {
     }
 }
 
+/// `descriptor.__get__(obj, type(obj))` through the descriptor type's `tp_descr_get` (see
+/// [`descriptor_set`]).
+pub fn descriptor_get<'py>(
+    descriptor: &Bound<'py, PyAny>,
+    obj: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let py = descriptor.py();
+    // SAFETY: live objects; `tp_descr_get`, when set, takes (descriptor, instance, type) and
+    // returns a new reference, or NULL with an exception set.
+    unsafe {
+        let Some(get) = (*ffi::Py_TYPE(descriptor.as_ptr())).tp_descr_get else {
+            return descriptor.call_method1(pyo3::intern!(py, "__get__"), (obj, obj.get_type()));
+        };
+        let value = get(
+            descriptor.as_ptr(),
+            obj.as_ptr(),
+            ffi::Py_TYPE(obj.as_ptr()).cast(),
+        );
+        Bound::from_owned_ptr_or_err(py, value)
+    }
+}
+
 /// `descriptor.__set__(obj, value)` through the descriptor type's `tp_descr_set`, without
 /// the bound method-wrapper a Python-level call makes (a base class's slot that a subclass
 /// shadows with a property).

@@ -35,9 +35,10 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::Step>()?;
     m.add_class::<net::PendingExtra>()?;
     m.add_class::<net::AcceptedFd>()?;
+    m.add_class::<net::SocketAttribute>()?;
+    m.add_class::<net::ExtraAttribute>()?;
     net::register_native_callbacks(m.py());
     m.add_function(wrap_pyfunction!(net::new_socket_transport, m)?)?;
-    m.add_function(wrap_pyfunction!(net::accepted_socket_of, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_stream_methods, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_tls_methods, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_datagram_methods, m)?)?;

@@ -156,6 +156,19 @@ fn watch(shared: Arc<LoopShared>, control: Arc<Control>, threshold_ns: i64) {
                         && probe.is_running()
                         && !shared.parked.load(Ordering::SeqCst);
                     probe.count_report();
+                    // The loop thread ran again to let go of the GIL, so its CPU's steal while
+                    // the host held that CPU (the guest accounts it only when the CPU runs
+                    // again) is counted by now: the share is measured again, up to now.
+                    let cpu_fraction = match still_blocked && gil_wait_ns > 0 {
+                        true => detector
+                            .cpu_fraction(
+                                attached_ns,
+                                probe.loop_cpu_ns(),
+                                steal.charged_ns(probe.loop_tid()),
+                            )
+                            .or(cpu_fraction),
+                        false => cpu_fraction,
+                    };
                     let (kind, duration_ns) = if still_blocked {
                         announced = true;
                         ("blocked", blocked_ns + gil_wait_ns)

@@ -459,8 +459,10 @@ impl StallDetector {
     }
 
     /// The loop thread's runnable share of the wall time since the basis, the wall time less
-    /// what the host took from its CPU.
-    fn cpu_fraction(
+    /// what the host took from its CPU: for a look at `until_ns` that read `until_cpu` and
+    /// `until_stolen` (the watchdog takes one more after waiting for the GIL, see
+    /// `ferroloop-py`'s `watchdog.rs`).
+    pub fn cpu_fraction(
         &self,
         until_ns: i64,
         until_cpu: Option<u64>,

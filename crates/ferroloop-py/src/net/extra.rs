@@ -17,9 +17,131 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use super::socket::{closed_socket, ipv4_address};
+use super::socket::{accepted_socket_of, closed_socket, ipv4_address};
 use super::stream_lifecycle::asyncio;
-use crate::ffi::object_new;
+use super::transport::{get, set};
+use crate::ffi::{descriptor_get, descriptor_set, object_new};
+
+/// The slots named here are the slotted stream transport's own.
+const SLOTS_ONLY: super::transport::Attributes<'static> = None;
+
+/// `transport._sock` on the slotted stream transport: the `_socket` slot, whose connection
+/// kind (a tuple) becomes the socket object on first read (see `server.rs`), with the pending
+/// `extra` dict made at the same time so that its `socket` wraps that object. `None` for a
+/// transport whose construction failed before the slot was set (asyncio's class attribute).
+fn socket_of<'py>(transport: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let py = transport.py();
+    let sock = match get!(py, transport, SLOTS_ONLY, "_socket") {
+        Ok(sock) => sock,
+        Err(error) if error.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
+            return Ok(py.None().into_bound(py));
+        }
+        Err(error) => return Err(error),
+    };
+    let Ok(kind) = sock.cast::<PyTuple>() else {
+        return Ok(sock);
+    };
+    let fd = get!(py, transport, SLOTS_ONLY, "_sock_fd")?.extract()?;
+    let sock = accepted_socket_of(py, kind, fd)?;
+    set!(py, transport, SLOTS_ONLY, "_socket", &sock)?;
+    let slot = asyncio(py)?.extra_slot.bind(py);
+    if let Ok(pending) = descriptor_get(slot, transport)?.cast::<PendingExtra>() {
+        let extra = pending.get().build(py, Some(sock.clone()))?;
+        descriptor_set(slot, transport, extra.as_any())?;
+    }
+    Ok(sock)
+}
+
+/// The slotted stream transport's `_sock` (a data descriptor: [`socket_of`] on read, the
+/// `_socket` slot on write).
+#[pyclass(module = "ferroloop._core", name = "_SocketAttribute", frozen)]
+pub struct SocketAttribute;
+
+#[pymethods]
+impl SocketAttribute {
+    #[new]
+    fn new() -> Self {
+        SocketAttribute
+    }
+
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        obj: Option<Bound<'py, PyAny>>,
+        _owner: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match obj {
+            Some(obj) if !obj.is_none() => socket_of(&obj),
+            _ => Ok(slf.clone().into_any()),
+        }
+    }
+
+    fn __set__(&self, obj: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = obj.py();
+        set!(py, obj, SLOTS_ONLY, "_socket", value)
+    }
+
+    /// `del transport._sock`: the slot is emptied, and reads give `None` again (asyncio's
+    /// class attribute once the instance's is deleted).
+    fn __delete__(&self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = obj.py();
+        obj.get_type()
+            .getattr(intern!(py, "_socket"))?
+            .call_method1(intern!(py, "__delete__"), (obj,))
+            .map(drop)
+    }
+}
+
+/// The slotted stream transport's `_extra` (a data descriptor over `BaseTransport`'s slot): an
+/// accepted IPv4 connection's dict is made on first read, with its socket object.
+#[pyclass(module = "ferroloop._core", name = "_ExtraAttribute", frozen)]
+pub struct ExtraAttribute;
+
+#[pymethods]
+impl ExtraAttribute {
+    #[new]
+    fn new() -> Self {
+        ExtraAttribute
+    }
+
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        obj: Option<Bound<'py, PyAny>>,
+        _owner: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let Some(obj) = obj.filter(|obj| !obj.is_none()) else {
+            return Ok(slf.clone().into_any());
+        };
+        let py = obj.py();
+        let slot = asyncio(py)?.extra_slot.bind(py);
+        let extra = descriptor_get(slot, &obj)?;
+        if !extra.is_instance_of::<PendingExtra>() {
+            return Ok(extra);
+        }
+        // Making the socket object makes the dict; a closed transport has none to make.
+        let sock = socket_of(&obj)?;
+        let extra = descriptor_get(slot, &obj)?;
+        let Ok(pending) = extra.cast::<PendingExtra>() else {
+            return Ok(extra);
+        };
+        let extra = pending.get().build(py, Some(sock))?.into_any();
+        descriptor_set(slot, &obj, &extra)?;
+        Ok(extra)
+    }
+
+    fn __set__(&self, obj: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+        descriptor_set(asyncio(obj.py())?.extra_slot.bind(obj.py()), obj, value)
+    }
+
+    /// `del transport._extra`: `BaseTransport`'s slot is emptied, as on asyncio's class.
+    fn __delete__(&self, obj: &Bound<'_, PyAny>) -> PyResult<()> {
+        let py = obj.py();
+        asyncio(py)?
+            .extra_slot
+            .bind(py)
+            .call_method1(intern!(py, "__delete__"), (obj,))
+            .map(drop)
+    }
+}
 
 /// An accepted IPv4 connection's `extra`, not made yet. Not tracked by the cyclic GC: what it
 /// holds (a socket object or a tuple of ints, a tuple of a string and an int) holds nothing

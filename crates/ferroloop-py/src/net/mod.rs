@@ -33,10 +33,9 @@ pub(crate) mod transport;
 
 pub(crate) use datagram::DatagramReader;
 pub(crate) use drain::TransportWriter;
-pub(crate) use extra::PendingExtra;
+pub(crate) use extra::{ExtraAttribute, PendingExtra, SocketAttribute};
 pub(crate) use methods::{install_datagram_methods, install_stream_methods, install_tls_methods};
 pub(crate) use server::{AcceptedFd, Acceptor};
-pub(crate) use socket::accepted_socket_of;
 pub(crate) use stream::TransportReader;
 pub(crate) use stream_lifecycle::{new_socket_transport, release_stream_callbacks, Step};
 pub(crate) use tls::tls_constants;

@@ -222,13 +222,21 @@ pub(crate) fn new_socket_object<'py>(
     kind: &SocketKind,
     fd: RawFd,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let c = c_socket(py)?;
-    let cls = SOCKET_TYPE.import(py, "socket", "socket")?;
     let (family, kind, proto) = (
         kind.family.bind(py),
         kind.kind.bind(py),
         kind.proto.bind(py),
     );
+    socket_object_of(py, (family, kind, proto), fd)
+}
+
+fn socket_object_of<'py>(
+    py: Python<'py>,
+    (family, kind, proto): (&Bound<'py, PyAny>, &Bound<'py, PyAny>, &Bound<'py, PyAny>),
+    fd: RawFd,
+) -> PyResult<Bound<'py, PyAny>> {
+    let c = c_socket(py)?;
+    let cls = SOCKET_TYPE.import(py, "socket", "socket")?;
     if init_patched(py)? {
         return cls.call1((family, kind, proto, fd));
     }
@@ -283,22 +291,6 @@ impl SocketKind {
         })
     }
 
-    /// The kind a [`SocketKind::tuple`] stands for.
-    fn of_tuple(tuple: &Bound<'_, PyTuple>) -> PyResult<Self> {
-        let item = |index: usize| -> PyResult<Py<PyAny>> { Ok(tuple.get_item(index)?.unbind()) };
-        if tuple.len() != 3 {
-            return Err(pyo3::exceptions::PyValueError::new_err(
-                "expected (family, type, proto)",
-            ));
-        }
-        Ok(SocketKind {
-            family: item(0)?,
-            kind: item(1)?,
-            proto: item(2)?,
-            tuple: tuple.clone().unbind(),
-        })
-    }
-
     pub(crate) fn tuple<'py>(&self, py: Python<'py>) -> &Bound<'py, PyTuple> {
         self.tuple.bind(py)
     }
@@ -328,16 +320,23 @@ pub(crate) fn accepted_socket<'py>(
     Ok(conn)
 }
 
-/// `ferroloop._core._accepted_socket(kind, fd)`: the socket object of a transport whose
-/// `_socket` slot held its kind (`_stream_transport._get_sock`), made when first read.
-#[pyfunction]
-#[pyo3(name = "_accepted_socket")]
-pub fn accepted_socket_of<'py>(
+/// The socket object of an accepted connection whose kind is a [`SocketKind::tuple`] (what a
+/// transport's `_socket` slot holds until its socket object is made, `extra.rs`).
+pub(crate) fn accepted_socket_of<'py>(
     py: Python<'py>,
     kind: &Bound<'py, PyTuple>,
     fd: RawFd,
 ) -> PyResult<Bound<'py, PyAny>> {
-    accepted_socket(py, &SocketKind::of_tuple(kind)?, fd)
+    if kind.len() != 3 {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "expected (family, type, proto)",
+        ));
+    }
+    let (family, kind_, proto) = (kind.get_item(0)?, kind.get_item(1)?, kind.get_item(2)?);
+    let conn = socket_object_of(py, (&family, &kind_, &proto), fd)?;
+    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
+    conn.call_method1(intern!(py, "setblocking"), (false,))?;
+    Ok(conn)
 }
 
 /// A closed socket object of `kind`: what `extra["socket"]` wraps for a connection closed

@@ -143,7 +143,7 @@ pub(crate) struct Asyncio {
     pub(crate) buffered_protocol: Py<PyType>,
     /// `BaseTransport`'s `_extra` slot (its member descriptor), which ferroloop's slotted
     /// class shadows with a property.
-    extra_slot: Py<PyAny>,
+    pub(crate) extra_slot: Py<PyAny>,
     set_result_unless_cancelled: Py<PyAny>,
     /// `socket.socket`, whose objects' `close` is done natively.
     socket_type: Py<PyType>,
