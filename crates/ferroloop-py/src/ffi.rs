@@ -906,6 +906,23 @@ pub fn is_exact_int(obj: &Bound<'_, PyAny>) -> bool {
     unsafe { ffi::PyLong_CheckExact(obj.as_ptr()) != 0 }
 }
 
+/// The value of an exact `int` that fits in an `i32` (a fd number), without the layers of
+/// pyo3's conversion; `None` for anything else (the caller converts the general way).
+#[inline]
+pub fn exact_int_i32(obj: &Bound<'_, PyAny>) -> Option<i32> {
+    if !is_exact_int(obj) {
+        return None;
+    }
+    let mut overflow = 0;
+    // SAFETY: an exact int: PyLong_AsLongAndOverflow cannot fail on it, and reports a value
+    // out of `long`'s range in `overflow` (no exception).
+    let value = unsafe { ffi::PyLong_AsLongAndOverflow(obj.as_ptr(), &mut overflow) };
+    if overflow != 0 {
+        return None;
+    }
+    i32::try_from(value).ok()
+}
+
 /// `len(data)` of a `bytes` object (`PyBytes_Size`); the caller checked the type.
 #[inline]
 pub fn bytes_len(data: &Bound<'_, PyAny>) -> isize {

@@ -15,20 +15,21 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{IntoPyDict, PyDict, PyTuple};
 
 use super::socket::{accepted_socket_of, closed_socket, ipv4_address};
 use super::stream_lifecycle::asyncio;
 use super::transport::{get, set};
-use crate::ffi::{descriptor_get, descriptor_set, object_new};
+use crate::ffi::{descriptor_get, descriptor_set, is_exact_int, object_new};
 
 /// The slots named here are the slotted stream transport's own.
 const SLOTS_ONLY: super::transport::Attributes<'static> = None;
 
-/// `transport._sock` on the slotted stream transport: the `_socket` slot, whose connection
-/// kind (a tuple) becomes the socket object on first read (see `server.rs`), with the pending
-/// `extra` dict made at the same time so that its `socket` wraps that object. `None` for a
-/// transport whose construction failed before the slot was set (asyncio's class attribute).
+/// `transport._sock` on the slotted stream transport: the `_socket` slot, whose fd number (an
+/// int) becomes the socket object on first read (see `server.rs`), of the kind the pending
+/// `extra` holds, with that dict made at the same time so that its `socket` wraps the object.
+/// `None` for a transport whose construction failed before the slot was set (asyncio's class
+/// attribute).
 fn socket_of<'py>(transport: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let py = transport.py();
     let sock = match get!(py, transport, SLOTS_ONLY, "_socket") {
@@ -38,14 +39,28 @@ fn socket_of<'py>(transport: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> 
         }
         Err(error) => return Err(error),
     };
-    let Ok(kind) = sock.cast::<PyTuple>() else {
+    if !is_exact_int(&sock) {
         return Ok(sock);
-    };
-    let fd = get!(py, transport, SLOTS_ONLY, "_sock_fd")?.extract()?;
-    let sock = accepted_socket_of(py, kind, fd)?;
-    set!(py, transport, SLOTS_ONLY, "_socket", &sock)?;
+    }
+    let fd = sock.extract()?;
     let slot = asyncio(py)?.extra_slot.bind(py);
-    if let Ok(pending) = descriptor_get(slot, transport)?.cast::<PendingExtra>() {
+    let pending = descriptor_get(slot, transport)
+        .ok()
+        .and_then(|extra| extra.cast_into::<PendingExtra>().ok());
+    let sock = match pending.as_ref().and_then(|p| p.get().kind(py)) {
+        Some(kind) => accepted_socket_of(py, &kind, fd)?,
+        // Code replaced `_extra` before the socket was made: `socket` finds the kind itself.
+        None => {
+            let sock = py
+                .import("socket")?
+                .getattr("socket")?
+                .call((), Some(&[("fileno", fd)].into_py_dict(py)?))?;
+            sock.call_method1(intern!(py, "setblocking"), (false,))?;
+            sock
+        }
+    };
+    set!(py, transport, SLOTS_ONLY, "_socket", &sock)?;
+    if let Some(pending) = pending {
         let extra = pending.get().build(py, Some(sock.clone()))?;
         descriptor_set(slot, transport, extra.as_any())?;
     }
@@ -156,6 +171,11 @@ pub struct PendingExtra {
 }
 
 impl PendingExtra {
+    /// The connection's `(family, type, proto)`, when its socket object is not made yet.
+    fn kind<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyTuple>> {
+        self.source.bind(py).cast::<PyTuple>().ok().cloned()
+    }
+
     pub(crate) fn new(source: Py<PyAny>, peer: ([u8; 4], u16), sockname: Py<PyAny>) -> Self {
         PendingExtra {
             source,

@@ -271,8 +271,8 @@ pub(crate) struct SocketKind {
     family: Py<PyAny>,
     kind: Py<PyAny>,
     proto: Py<PyAny>,
-    /// The three as one tuple: what the `_socket` slot of a transport whose socket object is
-    /// not made yet holds (see `stream_lifecycle.rs`), shared by the server's connections.
+    /// The three as one tuple: what the pending `extra` of a transport whose socket object is
+    /// not made yet holds (see `extra.rs`), shared by the server's connections.
     tuple: Py<PyTuple>,
 }
 
@@ -321,7 +321,7 @@ pub(crate) fn accepted_socket<'py>(
 }
 
 /// The socket object of an accepted connection whose kind is a [`SocketKind::tuple`] (what a
-/// transport's `_socket` slot holds until its socket object is made, `extra.rs`).
+/// transport's pending `extra` holds until its socket object is made, `extra.rs`).
 pub(crate) fn accepted_socket_of<'py>(
     py: Python<'py>,
     kind: &Bound<'py, PyTuple>,

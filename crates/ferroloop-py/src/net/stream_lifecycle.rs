@@ -40,7 +40,7 @@ use super::stream::{is_slotted, write_buffer_empty, SLOTTED, UNSET_BUFFERED};
 use super::transport::{fatal_error, get, instance_attr, is_exit, set, Attributes};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
-use crate::ffi::{descriptor_set, dict_discard, instance_dict, object_new, untrack};
+use crate::ffi::{descriptor_set, dict_discard, exact_int_i32, instance_dict, object_new, untrack};
 use crate::handles::Args;
 
 /// The attributes that are slots on every stream transport class (`BaseTransport`'s and
@@ -56,20 +56,22 @@ pub(crate) enum TransportSocket<'a, 'py> {
     Unmade {
         fd: std::os::fd::RawFd,
         /// The connection's `(family, type, proto)`, shared by a server's connections: what
-        /// the slotted class's `_socket` slot holds until the object is made.
+        /// its pending `extra` holds, to make the object.
         kind: &'a Bound<'py, PyTuple>,
     },
 }
 
 /// A transport's socket as native code reads it: the object in `_sock` (`None` once closed),
-/// or, on the slotted class, the fd of a socket object not made yet (`_socket` holds its
-/// kind, a tuple, then). Reading never makes the object.
+/// or, on the slotted class, the fd of a socket object not made yet (`_socket` holds the fd
+/// number then, an int; the connection's kind is in its pending `extra`, `extra.rs`). Reading
+/// never makes the object.
 pub(crate) enum SocketSlot<'py> {
     Object(Bound<'py, PyAny>),
     Unmade(std::os::fd::RawFd),
 }
 
 impl<'py> SocketSlot<'py> {
+    #[inline]
     pub(crate) fn of(
         transport: &Bound<'py, PyAny>,
         attributes: &Attributes<'py>,
@@ -81,14 +83,14 @@ impl<'py> SocketSlot<'py> {
             )?));
         }
         let sock = get!(py, transport, SLOTS_ONLY, "_socket")?;
-        if sock.is_exact_instance_of::<PyTuple>() {
-            let fd = get!(py, transport, SLOTS_ONLY, "_sock_fd")?.extract()?;
-            return Ok(SocketSlot::Unmade(fd));
+        match exact_int_i32(&sock) {
+            Some(fd) => Ok(SocketSlot::Unmade(fd)),
+            None => Ok(SocketSlot::Object(sock)),
         }
-        Ok(SocketSlot::Object(sock))
     }
 
     /// A `socket.socket` (or one not made yet), which native reads and writes serve.
+    #[inline]
     pub(crate) fn is_plain(&self) -> PyResult<bool> {
         match self {
             SocketSlot::Unmade(_) => Ok(true),
@@ -105,6 +107,7 @@ impl<'py> SocketSlot<'py> {
         }
     }
 
+    #[inline]
     pub(crate) fn fileno(&self) -> PyResult<std::os::fd::RawFd> {
         match self {
             SocketSlot::Unmade(fd) => Ok(*fd),
@@ -362,7 +365,7 @@ pub(crate) fn make_socket_transport<'py>(
     // From here the transport owns an unmade socket's fd: its `_socket` slot says so (and the
     // transport's `__del__` closes it if it is dropped unclosed, as asyncio's closes its
     // socket). Set first, so that any failure below finds it.
-    if let TransportSocket::Unmade { kind, .. } = socket {
+    if let TransportSocket::Unmade { .. } = socket {
         if !is_slotted(&transport) {
             net::close(fd);
             return Err(PyTypeError::new_err(
@@ -370,7 +373,9 @@ pub(crate) fn make_socket_transport<'py>(
             ));
         }
         set!(py, transport, SLOTS_ONLY, "_sock_fd", &fd_object)?;
-        set!(py, transport, SLOTS_ONLY, "_socket", kind)?;
+        // The fd number (the `_sock_fd` int itself) stands for the socket object not made
+        // yet; its kind is in the pending `extra` (set below).
+        set!(py, transport, SLOTS_ONLY, "_socket", &fd_object)?;
     }
     // A subclass of asyncio's class keeps its attributes in its `__dict__`; ferroloop's
     // slotted class in slots (its `__dict__`, for other attributes, is made only when needed).
