@@ -216,20 +216,6 @@ pub(crate) fn init_patched(py: Python<'_>) -> PyResult<bool> {
 /// object from `_socket.socket`'s `__new__` and `__init__`, then the two slots the Python
 /// `__init__` sets (the same on 3.10-3.13). A patched `socket.socket.__init__` is called as
 /// it is.
-/// `kind`: the `(family, type, proto)` ints, made once by the caller.
-pub(crate) fn new_socket_object<'py>(
-    py: Python<'py>,
-    kind: &SocketKind,
-    fd: RawFd,
-) -> PyResult<Bound<'py, PyAny>> {
-    let (family, kind, proto) = (
-        kind.family.bind(py),
-        kind.kind.bind(py),
-        kind.proto.bind(py),
-    );
-    socket_object_of(py, (family, kind, proto), fd)
-}
-
 fn socket_object_of<'py>(
     py: Python<'py>,
     (family, kind, proto): (&Bound<'py, PyAny>, &Bound<'py, PyAny>, &Bound<'py, PyAny>),
@@ -267,12 +253,10 @@ fn socket_object_of<'py>(
 
 /// A socket's `(family, type, proto)` as the Python ints `socket.socket()` takes, made once
 /// for all the connections of a listening socket.
+///
+/// The tuple is also what the pending `extra` of a transport whose socket object is not made
+/// yet holds (see `extra.rs`), shared by the server's connections.
 pub(crate) struct SocketKind {
-    family: Py<PyAny>,
-    kind: Py<PyAny>,
-    proto: Py<PyAny>,
-    /// The three as one tuple: what the pending `extra` of a transport whose socket object is
-    /// not made yet holds (see `extra.rs`), shared by the server's connections.
     tuple: Py<PyTuple>,
 }
 
@@ -283,12 +267,7 @@ impl SocketKind {
         };
         let (family, kind, proto) = (int(family)?, int(kind)?, int(proto)?);
         let tuple = PyTuple::new(py, [&family, &kind, &proto])?.unbind();
-        Ok(SocketKind {
-            family,
-            kind,
-            proto,
-            tuple,
-        })
+        Ok(SocketKind { tuple })
     }
 
     pub(crate) fn tuple<'py>(&self, py: Python<'py>) -> &Bound<'py, PyTuple> {
@@ -299,9 +278,6 @@ impl SocketKind {
         &self,
         visit: &pyo3::gc::PyVisit<'_>,
     ) -> Result<(), pyo3::PyTraverseError> {
-        visit.call(&self.family)?;
-        visit.call(&self.kind)?;
-        visit.call(&self.proto)?;
         visit.call(&self.tuple)
     }
 }
@@ -314,10 +290,7 @@ pub(crate) fn accepted_socket<'py>(
     kind: &SocketKind,
     fd: RawFd,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let conn = new_socket_object(py, kind, fd)?;
-    #[cfg(not(any(target_os = "linux", target_os = "android", target_os = "freebsd")))]
-    conn.call_method1(intern!(py, "setblocking"), (false,))?;
-    Ok(conn)
+    accepted_socket_of(py, kind.tuple(py), fd)
 }
 
 /// The socket object of an accepted connection whose kind is a [`SocketKind::tuple`] (what a
