@@ -819,6 +819,91 @@ pub fn type_lookup<'py>(
     }
 }
 
+extern "C" {
+    // CPython's exported (not limited-API) method lookup of `obj.name(...)` calls, 3.7 to
+    // 3.14, which pyo3-ffi does not declare.
+    fn _PyObject_GetMethod(
+        obj: *mut ffi::PyObject,
+        name: *mut ffi::PyObject,
+        method: *mut *mut ffi::PyObject,
+    ) -> std::os::raw::c_int;
+}
+
+/// The function that `obj.<name>(...)` would call with `obj` as its first argument, as a
+/// method call looks it up (`_PyObject_GetMethod`): the class's function, when no attribute of
+/// the instance shadows it. `None` when anything else would be called (an instance
+/// attribute, a descriptor that is not a method) or the lookup fails (its error dropped).
+#[inline]
+pub fn unbound_method<'py>(
+    obj: &Bound<'py, PyAny>,
+    name: &Bound<'py, pyo3::types::PyString>,
+) -> Option<Bound<'py, PyAny>> {
+    let py = obj.py();
+    let mut method: *mut ffi::PyObject = ptr::null_mut();
+    // SAFETY: a live object and a str; `method` receives a new reference or NULL (with an
+    // exception set).
+    let unbound = unsafe { _PyObject_GetMethod(obj.as_ptr(), name.as_ptr(), &mut method) };
+    if method.is_null() {
+        drop(PyErr::fetch(py));
+        return None;
+    }
+    // SAFETY: a new reference, owned from here.
+    let method = unsafe { Bound::from_owned_ptr(py, method) };
+    (unbound == 1).then_some(method)
+}
+
+/// `bytearray += data` for an exact `bytearray` (what `bytearray.extend` does with a bytes-like
+/// argument): its `PyByteArray_Resize`, with the error it raises while the bytearray is
+/// exported (`BufferError`), then the copy.
+pub fn bytearray_append(buffer: &Bound<'_, PyAny>, data: &[u8]) -> PyResult<()> {
+    let py = buffer.py();
+    // SAFETY: an exact bytearray (checked); after a successful resize its storage has
+    // `old + data.len()` bytes, of which the last `data.len()` are written here.
+    unsafe {
+        let raw = buffer.as_ptr();
+        if ffi::PyByteArray_CheckExact(raw) == 0 {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "expected a bytearray",
+            ));
+        }
+        let old = ffi::PyByteArray_Size(raw);
+        let Some(new) = old.checked_add(data.len() as ffi::Py_ssize_t) else {
+            return Err(pyo3::exceptions::PyMemoryError::new_err(()));
+        };
+        if ffi::PyByteArray_Resize(raw, new) < 0 {
+            return Err(PyErr::fetch(py));
+        }
+        let start = ffi::PyByteArray_AsString(raw)
+            .cast::<u8>()
+            .add(old as usize);
+        ptr::copy_nonoverlapping(data.as_ptr(), start, data.len());
+    }
+    Ok(())
+}
+
+/// `ref()` for an exact `weakref.ref`: `Some(Some(referent))`, or `Some(None)` once it is
+/// gone; `None` when `obj` is not an exact `weakref.ref` (or the call fails, its error dropped).
+pub fn weakref_target<'py>(obj: &Bound<'py, PyAny>) -> Option<Option<Bound<'py, PyAny>>> {
+    let py = obj.py();
+    let mut target: *mut ffi::PyObject = ptr::null_mut();
+    // SAFETY: a live object; PyWeakref_GetRef gives a new reference (1), NULL for a dead
+    // referent (0) or NULL with an exception (-1).
+    unsafe {
+        let raw = obj.as_ptr();
+        if ffi::PyWeakref_CheckRefExact(raw) == 0 {
+            return None;
+        }
+        match ffi::compat::PyWeakref_GetRef(raw, &mut target) {
+            1 => Some(Some(Bound::from_owned_ptr(py, target))),
+            0 => Some(None),
+            _ => {
+                drop(PyErr::fetch(py));
+                None
+            }
+        }
+    }
+}
+
 /// `type(obj).<name>` when it is a plain class attribute (found by [`type_lookup`], and not a
 /// descriptor: its type has no `__get__`), which is then what `obj.<name>` gives for an
 /// object whose instance dict does not have the name. `None` otherwise.

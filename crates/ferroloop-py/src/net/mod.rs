@@ -11,6 +11,8 @@
 //! - [`stream`]: TCP and Unix stream transports: the reader callback and `write`.
 //! - [`drain`]: their writer callback, which sends what `write` had to buffer.
 //! - [`stream_lifecycle`]: their construction, end of file, `close` and `connection_lost`.
+//! - [`streams`]: asyncio's `StreamReaderProtocol.data_received` and `StreamReader.feed_data`
+//!   beneath them, for the streams API.
 //! - [`extra`]: their `extra` dict, made when first read.
 //! - [`methods`]: C methods of ferroloop's subclasses of asyncio's transports and of
 //!   `SSLProtocol` (the entry points into [`stream`], [`stream_lifecycle`] and [`tls`]).
@@ -28,6 +30,7 @@ pub(crate) mod sock_ops;
 pub(crate) mod socket;
 pub(crate) mod stream;
 pub(crate) mod stream_lifecycle;
+pub(crate) mod streams;
 pub(crate) mod tls;
 pub(crate) mod transport;
 

@@ -33,6 +33,7 @@ use super::buffer::{byte_buffer, recv_bytes, Buffer};
 use super::socket::{recv_into, send};
 use super::stream_lifecycle;
 use super::stream_lifecycle::SocketSlot;
+use super::streams;
 use super::transport::{asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef};
 use crate::event_loop::Loop;
 use crate::ffi::{bound_method_function, bytes_len, keep_spare_bytes, BUFFER_WRITABLE};
@@ -328,8 +329,15 @@ impl TransportReader {
             return read_eof(&transport, &attributes);
         }
         let protocol = get!(py, transport, attributes, "_protocol")?;
-        match protocol.call_method1(intern!(py, "data_received"), (&data,)) {
-            Ok(_) => {
+        let received = match streams::data_received(&protocol, &data) {
+            Ok(true) => Ok(()),
+            Ok(false) => protocol
+                .call_method1(intern!(py, "data_received"), (&data,))
+                .map(drop),
+            Err(error) => Err(error),
+        };
+        match received {
+            Ok(()) => {
                 keep_spare_bytes(data);
                 Ok(())
             }

@@ -341,24 +341,27 @@ pub(crate) fn make_socket_transport<'py>(
                 || peer.is_none()
                 || !extra.is_none() =>
         {
-            made = accepted_socket_of(py, kind, fd)?;
+            made = accepted_socket_of(py, kind, fd).inspect_err(|_| net::close(fd))?;
             TransportSocket::Object(&made)
         }
         socket => socket,
+    };
+    // Until the transport's `_socket` slot holds it (below), an unmade socket's fd is ours to
+    // close when something fails.
+    let close_unmade = |error: PyErr| {
+        if let TransportSocket::Unmade { fd, .. } = socket {
+            net::close(fd);
+        }
+        error
     };
     let fd = match socket {
         TransportSocket::Object(sock) => fileno(sock)?,
         TransportSocket::Unmade { fd, .. } => fd,
     };
     if check_fd {
-        if let Err(error) = ensure_fd_no_transport(event_loop, fd) {
-            if let TransportSocket::Unmade { fd, .. } = socket {
-                net::close(fd);
-            }
-            return Err(error);
-        }
+        ensure_fd_no_transport(event_loop, fd).map_err(close_unmade)?;
     }
-    let transport = object_new(cls)?;
+    let transport = object_new(cls).map_err(close_unmade)?;
     // One int for the slot and the `_transports` key: a fd above 256 is not a cached small
     // int, and each idle connection would keep two equal ones.
     let fd_object = fd.into_pyobject(py)?.into_any();
@@ -367,15 +370,14 @@ pub(crate) fn make_socket_transport<'py>(
     // socket). Set first, so that any failure below finds it.
     if let TransportSocket::Unmade { .. } = socket {
         if !is_slotted(&transport) {
-            net::close(fd);
-            return Err(PyTypeError::new_err(
+            return Err(close_unmade(PyTypeError::new_err(
                 "an unmade socket needs ferroloop's slotted transport class",
-            ));
+            )));
         }
-        set!(py, transport, SLOTS_ONLY, "_sock_fd", &fd_object)?;
+        set!(py, transport, SLOTS_ONLY, "_sock_fd", &fd_object).map_err(close_unmade)?;
         // The fd number (the `_sock_fd` int itself) stands for the socket object not made
         // yet; its kind is in the pending `extra` (set below).
-        set!(py, transport, SLOTS_ONLY, "_socket", &fd_object)?;
+        set!(py, transport, SLOTS_ONLY, "_socket", &fd_object).map_err(close_unmade)?;
     }
     // A subclass of asyncio's class keeps its attributes in its `__dict__`; ferroloop's
     // slotted class in slots (its `__dict__`, for other attributes, is made only when needed).

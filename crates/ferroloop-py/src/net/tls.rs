@@ -24,6 +24,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PySlice, PyTuple, PyType};
 
+use super::streams;
 use super::transport::dict_attr;
 use crate::ffi::{bytes_len, instance_dict, BytesBuilder};
 
@@ -238,7 +239,10 @@ fn read_copied(protocol: &Protocol<'_>) -> PyResult<()> {
     };
     if let Some(data) = data {
         let app = get!(protocol, "_app_protocol")?;
-        app.call_method1(intern!(py, "data_received"), (data,))?;
+        // A `StreamReaderProtocol` (the streams API over TLS): its calls natively.
+        if !streams::data_received(&app, &data)? {
+            app.call_method1(intern!(py, "data_received"), (data,))?;
+        }
     }
     if close_notify {
         call!(protocol, "_call_eof_received")?;
