@@ -642,8 +642,25 @@ def fmt_cell(samples: list[dict]) -> tuple[str, float | None]:
     return samples[-1]["status"], None
 
 
+def round_ratios(results: list[dict], workload: str) -> list[float]:
+    """ferroloop's cell over the best peer's, within each round: the samples of one round run
+    one after the other, so a host that is slower in one round than in another (the cells of
+    every loop move together, by up to a fifth here) moves both sides of the ratio."""
+    ratios = []
+    for rnd in sorted({r["round"] for r in results if r["workload"] == workload}):
+        ok = {
+            r["loop"]: r["value"]
+            for r in results
+            if r["workload"] == workload and r["round"] == rnd and r["status"] == "ok"
+        }
+        peers = [ok[p] for p in PEERS if p in ok]
+        if "ferroloop" in ok and peers and min(peers) > 0:
+            ratios.append(ok["ferroloop"] / min(peers))
+    return ratios
+
+
 def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> str:
-    header = ["workload"] + loops + ["best peer", "ferroloop vs best peer"]
+    header = ["workload"] + loops + ["best peer", "ferroloop vs best peer", "per round"]
     rows = []
     notes = {}
     for wl in workloads:
@@ -667,8 +684,15 @@ def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> 
             )
             fl = meds.get("ferroloop")
             row.append(f"{(fl / best - 1) * 100:+.0f}%" if fl is not None and best > 0 else "-")
+            ratios = round_ratios(results, wl.name)
+            row.append(
+                f"{(statistics.median(ratios) - 1) * 100:+.0f}% "
+                f"[{(min(ratios) - 1) * 100:+.0f}..{(max(ratios) - 1) * 100:+.0f}]"
+                if ratios
+                else "-"
+            )
         else:
-            row += ["-", "-"]
+            row += ["-", "-", "-"]
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     lines = [
@@ -688,6 +712,10 @@ def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> 
     lines.append(
         "'ferroloop vs best peer': + = ferroloop uses more CPU (or memory) than the best of "
         "uvloop/rloop/rsloop."
+    )
+    lines.append(
+        "'per round': the median over rounds of ferroloop / the round's best peer, "
+        "[lowest..highest round]."
     )
     steals = [max(r["steal"]) for r in results if r.get("status") == "ok" and "steal" in r]
     if steals:
