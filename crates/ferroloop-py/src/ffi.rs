@@ -820,8 +820,8 @@ pub fn type_lookup<'py>(
 }
 
 extern "C" {
-    // CPython's exported (not limited-API) method lookup of `obj.name(...)` calls, 3.7 to
-    // 3.14, which pyo3-ffi does not declare.
+    // CPython's exported (not limited-API) method lookup of `obj.name(...)` calls (3.7 to
+    // 3.13 checked), which pyo3-ffi does not declare.
     fn _PyObject_GetMethod(
         obj: *mut ffi::PyObject,
         name: *mut ffi::PyObject,
