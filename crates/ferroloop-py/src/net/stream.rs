@@ -329,14 +329,7 @@ impl TransportReader {
             return read_eof(&transport, &attributes);
         }
         let protocol = get!(py, transport, attributes, "_protocol")?;
-        let received = match streams::data_received(&protocol, &data) {
-            Ok(true) => Ok(()),
-            Ok(false) => protocol
-                .call_method1(intern!(py, "data_received"), (&data,))
-                .map(drop),
-            Err(error) => Err(error),
-        };
-        match received {
+        match streams::data_received(&protocol, &data) {
             Ok(()) => {
                 keep_spare_bytes(data);
                 Ok(())

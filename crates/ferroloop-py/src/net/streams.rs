@@ -62,25 +62,26 @@ fn streams(py: Python<'_>) -> Option<&Streams> {
         .as_ref()
 }
 
-/// `protocol.data_received(data)` for a `data` a native reader received (a `bytes`), when
-/// `protocol` is asyncio's `StreamReaderProtocol` as it is: `Ok(true)` when done here,
-/// `Ok(false)` when the caller has to make the call, an error when asyncio's code would have
-/// raised it from `data_received`.
+/// `protocol.data_received(data)` for a `data` a native reader received (a `bytes`): done
+/// here when `protocol` is asyncio's `StreamReaderProtocol` as it is, else the method's call.
+/// An error is what `data_received` raised (or asyncio's code would have raised from it).
 #[inline]
-pub(crate) fn data_received(
-    protocol: &Bound<'_, PyAny>,
-    data: &Bound<'_, PyAny>,
-) -> PyResult<bool> {
+pub(crate) fn data_received(protocol: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
     let py = protocol.py();
-    let Some(streams) = streams(py) else {
-        return Ok(false);
+    let handled = match streams(py) {
+        Some(streams) if protocol.get_type().is(streams.protocol.bind(py)) => {
+            feed(streams, protocol, data)?
+        }
+        _ => false,
     };
-    if !protocol.get_type().is(streams.protocol.bind(py)) {
-        return Ok(false);
+    if !handled {
+        protocol.call_method1(intern!(py, "data_received"), (data,))?;
     }
-    feed(streams, protocol, data)
+    Ok(())
 }
 
+/// The chain for a `StreamReaderProtocol`: `Ok(true)` when done here, `Ok(false)` when the
+/// caller has to call `data_received` (nothing was changed then).
 fn feed(streams: &Streams, protocol: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
     let py = protocol.py();
     let Ok(data) = data.cast::<PyBytes>() else {

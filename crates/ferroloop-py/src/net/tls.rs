@@ -230,7 +230,6 @@ fn do_read(protocol: &Protocol<'_>) -> PyResult<()> {
 /// asyncio's `_do_read__copied`: decrypt what has come, hand it to `data_received` in one
 /// piece, and start the shutdown on the peer's `close_notify`.
 fn read_copied(protocol: &Protocol<'_>) -> PyResult<()> {
-    let py = protocol.py();
     let (sslobj, exact) = protocol.ssl_object()?;
     let incoming = get!(protocol, "_incoming")?;
     let (data, close_notify) = match exact {
@@ -240,9 +239,7 @@ fn read_copied(protocol: &Protocol<'_>) -> PyResult<()> {
     if let Some(data) = data {
         let app = get!(protocol, "_app_protocol")?;
         // A `StreamReaderProtocol` (the streams API over TLS): its calls natively.
-        if !streams::data_received(&app, &data)? {
-            app.call_method1(intern!(py, "data_received"), (data,))?;
-        }
+        streams::data_received(&app, &data)?;
     }
     if close_notify {
         call!(protocol, "_call_eof_received")?;
