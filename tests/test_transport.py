@@ -161,27 +161,6 @@ def test_pause_and_resume_reading(loop):
     assert events == ["made", ("data", b"held"), ("lost", None)]
 
 
-def test_max_size_bounds_each_read(loop):
-    async def main():
-        proto = Recorder()
-        a, transport = await _connect(loop, proto)
-        transport.max_size = 3
-        a.send(b"abcdefgh")
-        await _settle(loop)
-        transport.close()
-        await _settle(loop)
-        a.close()
-        return proto.events
-
-    assert loop.run_until_complete(main()) == [
-        "made",
-        ("data", b"abc"),
-        ("data", b"def"),
-        ("data", b"gh"),
-        ("lost", None),
-    ]
-
-
 def test_buffered_protocol_and_switching_protocols(loop):
     async def main():
         first = Buffered()
@@ -422,24 +401,6 @@ def test_datagrams_and_their_senders(loop, family):
     events, expected = loop.run_until_complete(main())
     assert events == expected
     assert all(type(addr) is tuple for _, addr in events)
-
-
-def test_datagram_max_size_truncates(loop):
-    async def main():
-        proto = DatagramRecorder()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: proto, local_addr=("127.0.0.1", 0)
-        )
-        transport.max_size = 4
-        s = _udp_socket()
-        s.sendto(b"abcdefgh", transport.get_extra_info("sockname"))
-        await _settle(loop)
-        s.close()
-        transport.close()
-        await _settle(loop)
-        return [data for data, _ in proto.events]
-
-    assert loop.run_until_complete(main()) == [b"abcd"]
 
 
 def test_datagram_error_received(loop):

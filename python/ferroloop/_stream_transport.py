@@ -181,6 +181,8 @@ _SelectorTransport: Any = type(
         **_copy_namespace(selector_events._SelectorTransport, frozenset({"_sock"})),
         "_buffer": property(_get_buffer, _set_buffer),
         "_sock": _core._SocketAttribute(),
+        # asyncio's class attribute, which a read takes without a generic lookup.
+        "max_size": _core._MaxSize(selector_events._SelectorTransport.max_size),
         "__module__": __name__,
         "__slots__": (
             "_socket",

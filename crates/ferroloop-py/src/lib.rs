@@ -37,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<net::AcceptedFd>()?;
     m.add_class::<net::SocketAttribute>()?;
     m.add_class::<net::ExtraAttribute>()?;
+    m.add_class::<net::MaxSize>()?;
     net::register_native_callbacks(m.py());
     m.add_function(wrap_pyfunction!(net::new_socket_transport, m)?)?;
     m.add_function(wrap_pyfunction!(net::install_stream_methods, m)?)?;

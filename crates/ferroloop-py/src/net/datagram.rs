@@ -12,6 +12,7 @@ use pyo3::PyTraverseError;
 use ferroloop_core::sys::net;
 
 use super::buffer::{byte_buffer, recvfrom_bytes, SCRATCH_SIZE};
+use super::max_size;
 use super::socket::{fileno, ipv4_address, is_plain_socket, retry_interrupted, socket_kind};
 use super::transport::{
     asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef, DATAGRAM_SLOTS,
@@ -412,7 +413,13 @@ impl DatagramReader {
         }
         let sock = dget!(py, transport, "_sock")?;
         let native = self.is_native(&sock)?;
-        let size = match dget!(py, transport, "max_size")?.extract::<usize>() {
+        let max_size = match max_size::known(&transport) {
+            Some(size) => usize::try_from(size).map_err(|_| ()),
+            None => dget!(py, transport, "max_size")?
+                .extract::<usize>()
+                .map_err(drop),
+        };
+        let size = match max_size {
             Ok(size) if native && size <= SCRATCH_SIZE => size,
             _ => {
                 asyncio_method(

@@ -14,6 +14,7 @@
 //! - [`streams`]: asyncio's `StreamReaderProtocol.data_received` and `StreamReader.feed_data`
 //!   beneath them, for the streams API.
 //! - [`extra`]: their `extra` dict, made when first read.
+//! - [`max_size`]: the slotted transports' `max_size`, read without a generic lookup.
 //! - [`methods`]: C methods of ferroloop's subclasses of asyncio's transports and of
 //!   `SSLProtocol` (the entry points into [`stream`], [`stream_lifecycle`] and [`tls`]).
 //! - [`tls`]: the data path of asyncio's `SSLProtocol` once the handshake is done.
@@ -24,6 +25,7 @@ pub(crate) mod buffer;
 pub(crate) mod datagram;
 pub(crate) mod drain;
 pub(crate) mod extra;
+pub(crate) mod max_size;
 pub(crate) mod methods;
 pub(crate) mod server;
 pub(crate) mod sock_ops;
@@ -37,6 +39,7 @@ pub(crate) mod transport;
 pub(crate) use datagram::DatagramReader;
 pub(crate) use drain::TransportWriter;
 pub(crate) use extra::{ExtraAttribute, PendingExtra, SocketAttribute};
+pub(crate) use max_size::MaxSize;
 pub(crate) use methods::{install_datagram_methods, install_stream_methods, install_tls_methods};
 pub(crate) use server::{AcceptedFd, Acceptor};
 pub(crate) use stream::TransportReader;

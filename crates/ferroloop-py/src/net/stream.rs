@@ -30,6 +30,7 @@ use pyo3::PyTraverseError;
 use pyo3::exceptions::PyRuntimeError;
 
 use super::buffer::{byte_buffer, recv_bytes, Buffer};
+use super::max_size;
 use super::socket::{recv_into, send};
 use super::stream_lifecycle;
 use super::stream_lifecycle::SocketSlot;
@@ -304,8 +305,11 @@ impl TransportReader {
             return Ok(());
         }
         let sock = SocketSlot::of(&transport, &attributes)?;
-        let max_size = get!(py, transport, attributes, "max_size")?;
-        let size = match max_size.extract::<isize>().map(usize::try_from) {
+        let max_size = match attributes.is_none().then(|| max_size::known(&transport)) {
+            Some(Some(size)) => Ok(size),
+            _ => get!(py, transport, attributes, "max_size")?.extract::<isize>(),
+        };
+        let size = match max_size.map(usize::try_from) {
             Ok(Ok(size)) if sock.is_plain()? => size,
             // Not the usual socket or size: asyncio's own code, with its errors.
             _ => return callback(),
