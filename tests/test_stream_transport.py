@@ -533,30 +533,85 @@ def test_close_releases_the_callbacks_at_once_from_312(loop):
     b.close()
 
 
-async def _accepted_connection(loop):
-    """A server on 127.0.0.1, a blocking client socket connected to it, and the transport of
-    the connection the server accepted."""
+# The families whose accepted connections ferroloop makes no socket object for until it is
+# read. "tcp6_mapped" is an IPv4 client of a dual-stack IPv6 server (its peer is an
+# IPv4-mapped address); "unix_named" and "unix_abstract" are Unix clients bound to a path, or
+# to a name in Linux's abstract namespace (their peer names are a str and bytes; an unbound
+# client's is '').
+ACCEPTED = ["tcp", "tcp6", "tcp6_mapped", "unix", "unix_named", "unix_abstract"]
+
+
+def _kind(family):
+    if family == "tcp":
+        return (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    if family.startswith("tcp6"):
+        return (socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    return (socket.AF_UNIX, socket.SOCK_STREAM, 0)
+
+
+def _as_the_server_sees_it(family, address):
+    """A client's own address as the server's side names it: an IPv4 client of a dual-stack
+    server is an IPv4-mapped IPv6 address there."""
+    if family == "tcp6_mapped":
+        return ("::ffff:" + address[0], address[1], 0, 0)
+    return address
+
+
+async def _server(loop, factory, family):
+    """A server of ``family`` and a blocking client socket connected to it."""
+    if family == "tcp":
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        return server, socket.create_connection(server.sockets[0].getsockname())
+    if family == "tcp6":
+        server = await loop.create_server(factory, "::1", 0)
+        return server, socket.create_connection(server.sockets[0].getsockname()[:2])
+    if family == "tcp6_mapped":
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", 0))
+        server = await loop.create_server(factory, sock=sock)
+        return server, socket.create_connection(("127.0.0.1", sock.getsockname()[1]))
+    import os
+    import tempfile
+
+    directory = tempfile.mkdtemp(prefix="fl-", dir="/tmp")
+    path = os.path.join(directory, "s.sock")
+    server = await loop.create_unix_server(factory, path)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if family == "unix_named":
+        client.bind(os.path.join(directory, "c.sock"))
+    elif family == "unix_abstract":
+        client.bind(f"\0ferroloop-test-{os.getpid()}-{id(client)}")
+    client.connect(path)
+    return server, client
+
+
+async def _accepted_connection(loop, family="tcp"):
+    """A server (on 127.0.0.1, or a Unix socket), a blocking client socket connected to it,
+    and the transport of the connection the server accepted."""
     made = loop.create_future()
 
     class P(asyncio.Protocol):
         def connection_made(self, transport):
             made.set_result(transport)
 
-    server = await loop.create_server(P, "127.0.0.1", 0)
-    client = socket.create_connection(server.sockets[0].getsockname())
+    server, client = await _server(loop, P, family)
     return server, client, await made
 
 
+@pytest.mark.parametrize("family", ACCEPTED)
 @pytest.mark.parametrize("first_read", ["open", "after_close"])
-def test_extra_of_an_accepted_connection(loop, first_read):
-    """ferroloop makes an accepted IPv4 connection's extra dict when first read: the same keys,
-    order and values as asyncio's, read while the connection is open or only once it is
-    closed (the peer gone, the socket closed)."""
+def test_extra_of_an_accepted_connection(loop, first_read, family):
+    """ferroloop makes an accepted IPv4 or Unix connection's extra dict when first read: the
+    same keys, order and values as asyncio's, read while the connection is open or only once
+    it is closed (the peer gone, the socket closed)."""
 
     async def main():
-        server, client, t = await _accepted_connection(loop)
+        server, client, t = await _accepted_connection(loop, family)
         address = server.sockets[0].getsockname()
-        client_address = client.getsockname()
+        if family == "tcp6_mapped":
+            address = ("::ffff:127.0.0.1", address[1], 0, 0)
+        client_address = _as_the_server_sees_it(family, client.getsockname())
         seen = {}
         if first_read == "open":
             seen["open"] = (t.get_extra_info("peername"), t.get_extra_info("sockname"))
@@ -573,6 +628,11 @@ def test_extra_of_an_accepted_connection(loop, first_read):
         return seen, client_address, address
 
     seen, client_address, address = loop.run_until_complete(main())
+    expected_peer = {"unix": "", "unix_named": str, "unix_abstract": bytes}.get(family, tuple)
+    if isinstance(expected_peer, type):
+        assert type(client_address) is expected_peer
+    else:
+        assert client_address == expected_peer
     assert seen["keys"] == ["peername", "socket", "sockname"]
     assert seen["closed"] == (client_address, address)
     if first_read == "open":
@@ -627,14 +687,15 @@ def _fd_is_open(fd):
     return True
 
 
-def test_an_accepted_connections_socket_object(loop):
+@pytest.mark.parametrize("family", ACCEPTED)
+def test_an_accepted_connections_socket_object(loop, family):
     """``transport._sock`` of an accepted connection is the ``socket.socket`` that
     ``socket.accept()`` makes, the same object on every read and inside
     ``extra["socket"]``; the connection works after it was read, and closing the transport
     closes the fd. ferroloop makes that object only when it is first read."""
 
     async def main():
-        server, client, t = await _accepted_connection(loop)
+        server, client, t = await _accepted_connection(loop, family)
         fd = t._sock_fd
         slotted = type(t).__dict__.get("_socket") or type(t).__mro__[1].__dict__.get("_socket")
         # ferroloop: the fd number stands in the slot until the object is made.
@@ -647,7 +708,8 @@ def test_an_accepted_connections_socket_object(loop):
             "timeout": sock.gettimeout(),
             "same": t._sock is sock,
             "wrapped": t.get_extra_info("socket")._sock is sock,
-            "peer": t.get_extra_info("peername") == client.getsockname(),
+            "peer": t.get_extra_info("peername")
+            == _as_the_server_sees_it(family, client.getsockname()),
         }
         client.sendall(b"ping")
         t.write(b"pong")
@@ -671,7 +733,7 @@ def test_an_accepted_connections_socket_object(loop):
     assert seen == {
         "type": socket.socket,
         "fd": True,
-        "kind": (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP),
+        "kind": _kind(family),
         "timeout": 0.0,
         "same": True,
         "wrapped": True,
@@ -685,7 +747,8 @@ def test_an_accepted_connections_socket_object(loop):
     assert unmade == (isinstance(loop, ferroloop.Loop) and not loop.get_debug())
 
 
-def test_an_accepted_transport_dropped_unclosed_warns_and_closes_its_fd(loop):
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_an_accepted_transport_dropped_unclosed_warns_and_closes_its_fd(loop, family):
     """asyncio's ``__del__`` for an accepted connection's transport that nobody closed: the
     ``ResourceWarning`` for the transport, and its fd closed (on ferroloop, by making the
     socket object that was never read and closing it, as asyncio's ``__del__`` does)."""
@@ -699,8 +762,7 @@ def test_an_accepted_transport_dropped_unclosed_warns_and_closes_its_fd(loop):
             box.append(transport)
 
     async def main():
-        server = await loop.create_server(P, "127.0.0.1", 0)
-        client = socket.create_connection(server.sockets[0].getsockname())
+        server, client = await _server(loop, P, family)
         while not box:
             await asyncio.sleep(0.001)
         t = box.pop()
@@ -731,7 +793,8 @@ def test_an_accepted_transport_dropped_unclosed_warns_and_closes_its_fd(loop):
     assert not still_open
 
 
-def test_a_failing_protocol_factory_closes_the_accepted_socket(loop):
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_a_failing_protocol_factory_closes_the_accepted_socket(loop, family):
     """The protocol factory raised for an accepted connection: asyncio drops the socket
     unclosed (its ``ResourceWarning``) and the peer sees the connection end."""
     import gc
@@ -746,10 +809,9 @@ def test_a_failing_protocol_factory_closes_the_accepted_socket(loop):
     loop.set_exception_handler(lambda _, context: reported.append(context["message"]))
 
     async def main():
-        server = await loop.create_server(factory, "127.0.0.1", 0)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            client = socket.create_connection(server.sockets[0].getsockname())
+            server, client = await _server(loop, factory, family)
             for _ in range(5):
                 await asyncio.sleep(0.01)
             gc.collect()

@@ -370,6 +370,33 @@ def _udp_socket(family=socket.AF_INET, host="127.0.0.1"):
     return sock
 
 
+def test_datagram_sender_on_a_dual_stack_socket(loop):
+    """An IPv4 sender seen by a dual-stack IPv6 socket: an IPv4-mapped address, spelled as
+    ``inet_ntop`` spells it (``::ffff:127.0.0.1``)."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0))
+    port = sock.getsockname()[1]
+
+    async def main():
+        proto = DatagramRecorder()
+        transport, _ = await loop.create_datagram_endpoint(lambda: proto, sock=sock)
+        sender = _udp_socket()
+        sender.sendto(b"mapped", ("127.0.0.1", port))
+        await _settle(loop)
+        transport.sendto(b"back", proto.events[0][1])
+        reply = sender.recv(16)
+        sender_port = sender.getsockname()[1]
+        sender.close()
+        transport.close()
+        await _settle(loop)
+        return proto.events, reply, sender_port
+
+    events, reply, sender_port = loop.run_until_complete(main())
+    assert events == [(b"mapped", ("::ffff:127.0.0.1", sender_port, 0, 0))]
+    assert reply == b"back"
+
+
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_datagrams_and_their_senders(loop, family):
     if family == "ipv6" and not socket.has_ipv6:

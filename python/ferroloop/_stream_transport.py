@@ -20,11 +20,11 @@ holds. What differs:
   3.11, a 760-byte ``deque`` from 3.12) is made when first read, which asyncio's code does only
   once a send could not take everything (or to measure it); natively, an empty slot is an empty
   buffer.
-- ``_extra`` is a (native) data descriptor over ``BaseTransport``'s slot: an accepted IPv4
-  connection's dict (``peername``, ``socket``, ``sockname``, as asyncio makes them) is made when
-  first read.
-- ``_sock`` is a (native) data descriptor over a ``_socket`` slot: an accepted IPv4
-  connection's ``socket.socket`` is made when first read (natively, only ``_sock_fd`` is
+- ``_extra`` is a (native) data descriptor over ``BaseTransport``'s slot: an accepted IPv4,
+  IPv6 or Unix connection's dict (``peername``, ``socket``, ``sockname``, as asyncio makes
+  them) is made when first read.
+- ``_sock`` is a (native) data descriptor over a ``_socket`` slot: an accepted IPv4, IPv6 or
+  Unix connection's ``socket.socket`` is made when first read (natively, only ``_sock_fd`` is
   needed).
 - ``_read_ready`` is the native reader (``ferroloop._core._TransportReader``), kept in the
   ``_reader`` slot, while there is one; asyncio's method otherwise.
@@ -172,7 +172,7 @@ _BUFFER_FACTORY = getattr(selector_events._SelectorTransport, "_buffer_factory",
 
 # asyncio's _SelectorTransport, slotted. `_sock = None` (a class attribute there, read by
 # __del__ on a transport whose __init__ failed) is a native data descriptor over the `_socket`
-# slot here: an accepted IPv4 connection's socket object is made when first read
+# slot here: an accepted IPv4, IPv6 or Unix connection's socket object is made when first read
 # (crates/ferroloop-py/src/net/extra.rs), and `None` is read while the slot is unset.
 _SelectorTransport: Any = type(
     "_SelectorTransport",
@@ -231,7 +231,7 @@ _SelectorSocketTransport: Any = type(
         "__module__": __name__,
         "__slots__": ("_eof", "_empty_waiter", "_read_cb", "_reader", *_extra_slots),
         "_read_ready_cb": _read_ready_cb,
-        # Made on first read for an accepted IPv4 connection (net/extra.rs).
+        # Made on first read for an accepted IPv4, IPv6 or Unix connection (net/extra.rs).
         "_extra": _core._ExtraAttribute(),
         "_read_ready": property(_read_ready),
         **_extra_namespace,

@@ -361,6 +361,40 @@ pub fn send_to_unix(fd: RawFd, data: &[u8], path: &[u8]) -> io::Result<usize> {
     send_to(fd, data, &sun, len)
 }
 
+extern "C" {
+    // POSIX (glibc, musl, the BSDs and macOS); the libc crate does not declare it.
+    fn inet_ntop(
+        af: libc::c_int,
+        src: *const libc::c_void,
+        dst: *mut libc::c_char,
+        size: libc::socklen_t,
+    ) -> *const libc::c_char;
+}
+
+/// An IPv6 address as `inet_ntop(AF_INET6, ...)` writes it, which is how `socket` shows one
+/// (`::ffff:1.2.3.4` for an IPv4-mapped address, `::1.2.3.4` for an IPv4-compatible one).
+pub fn ipv6_text(host: [u8; 16]) -> String {
+    // INET6_ADDRSTRLEN: the longest text and its terminating NUL.
+    let mut text = [0 as libc::c_char; 46];
+    // SAFETY: `host` is the 16 bytes of an in6_addr; `text` is writable for its length, which
+    // the call is given. It only fails for a buffer too small, which this one is not.
+    let written = unsafe {
+        inet_ntop(
+            libc::AF_INET6,
+            host.as_ptr().cast(),
+            text.as_mut_ptr(),
+            text.len() as libc::socklen_t,
+        )
+    };
+    if written.is_null() {
+        return std::net::Ipv6Addr::from(host).to_string();
+    }
+    // SAFETY: `inet_ntop` wrote a NUL-terminated string into `text`.
+    unsafe { std::ffi::CStr::from_ptr(text.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// True for the errors that mean "not now, wait for readiness" (`EAGAIN`/`EWOULDBLOCK`).
 #[inline]
 pub fn would_block(error: &io::Error) -> bool {

@@ -13,11 +13,14 @@ use ferroloop_core::sys::net;
 
 use super::buffer::{byte_buffer, recvfrom_bytes, SCRATCH_SIZE};
 use super::max_size;
-use super::socket::{fileno, ipv4_address, is_plain_socket, retry_interrupted, socket_kind};
+use super::socket::{
+    fileno, ipv4_address, ipv6_address, is_plain_socket, retry_interrupted, socket_kind,
+    unix_address,
+};
 use super::transport::{
     asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef, DATAGRAM_SLOTS,
 };
-use crate::ffi::{fs_decode, fs_encode, keep_spare_bytes};
+use crate::ffi::{fs_encode, keep_spare_bytes};
 use crate::gil_cell::GilCell;
 
 static ASYNCIO_DATAGRAM_READ_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -138,12 +141,7 @@ impl UnixPath {
     /// abstract namespace, else the name up to its first NUL decoded as `os.fsdecode` does
     /// (`''` for an unnamed socket).
     fn object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let path = self.as_slice();
-        if path.first() == Some(&0) {
-            return Ok(PyBytes::new(py, path).into_any());
-        }
-        let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
-        fs_decode(py, &path[..end])
+        unix_address(py, self.as_slice())
     }
 }
 
@@ -178,19 +176,7 @@ impl Address {
             Address::Unix(path) => path.object(py),
             Address::Ipv4(host, port) => ipv4_address(py, (host, port)),
             Address::Ipv6(host, port, flowinfo, scope_id) => {
-                let address = std::net::Ipv6Addr::from(host);
-                let text = if host[..10].iter().all(|&b| b == 0) {
-                    // IPv4-compatible and -mapped forms: the C library's own spelling.
-                    let packed = pyo3::types::PyBytes::new(py, &host);
-                    py.import("socket")?
-                        .getattr("inet_ntop")?
-                        .call1((libc::AF_INET6, packed))?
-                } else {
-                    pyo3::types::PyString::new(py, &address.to_string()).into_any()
-                };
-                Ok((text, port, flowinfo, scope_id)
-                    .into_pyobject(py)?
-                    .into_any())
+                ipv6_address(py, (host, port, flowinfo, scope_id))
             }
         }
     }

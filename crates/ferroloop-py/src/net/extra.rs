@@ -4,20 +4,20 @@
 //! `peername` tuple (from `accept`), `socket` (a `TransportSocket`) and `sockname`. An idle
 //! connection keeps a dict, a `TransportSocket`, a tuple, a host string and a port int that
 //! many servers never read, some 370 bytes. On ferroloop's slotted transport
-//! (`ferroloop._stream_transport`) an accepted IPv4 connection's `_extra` slot holds a
-//! [`PendingExtra`] instead: the connection's kind (its socket object is made only when read,
-//! see `server.rs`), the peer's address as the kernel gave it, and the `sockname` tuple read
-//! at construction (the one tuple the connections of a server share, see
-//! `stream_lifecycle.rs`). The `_extra` property of that class turns it into asyncio's dict,
-//! with the same keys in the same order and the same values, on first read (making the
-//! socket object then); what is read afterwards is that dict. Making the socket object makes
-//! the dict too, so that `extra["socket"]` wraps that object even when read after close.
+//! (`ferroloop._stream_transport`) an accepted IPv4, IPv6 or Unix connection's `_extra` slot holds
+//! a [`PendingExtra`] instead: the connection's kind (its socket object is made only when read, see
+//! `server.rs`), the peer's address (an IPv4 one as the kernel gave it), and the `sockname` read at
+//! construction (the one tuple or path the connections of a server share, see
+//! `stream_lifecycle.rs`). The `_extra` property of that class turns it into asyncio's dict, with
+//! the same keys in the same order and the same values, on first read (making the socket object
+//! then); what is read afterwards is that dict. Making the socket object makes the dict too, so
+//! that `extra["socket"]` wraps that object even when read after close.
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{IntoPyDict, PyDict, PyTuple};
 
-use super::socket::{accepted_socket_of, closed_socket, ipv4_address};
+use super::socket::{accepted_socket_of, closed_socket, PeerAddress};
 use super::stream_lifecycle::asyncio;
 use super::transport::{get, set};
 use crate::ffi::{descriptor_get, descriptor_set, is_exact_int, object_new};
@@ -107,7 +107,7 @@ impl SocketAttribute {
 }
 
 /// The slotted stream transport's `_extra` (a data descriptor over `BaseTransport`'s slot): an
-/// accepted IPv4 connection's dict is made on first read, with its socket object.
+/// accepted IPv4, IPv6 or Unix connection's dict is made on first read, with its socket object.
 #[pyclass(module = "ferroloop._core", name = "_ExtraAttribute", frozen)]
 pub struct ExtraAttribute;
 
@@ -158,15 +158,15 @@ impl ExtraAttribute {
     }
 }
 
-/// An accepted IPv4 connection's `extra`, not made yet. Not tracked by the cyclic GC: what it
-/// holds (a socket object or a tuple of ints, a tuple of a string and an int) holds nothing
-/// back.
+/// An accepted IPv4, IPv6 or Unix connection's `extra`, not made yet. Not tracked by the cyclic GC:
+/// what it holds (a socket object or a tuple of ints, addresses: tuples, strings, ints, bytes)
+/// holds nothing back.
 #[pyclass(module = "ferroloop._core", name = "_PendingExtra", frozen)]
 pub struct PendingExtra {
     /// The connection's socket object, or, when the transport makes it only on demand
     /// (`server.rs`), the connection's `(family, type, proto)`.
     source: Py<PyAny>,
-    peer: ([u8; 4], u16),
+    peer: PeerAddress,
     sockname: Py<PyAny>,
 }
 
@@ -176,7 +176,7 @@ impl PendingExtra {
         self.source.bind(py).cast::<PyTuple>().ok().cloned()
     }
 
-    pub(crate) fn new(source: Py<PyAny>, peer: ([u8; 4], u16), sockname: Py<PyAny>) -> Self {
+    pub(crate) fn new(source: Py<PyAny>, peer: PeerAddress, sockname: Py<PyAny>) -> Self {
         PendingExtra {
             source,
             peer,
@@ -208,7 +208,7 @@ impl PendingExtra {
             },
         };
         let extra = PyDict::new(py);
-        extra.set_item(intern!(py, "peername"), ipv4_address(py, self.peer)?)?;
+        extra.set_item(intern!(py, "peername"), self.peer.object(py)?)?;
         let transport_socket = &asyncio(py)?.transport_socket;
         // trsock.TransportSocket(sock): its __init__ only sets its one slot.
         let wrapped = object_new(transport_socket.bind(py))?;

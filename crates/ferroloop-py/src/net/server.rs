@@ -17,12 +17,13 @@
 //! (natively, see `stream_lifecycle.rs`, when that method is ferroloop's own).
 //! As in asyncio outside debug mode, an exception there is dropped (the task swallowed it).
 //!
-//! An IPv4 connection that gets ferroloop's slotted transport has no `socket.socket` made for
-//! it at accept: the step gets the fd in an [`AcceptedFd`] (which closes it if the step never
-//! runs), and the transport's `_socket` slot holds the fd number until something reads
-//! `transport._sock` (see `stream_lifecycle.rs`, `extra.rs`). A server whose connections nobody
-//! asks for their socket makes none: an object and ~3,000 instructions less per connection,
-//! and 96 bytes less per idle one.
+//! An IPv4, IPv6 or Unix connection that gets ferroloop's slotted transport has no
+//! `socket.socket` made for it at accept (an IPv6 or Unix peer's address is made from what
+//! `accept` gave, as `socket.accept()` makes it): the step gets the fd in an [`AcceptedFd`]
+//! (which closes it if the step never runs), and the transport's `_socket` slot holds the fd
+//! number until something reads `transport._sock` (see `stream_lifecycle.rs`, `extra.rs`). A
+//! server whose connections nobody asks for their socket makes none: an object and ~3,000
+//! instructions less per connection, and 96 bytes less per idle one.
 //!
 //! A TLS server's batch is native as well, but each connection is asyncio's own task, made at
 //! the same point: `loop.create_task(loop._accept_connection2(protocol_factory, conn,
@@ -48,7 +49,8 @@ use pyo3::PyTraverseError;
 use ferroloop_core::sys::net;
 
 use super::socket::{
-    accepted_socket, fileno, init_patched, ipv4_address, retry_interrupted, socket_kind, SocketKind,
+    accepted_socket, fileno, init_patched, ipv4_address, ipv6_address, retry_interrupted,
+    socket_kind, unix_address, PeerAddress, SocketKind,
 };
 use super::stream_lifecycle::{make_socket_transport, TransportSocket};
 use crate::event_loop::Loop;
@@ -182,9 +184,17 @@ impl Acceptor {
             let made = serving.protocol_factory.bind(py).call0()?;
             protocol = Some(made.clone());
             let server = serving.server.bind(py);
-            // An IPv4 peer comes as the kernel gave it (see `accept_batch`).
+            // An IPv4 peer comes as the kernel gave it; an IPv6 or Unix peer's address, for a
+            // connection whose socket object is not made, as `accept` gave it (see
+            // `accept_batch`).
             let peer = match addr.extract::<u64>() {
-                Ok(packed) => Some(unpack_ipv4(packed)),
+                Ok(packed) => {
+                    let (host, port) = unpack_ipv4(packed);
+                    Some(PeerAddress::Ipv4(host, port))
+                }
+                Err(_) if lazy_fd.is_some() && serving.kind.0 != libc::AF_INET => {
+                    Some(PeerAddress::Made(addr.clone().unbind()))
+                }
                 Err(_) => None,
             };
             match &serving.transport_class {
@@ -219,7 +229,7 @@ impl Acceptor {
                 }
                 _ => {
                     let addr = match peer {
-                        Some(peer) => ipv4_address(py, peer)?,
+                        Some(peer) => peer.object(py)?,
                         None => addr,
                     };
                     let extra = PyDict::new(py);
@@ -329,14 +339,18 @@ impl Acceptor {
                     }
                 }
             };
-            // An IPv4 connection to ferroloop's transport: its socket object is made only if
-            // something asks for it (see the module docs).
+            // An IPv4, IPv6 or Unix connection to ferroloop's transport: its socket object is made
+            // only if something asks for it (see the module docs).
             // Not when `socket.socket.__init__` is patched: whoever patched it sees each
             // connection's object made, as with `socket.accept()`.
             let unmade = serving.transport_class.is_some()
                 && serving.sslcontext.is_none()
-                && serving.kind.0 == libc::AF_INET
-                && peer.ipv4().is_some()
+                && match serving.kind.0 {
+                    libc::AF_INET => peer.ipv4().is_some(),
+                    libc::AF_INET6 => peer.ipv6().is_some(),
+                    libc::AF_UNIX => peer.unix().is_some(),
+                    _ => false,
+                }
                 && !init_patched(py)?;
             let conn = if unmade {
                 let conn = Bound::new(py, AcceptedFd::new(fd))?;
@@ -361,10 +375,14 @@ impl Acceptor {
                 conn
             };
             // An IPv4 peer as one int (`pack_ipv4`), turned into asyncio's tuple only when
-            // read; other families: the same address, from the connection itself.
-            let addr = match peer.ipv4() {
-                Some(address) => pack_ipv4(address).into_pyobject(py)?.into_any(),
-                None => conn.call_method0(intern!(py, "getpeername"))?,
+            // read; the IPv6 or Unix peer of an unmade socket: its address as
+            // `socket.accept()` makes it; other families: the same address, from the
+            // connection itself.
+            let addr = match (peer.ipv4(), peer.ipv6(), peer.unix()) {
+                (Some(address), _, _) => pack_ipv4(address).into_pyobject(py)?.into_any(),
+                (None, Some(address), _) if unmade => ipv6_address(py, address)?,
+                (None, None, Some(path)) if unmade => unix_address(py, path)?,
+                _ => conn.call_method0(intern!(py, "getpeername"))?,
             };
             let args = PyTuple::new(py, [conn, addr])?;
             Loop::schedule_soon(

@@ -15,7 +15,9 @@ use pyo3::types::{PyString, PyTuple, PyType};
 
 use super::buffer::Buffer;
 use crate::errors::os_error;
-use crate::ffi::{check_signals, member_offset, type_lookup, untrack, Slots, OBJECT_HEADER_SIZE};
+use crate::ffi::{
+    check_signals, fs_decode, member_offset, type_lookup, untrack, Slots, OBJECT_HEADER_SIZE,
+};
 
 static SOCKET_TYPE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
@@ -177,29 +179,80 @@ pub(crate) fn send(py: Python<'_>, fd: RawFd, data: &[u8]) -> PyResult<Option<us
     retry_interrupted(py, || net::send(fd, data))
 }
 
-/// `("a.b.c.d", port)`, an `AF_INET` address as `socket`'s `makesockaddr` gives it. The
-/// host string of the previous address is reused when the host is the same (a server's
-/// clients often share one): strings are immutable, and each idle connection's peer name
-/// then costs a tuple and a port, not another string.
+/// The host string of an address: the previous one's when the host is the same (a server's
+/// clients often share one). Strings are immutable, and each idle connection's peer name then
+/// costs a tuple and a port, not another string.
+fn host_text<'py, const N: usize>(
+    py: Python<'py>,
+    last: &Mutex<Option<([u8; N], Py<PyString>)>>,
+    host: [u8; N],
+    spell: impl FnOnce([u8; N]) -> String,
+) -> Bound<'py, PyString> {
+    let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((cached, text)) = last.as_ref() {
+        if *cached == host {
+            return text.bind(py).clone();
+        }
+    }
+    let text = PyString::new(py, &spell(host));
+    let previous = last.replace((host, text.clone().unbind()));
+    drop(last);
+    drop(previous);
+    text
+}
+
+/// `("a.b.c.d", port)`, an `AF_INET` address as `socket`'s `makesockaddr` gives it.
 pub(crate) fn ipv4_address(
     py: Python<'_>,
     (host, port): ([u8; 4], u16),
 ) -> PyResult<Bound<'_, PyAny>> {
     static LAST_HOST: Mutex<Option<([u8; 4], Py<PyString>)>> = Mutex::new(None);
-    let mut last = LAST_HOST
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let text = match last.as_ref() {
-        Some((cached, text)) if *cached == host => text.bind(py).clone(),
-        _ => {
-            let text = PyString::new(py, &std::net::Ipv4Addr::from(host).to_string());
-            let previous = last.replace((host, text.clone().unbind()));
-            drop(last);
-            drop(previous);
-            text
-        }
-    };
+    let text = host_text(py, &LAST_HOST, host, |host| {
+        std::net::Ipv4Addr::from(host).to_string()
+    });
     Ok((text, port).into_pyobject(py)?.into_any())
+}
+
+/// `(host, port, flowinfo, scope_id)`, an `AF_INET6` address as `socket`'s `makesockaddr`
+/// gives it (the host as `inet_ntop` writes it).
+pub(crate) fn ipv6_address(
+    py: Python<'_>,
+    (host, port, flowinfo, scope_id): ([u8; 16], u16, u32, u32),
+) -> PyResult<Bound<'_, PyAny>> {
+    static LAST_HOST: Mutex<Option<([u8; 16], Py<PyString>)>> = Mutex::new(None);
+    let text = host_text(py, &LAST_HOST, host, net::ipv6_text);
+    Ok((text, port, flowinfo, scope_id)
+        .into_pyobject(py)?
+        .into_any())
+}
+
+/// What `socket`'s `makesockaddr` gives for a Unix socket address's path as the kernel wrote
+/// it ([`net::SockAddr::unix`]): `bytes` of the whole address for Linux's abstract namespace,
+/// else the name up to its first NUL decoded as `os.fsdecode` does (`''` for an unnamed
+/// socket).
+pub(crate) fn unix_address<'py>(py: Python<'py>, path: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    if path.first() == Some(&0) {
+        return Ok(pyo3::types::PyBytes::new(py, path).into_any());
+    }
+    let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+    fs_decode(py, &path[..end])
+}
+
+/// An accepted connection's peer as `accept` gave it: an IPv4 address is made into asyncio's
+/// `(host, port)` only when read; an IPv6 or Unix peer's address was made at accept.
+pub(crate) enum PeerAddress {
+    Ipv4([u8; 4], u16),
+    Made(Py<PyAny>),
+}
+
+impl PeerAddress {
+    /// asyncio's `extra["peername"]`.
+    pub(crate) fn object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            PeerAddress::Ipv4(host, port) => ipv4_address(py, (*host, *port)),
+            PeerAddress::Made(object) => Ok(object.bind(py).clone()),
+        }
+    }
 }
 
 /// Whether `socket.socket.__init__` is not `socket`'s own (a library watching sockets being

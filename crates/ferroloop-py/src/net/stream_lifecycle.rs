@@ -5,12 +5,12 @@
 //! with `__slots__` (`ferroloop._stream_transport`, decision 0009), or ferroloop's subclass of
 //! it for the class a caller passes. [`new_socket_transport`] makes the instance and gives it
 //! every attribute asyncio's `__init__` chain gives it (on the slotted class, the `extra` dict
-//! of an accepted IPv4 connection and the write buffer are made when first read: `extra.rs`,
-//! `_stream_transport.py`), with the same values, makes the same calls
+//! of an accepted IPv4, IPv6 or Unix connection and the write buffer are made when first read:
+//! `extra.rs`, `_stream_transport.py`), with the same values, makes the same calls
 //! (`server._attach`, `loop._transports[fd] = transport`, `TCP_NODELAY`) and schedules the same
 //! callbacks in the same order (`connection_made`, the start of reading, the waiter's result).
-//! Every method that is not replaced here, and every other case (debug mode, another socket
-//! type), is asyncio's own code working on those attributes.
+//! Every method that is not replaced here, and every other case (debug mode, another socket type),
+//! is asyncio's own code working on those attributes.
 //!
 //! Replaced: `_read_ready__on_eof` (inside the native reader), `close` (a C method of the
 //! class, as `write`: `methods.rs`), and the `_call_connection_lost` that `close` schedules, whose callable names
@@ -34,7 +34,10 @@ use ferroloop_core::sys::net;
 use super::extra::PendingExtra;
 use super::server::{attach_transport, detach_transport};
 use super::sock_ops::ensure_fd_no_transport;
-use super::socket::{accepted_socket_of, close_socket, fileno, ipv4_address, socket_kind};
+use super::socket::{
+    accepted_socket_of, close_socket, fileno, ipv4_address, ipv6_address, socket_kind,
+    unix_address, PeerAddress,
+};
 use super::stream::TransportReader;
 use super::stream::{is_slotted, write_buffer_empty, SLOTTED, UNSET_BUFFERED};
 use super::transport::{fatal_error, get, instance_attr, is_exit, set, Attributes};
@@ -48,8 +51,12 @@ use crate::handles::Args;
 /// offsets on the slotted class, a plain `setattr` on the others.
 const SLOTS_ONLY: Attributes<'static> = None;
 
-/// The socket a transport is made for: a socket object, or an accepted IPv4 connection's fd
-/// whose socket object is made only when `transport._sock` is first read (see `server.rs`).
+/// The families whose accepted connections get their socket object only when it is read.
+pub(crate) const LAZY_FAMILIES: [i32; 3] = [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX];
+
+/// The socket a transport is made for: a socket object, or an accepted IPv4, IPv6 or Unix
+/// connection's fd whose socket object is made only when `transport._sock` is first read (see
+/// `server.rs`).
 #[derive(Clone, Copy)]
 pub(crate) enum TransportSocket<'a, 'py> {
     Object(&'a Bound<'py, PyAny>),
@@ -259,27 +266,57 @@ fn address_or_none<'py>(
     }
 }
 
-/// `sock.getsockname()` of an `AF_INET` socket, `None` on `OSError`, as asyncio's `__init__`
-/// asks for it, without `socket`'s `inet_ntop` (a `sprintf`). The connections of one server
-/// share a local address, so the last one's tuple is reused: it is immutable, and one tuple
-/// for many transports saves each idle connection a tuple, a string and an int.
-fn local_ipv4_address(py: Python<'_>, fd: i32) -> PyResult<Bound<'_, PyAny>> {
-    type Ipv4Address = ([u8; 4], u16);
-    static LAST: Mutex<Option<(Ipv4Address, Py<PyAny>)>> = Mutex::new(None);
-    let Some(address) = net::local_address(fd).ok().and_then(|addr| addr.ipv4()) else {
+/// The last local address made into its Python object, and that object.
+type LastAddress<K> = Mutex<Option<(K, Py<PyAny>)>>;
+
+/// `sock.getsockname()`, `None` on `OSError` (or another family than `key` reads), as asyncio's
+/// `__init__` asks for it, without the socket object or `socket`'s own conversion. The
+/// connections of one server share a local address, so the last one's object is reused: it is
+/// immutable, and one for many transports saves each idle connection a tuple or a string.
+fn local_address<'py, K: PartialEq>(
+    py: Python<'py>,
+    fd: i32,
+    last: &LastAddress<K>,
+    key: impl FnOnce(&net::SockAddr) -> Option<K>,
+    make: impl FnOnce(Python<'py>, &K) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let Some(address) = net::local_address(fd).ok().as_ref().and_then(key) else {
         return Ok(py.None().into_bound(py));
     };
-    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((key, tuple)) = last.as_ref() {
-        if *key == address {
-            return Ok(tuple.bind(py).clone());
+    let mut last = last.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((cached, object)) = last.as_ref() {
+        if *cached == address {
+            return Ok(object.bind(py).clone());
         }
     }
-    let tuple = ipv4_address(py, address)?;
-    let previous = last.replace((address, tuple.clone().unbind()));
+    let object = make(py, &address)?;
+    let previous = last.replace((address, object.clone().unbind()));
     drop(last);
     drop(previous);
-    Ok(tuple)
+    Ok(object)
+}
+
+/// `sock.getsockname()` of a socket of `family` (`AF_INET`, `AF_INET6` or `AF_UNIX`), natively:
+/// see [`local_address`].
+fn local_address_of(py: Python<'_>, family: i32, fd: i32) -> PyResult<Bound<'_, PyAny>> {
+    static IPV4: LastAddress<([u8; 4], u16)> = Mutex::new(None);
+    static IPV6: LastAddress<([u8; 16], u16, u32, u32)> = Mutex::new(None);
+    static UNIX: LastAddress<Vec<u8>> = Mutex::new(None);
+    match family {
+        libc::AF_INET => local_address(py, fd, &IPV4, net::SockAddr::ipv4, |py, a| {
+            ipv4_address(py, *a)
+        }),
+        libc::AF_INET6 => local_address(py, fd, &IPV6, net::SockAddr::ipv6, |py, a| {
+            ipv6_address(py, *a)
+        }),
+        _ => local_address(
+            py,
+            fd,
+            &UNIX,
+            |address| address.unix().map(<[u8]>::to_vec),
+            |py, path| unix_address(py, path),
+        ),
+    }
 }
 
 /// `ferroloop._core._new_socket_transport(loop, cls, sock, protocol, waiter, extra, server,
@@ -314,7 +351,7 @@ pub fn new_socket_transport<'py>(
 }
 
 /// [`new_socket_transport`], for a socket whose `(family, type, proto)` the caller may know
-/// already (an accepted connection's are its listening socket's), and whose IPv4 peer the
+/// already (an accepted connection's are its listening socket's), and whose peer the
 /// caller may have from `accept` (`peer`: `extra["peername"]`, made only when read on the
 /// slotted class).
 #[allow(clippy::too_many_arguments)]
@@ -326,18 +363,18 @@ pub(crate) fn make_socket_transport<'py>(
     protocol: &Bound<'py, PyAny>,
     waiter: &Bound<'py, PyAny>,
     extra: &Bound<'py, PyAny>,
-    peer: Option<([u8; 4], u16)>,
+    peer: Option<PeerAddress>,
     server: &Bound<'py, PyAny>,
     check_fd: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let py = event_loop.py();
     let asyncio = asyncio(py)?;
-    // An unmade socket serves an accepted IPv4 connection with no extra of the caller's (the
-    // case the acceptor passes one for); any other gets its socket object at once.
+    // An unmade socket serves an accepted IPv4, IPv6 or Unix connection with no extra of the
+    // caller's (the case the acceptor passes one for); any other gets its socket object at once.
     let made;
     let socket = match socket {
         TransportSocket::Unmade { fd, kind }
-            if sock_kind.is_none_or(|(family, _, _)| family != libc::AF_INET)
+            if sock_kind.is_none_or(|(family, _, _)| !LAZY_FAMILIES.contains(&family))
                 || peer.is_none()
                 || !extra.is_none() =>
         {
@@ -453,14 +490,14 @@ pub(crate) fn make_socket_transport<'py>(
         (None, TransportSocket::Unmade { .. }) => unreachable!("made above"),
     };
     let sockname = match (family, socket) {
-        (libc::AF_INET, _) => local_ipv4_address(py, fd)?,
+        (libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX, _) => local_address_of(py, family, fd)?,
         (_, TransportSocket::Object(sock)) => address_or_none(sock, intern!(py, "getsockname"))?,
         (_, TransportSocket::Unmade { .. }) => unreachable!("made above"),
     };
     match (slotted, peer, socket) {
-        // An accepted IPv4 connection on the slotted class, with no extra of the caller's:
-        // the dict is made when first read (`extra.rs`). `BaseTransport`'s slot, under the
-        // class's `_extra` property.
+        // An accepted IPv4, IPv6 or Unix connection on the slotted class, with no extra of the
+        // caller's: the dict is made when first read (`extra.rs`). `BaseTransport`'s slot, under
+        // the class's `_extra` property.
         (Some(_), Some(peer), socket) if extra.is_none() => {
             let source = match socket {
                 TransportSocket::Object(sock) => sock.clone(),
@@ -470,21 +507,21 @@ pub(crate) fn make_socket_transport<'py>(
                 py,
                 PendingExtra::new(source.unbind(), peer, sockname.unbind()),
             )?;
-            // What it holds (a socket object or a tuple of ints, a tuple of a string and an
-            // int) cannot lead back to it: it can never be part of a reference cycle (see
-            // `untrack`).
+            // What it holds (a socket object or a tuple of ints, addresses: tuples, strings,
+            // ints, bytes) cannot lead back to it: it can never be part of a reference cycle
+            // (see `untrack`).
             untrack(pending.as_any());
             descriptor_set(asyncio.extra_slot.bind(py), &transport, pending.as_any())?;
         }
         (_, _, TransportSocket::Unmade { .. }) => unreachable!("made above"),
-        (_, _, TransportSocket::Object(sock)) => {
+        (_, peer, TransportSocket::Object(sock)) => {
             let extra = if extra.is_none() {
                 PyDict::new(py).into_any()
             } else {
                 extra.clone()
             };
             if let Some(peer) = peer {
-                extra.set_item(intern!(py, "peername"), ipv4_address(py, peer)?)?;
+                extra.set_item(intern!(py, "peername"), peer.object(py)?)?;
             }
             match slotted {
                 Some(_) => descriptor_set(asyncio.extra_slot.bind(py), &transport, &extra)?,
