@@ -57,6 +57,11 @@ class Workload:
     size: int = 1024
     tls: bool = False
     what: str = ""
+    unix: bool = False  # a Unix socket address (the client's mode may not say so: churn)
+
+    @property
+    def on_unix_socket(self) -> bool:
+        return self.unix or self.client == "unix"
 
 
 WORKLOADS = [
@@ -83,6 +88,14 @@ WORKLOADS = [
         "http", "http", "http", "http", conns=32, what="HTTP/1.1 keep-alive, httptools, 32 conns"
     ),
     Workload("churn", "churn", "churn", "tcp", what="connect + 64 B echo + close, 8 concurrent"),
+    Workload(
+        "unix_churn",
+        "unix_protocol",
+        "churn",
+        "unix",
+        unix=True,
+        what="Unix socket: connect + 64 B echo + close, 8 concurrent",
+    ),
     Workload(
         "accept_storm",
         "storm",
@@ -343,7 +356,7 @@ def start_client(ctx: Ctx, cmd: list[str], name: str):
 
 def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
     a = ctx.args
-    if wl.client == "unix":
+    if wl.on_unix_socket:
         addr = os.path.join(
             tempfile.gettempdir(), f"ferroloop-bench-{os.getpid()}-{ctx.counter}.sock"
         )
@@ -424,7 +437,7 @@ def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
     finally:
         stop(client)
         stop(server)
-        if wl.client == "unix":
+        if wl.on_unix_socket:
             try:
                 os.unlink(addr)
             except OSError:

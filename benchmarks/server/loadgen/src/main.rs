@@ -171,6 +171,42 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Non-blocking connect: what the churn client measures includes the set-up.
+    fn connect(addr: &Addr) -> io::Result<Stream> {
+        Ok(match addr {
+            Addr::Inet(a) => Stream::Tcp(TcpStream::connect(*a)?),
+            Addr::Unix(p) => Stream::Unix(UnixStream::connect(p)?),
+        })
+    }
+
+    /// Whether a non-blocking connect has completed (`TCP_NODELAY` is set then): `Ok(false)`
+    /// while it is under way.
+    fn finish_connect(&mut self) -> io::Result<bool> {
+        let error = match self {
+            Stream::Tcp(s) => s.take_error()?,
+            Stream::Unix(s) => s.take_error()?,
+        };
+        if let Some(error) = error {
+            return Err(error);
+        }
+        let peer = match self {
+            Stream::Tcp(s) => s.peer_addr().map(drop),
+            Stream::Unix(s) => s.peer_addr().map(drop),
+        };
+        match peer {
+            Ok(()) => {
+                if let Stream::Tcp(s) = self {
+                    let _ = s.set_nodelay(true);
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl Read for Stream {
     fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
         match self {
@@ -435,21 +471,17 @@ fn client_udp(a: &Args) {
 // client: churn (connect, 64 B ping-pong, close; one request = one connection)
 
 fn client_churn(a: &Args) {
-    let server = match &a.addr {
-        Addr::Inet(x) => *x,
-        Addr::Unix(_) => die("churn needs HOST:PORT"),
-    };
     let mut poll = Poll::new().unwrap();
     let mut events = Events::with_capacity(1024);
     let wbuf = vec![b'c'; CHURN_SIZE];
     let mut rbuf = vec![0u8; 4096];
     struct C {
-        s: TcpStream,
+        s: Stream,
         connected: bool,
         pp: PingPong,
     }
     let open = |poll: &Poll, i: usize| -> C {
-        let mut s = TcpStream::connect(server).unwrap_or_else(|e| die(format!("connect: {e}")));
+        let mut s = Stream::connect(&a.addr).unwrap_or_else(|e| die(format!("connect: {e}")));
         poll.registry().register(&mut s, Token(i), Interest::READABLE | Interest::WRITABLE).unwrap();
         C { s, connected: false, pp: PingPong { sent: 0, recvd: 0 } }
     };
@@ -468,16 +500,10 @@ fn client_churn(a: &Args) {
             let c = &mut conns[i];
             let mut failed = false;
             if !c.connected {
-                match c.s.take_error() {
-                    Ok(Some(_)) | Err(_) => failed = true,
-                    Ok(None) => match c.s.peer_addr() {
-                        Ok(_) => {
-                            c.connected = true;
-                            let _ = c.s.set_nodelay(true);
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::NotConnected => continue,
-                        Err(_) => failed = true,
-                    },
+                match c.s.finish_connect() {
+                    Ok(true) => c.connected = true,
+                    Ok(false) => continue,
+                    Err(_) => failed = true,
                 }
             }
             if !failed {
