@@ -14,8 +14,7 @@ use ferroloop_core::sys::net;
 use super::buffer::{byte_buffer, recvfrom_bytes, SCRATCH_SIZE};
 use super::max_size;
 use super::socket::{
-    fileno, ipv4_address, ipv6_address, is_plain_socket, retry_interrupted, socket_kind,
-    unix_address,
+    fileno, ipv4_address, ipv6_address, is_plain_socket, retry_interrupted, socket_kind, UnixPath,
 };
 use super::transport::{
     asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef, DATAGRAM_SLOTS,
@@ -101,48 +100,6 @@ fn unix_destination(addr: &Bound<'_, PyAny>) -> Option<Address> {
         return None;
     };
     Some(Address::Unix(path))
-}
-
-/// A Unix socket address's path (at most `sun_path`'s length), as the kernel gives it or as
-/// a destination: bytes, the first NUL for Linux's abstract namespace.
-#[derive(Clone, Copy, PartialEq)]
-struct UnixPath {
-    len: u8,
-    bytes: [u8; net::UNIX_PATH_MAX],
-}
-
-impl UnixPath {
-    /// A destination `path`: not empty and shorter than `sun_path` (room for the terminating
-    /// NUL, which `socket` requires of every name).
-    fn new(path: &[u8]) -> Option<Self> {
-        if path.is_empty() || path.len() >= net::UNIX_PATH_MAX {
-            return None;
-        }
-        Some(Self::received(path))
-    }
-
-    /// A sender's path as the kernel wrote it (at most `sun_path`'s length, which
-    /// [`net::SockAddr::unix`] guarantees).
-    fn received(path: &[u8]) -> Self {
-        let mut bytes = [0; net::UNIX_PATH_MAX];
-        let len = path.len().min(net::UNIX_PATH_MAX);
-        bytes[..len].copy_from_slice(&path[..len]);
-        UnixPath {
-            len: len as u8,
-            bytes,
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-
-    /// What `socket`'s `makesockaddr` gives: `bytes` of the whole address for Linux's
-    /// abstract namespace, else the name up to its first NUL decoded as `os.fsdecode` does
-    /// (`''` for an unnamed socket).
-    fn object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        unix_address(py, self.as_slice())
-    }
 }
 
 /// An IPv4, IPv6 or Unix socket address: a datagram's sender as the kernel gave it, or where
@@ -400,13 +357,11 @@ impl DatagramReader {
         let sock = dget!(py, transport, "_sock")?;
         let native = self.is_native(&sock)?;
         let max_size = match max_size::known(&transport) {
-            Some(size) => usize::try_from(size).map_err(|_| ()),
-            None => dget!(py, transport, "max_size")?
-                .extract::<usize>()
-                .map_err(drop),
+            Some(size) => usize::try_from(size).ok(),
+            None => dget!(py, transport, "max_size")?.extract::<usize>().ok(),
         };
         let size = match max_size {
-            Ok(size) if native && size <= SCRATCH_SIZE => size,
+            Some(size) if native && size <= SCRATCH_SIZE => size,
             _ => {
                 asyncio_method(
                     py,

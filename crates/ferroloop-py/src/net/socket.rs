@@ -238,6 +238,48 @@ pub(crate) fn unix_address<'py>(py: Python<'py>, path: &[u8]) -> PyResult<Bound<
     fs_decode(py, &path[..end])
 }
 
+/// A Unix socket address's path (at most `sun_path`'s length), as the kernel gives it or as
+/// a destination: bytes, the first NUL for Linux's abstract namespace.
+#[derive(Clone, Copy, PartialEq)]
+pub(crate) struct UnixPath {
+    len: u8,
+    bytes: [u8; net::UNIX_PATH_MAX],
+}
+
+impl UnixPath {
+    /// A destination `path`: not empty and shorter than `sun_path` (room for the terminating
+    /// NUL, which `socket` requires of every name).
+    pub(crate) fn new(path: &[u8]) -> Option<Self> {
+        if path.is_empty() || path.len() >= net::UNIX_PATH_MAX {
+            return None;
+        }
+        Some(Self::received(path))
+    }
+
+    /// A sender's path as the kernel wrote it (at most `sun_path`'s length, which
+    /// [`net::SockAddr::unix`] guarantees).
+    pub(crate) fn received(path: &[u8]) -> Self {
+        let mut bytes = [0; net::UNIX_PATH_MAX];
+        let len = path.len().min(net::UNIX_PATH_MAX);
+        bytes[..len].copy_from_slice(&path[..len]);
+        UnixPath {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    /// What `socket`'s `makesockaddr` gives: `bytes` of the whole address for Linux's
+    /// abstract namespace, else the name up to its first NUL decoded as `os.fsdecode` does
+    /// (`''` for an unnamed socket).
+    pub(crate) fn object<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        unix_address(py, self.as_slice())
+    }
+}
+
 /// An accepted connection's peer as `accept` gave it: an IPv4 address is made into asyncio's
 /// `(host, port)` only when read; an IPv6 or Unix peer's address was made at accept.
 pub(crate) enum PeerAddress {

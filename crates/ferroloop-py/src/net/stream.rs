@@ -305,9 +305,11 @@ impl TransportReader {
             return Ok(());
         }
         let sock = SocketSlot::of(&transport, &attributes)?;
-        let max_size = match attributes.is_none().then(|| max_size::known(&transport)) {
-            Some(Some(size)) => Ok(size),
-            _ => get!(py, transport, attributes, "max_size")?.extract::<isize>(),
+        // The slotted class's descriptor, else asyncio's attribute as a generic lookup finds it.
+        let known = attributes.is_none().then(|| max_size::known(&transport));
+        let max_size = match known.flatten() {
+            Some(size) => Ok(size),
+            None => get!(py, transport, attributes, "max_size")?.extract::<isize>(),
         };
         let size = match max_size.map(usize::try_from) {
             Ok(Ok(size)) if sock.is_plain()? => size,

@@ -35,8 +35,8 @@ use super::extra::PendingExtra;
 use super::server::{attach_transport, detach_transport};
 use super::sock_ops::ensure_fd_no_transport;
 use super::socket::{
-    accepted_socket_of, close_socket, fileno, ipv4_address, ipv6_address, socket_kind,
-    unix_address, PeerAddress,
+    accepted_socket_of, close_socket, fileno, ipv4_address, ipv6_address, socket_kind, PeerAddress,
+    UnixPath,
 };
 use super::stream::TransportReader;
 use super::stream::{is_slotted, write_buffer_empty, SLOTTED, UNSET_BUFFERED};
@@ -301,7 +301,7 @@ fn local_address<'py, K: PartialEq>(
 fn local_address_of(py: Python<'_>, family: i32, fd: i32) -> PyResult<Bound<'_, PyAny>> {
     static IPV4: LastAddress<([u8; 4], u16)> = Mutex::new(None);
     static IPV6: LastAddress<([u8; 16], u16, u32, u32)> = Mutex::new(None);
-    static UNIX: LastAddress<Vec<u8>> = Mutex::new(None);
+    static UNIX: LastAddress<UnixPath> = Mutex::new(None);
     match family {
         libc::AF_INET => local_address(py, fd, &IPV4, net::SockAddr::ipv4, |py, a| {
             ipv4_address(py, *a)
@@ -313,8 +313,8 @@ fn local_address_of(py: Python<'_>, family: i32, fd: i32) -> PyResult<Bound<'_, 
             py,
             fd,
             &UNIX,
-            |address| address.unix().map(<[u8]>::to_vec),
-            |py, path| unix_address(py, path),
+            |address| address.unix().map(UnixPath::received),
+            |py, path| path.object(py),
         ),
     }
 }
