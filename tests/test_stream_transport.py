@@ -960,3 +960,119 @@ def test_peer_gone_while_data_is_buffered(loop, loop_errors):
     assert t.get_write_buffer_size() == 0
     assert t.is_closing()
     assert loop_errors == []
+
+
+# A peer that is gone: the failed send or read is asyncio's `_fatal_error(exc, message)`. An
+# OSError is neither reported to the exception handler nor logged outside debug mode; the
+# transport is force-closed and `connection_lost(exc)` comes one iteration later. ferroloop does
+# this natively on its own transports, without making an accepted connection's socket object.
+
+
+@pytest.mark.parametrize("family", ACCEPTED)
+@pytest.mark.nodebug
+def test_a_peer_gone_before_the_echo(loop, loop_errors, family):
+    import struct
+
+    trace = []
+    lost = loop.create_future()
+
+    class Echo(Trace):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.write(data)
+            self.transport.write(data)
+
+        def connection_lost(self, exc):
+            t = self.transport
+            member = type(t).__dict__.get("_socket") or type(t).__mro__[1].__dict__.get("_socket")
+            # ferroloop: the fd number is still in the slot, no socket object was ever made.
+            unmade = member is not None and isinstance(member.__get__(t), int)
+            super().connection_lost(exc)
+            lost.set_result((t._conn_lost, t.is_closing(), unmade, t._sock_fd))
+
+    async def main():
+        server, client = await _server(loop, lambda: Echo(trace), family)
+        if family.startswith("tcp"):
+            # A reset rather than a FIN: the server's send fails (or its read does first).
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.sendall(b"ping")
+        client.close()
+        state = await asyncio.wait_for(lost, 5)
+        await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+        return state
+
+    conn_lost, closing, unmade, fd = loop.run_until_complete(main())
+    assert trace[0] == "made"
+    assert trace[-1][0] == "lost"
+    assert trace[-1][1] in ("BrokenPipeError", "ConnectionResetError"), trace
+    assert trace.count(trace[-1]) == 1
+    assert conn_lost >= 1 and closing
+    assert not _fd_is_open(fd) or fd not in loop._transports
+    assert loop_errors == []
+    assert unmade == (isinstance(loop, ferroloop.Loop) and not loop.get_debug())
+
+
+@pytest.mark.nodebug
+def test_a_failed_write_force_closes_as_asyncio(loop, loop_errors):
+    trace = []
+    a, b = socket_pair()
+    t = loop._make_socket_transport(a, Trace(trace))
+    loop.run_until_complete(asyncio.sleep(0))
+    b.close()
+    t.write(b"to nobody")
+    # _force_close: closing, the connection lost once, connection_lost not yet called.
+    seen = [t.is_closing(), t._conn_lost, trace[-1]]
+    # Writes after the loss only count (asyncio warns from the fifth).
+    t.write(b"more")
+    t.write(b"more")
+    seen.append(t._conn_lost)
+    loop.run_until_complete(asyncio.sleep(0))
+    assert seen == [True, 1, "made", 3]
+    assert trace == ["made", ("lost", "BrokenPipeError")]
+    assert a.fileno() == -1 and t._sock is None
+    assert t.get_write_buffer_size() == 0
+    assert loop_errors == []
+
+
+@pytest.mark.nodebug
+def test_a_failed_write_in_debug_mode_is_logged(loop, loop_errors, caplog):
+    # The transport is made outside debug mode; debug mode is turned on before the failure.
+    import logging
+
+    trace = []
+    a, b = socket_pair()
+    t = loop._make_socket_transport(a, Trace(trace))
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.set_debug(True)
+    b.close()
+    with caplog.at_level(logging.DEBUG, logger="asyncio"):
+        t.write(b"to nobody")
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.set_debug(False)
+    records = [r for r in caplog.records if "Fatal write error on socket transport" in r.message]
+    assert len(records) == 1
+    assert records[0].levelno == logging.DEBUG
+    assert isinstance(records[0].exc_info[1], BrokenPipeError)
+    assert trace == ["made", ("lost", "BrokenPipeError")]
+    assert loop_errors == []
+
+
+@pytest.mark.nodebug
+def test_a_replaced_force_close_is_called(loop):
+    # asyncio's _fatal_error calls self._force_close: a replacement on the instance is called.
+    trace = []
+    a, b = socket_pair()
+    t = loop._make_socket_transport(a, Trace(trace))
+    loop.run_until_complete(asyncio.sleep(0))
+    calls = []
+    t._force_close = lambda exc: calls.append(type(exc).__name__)
+    b.close()
+    t.write(b"to nobody")
+    assert calls == ["BrokenPipeError"]
+    assert not t.is_closing() and t._conn_lost == 0
+    del t._force_close
+    # The transport still reads: end of file closes it.
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert trace == ["made", "eof", ("lost", None)]

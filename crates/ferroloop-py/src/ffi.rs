@@ -933,6 +933,36 @@ pub fn instance_dict<'py>(obj: &Bound<'py, PyAny>) -> Option<Bound<'py, pyo3::ty
     attributes.cast_into::<pyo3::types::PyDict>().ok()
 }
 
+/// `f()` with `exc` as the exception being handled (`sys.exc_info()`, which `logging`'s
+/// `exc_info=True` reads), as inside the `except` block asyncio's code calls from; the one
+/// handled before is restored afterwards, also if `f` panics.
+pub fn while_handling<R>(exc: &Bound<'_, PyAny>, f: impl FnOnce() -> R) -> R {
+    struct Restore([*mut ffi::PyObject; 3]);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let [kind, value, traceback] = self.0;
+            // SAFETY: the GIL is held (the caller's `Bound`); SetExcInfo steals the three
+            // references GetExcInfo gave (each may be NULL).
+            unsafe { ffi::PyErr_SetExcInfo(kind, value, traceback) };
+        }
+    }
+    let mut saved = [ptr::null_mut(); 3];
+    // SAFETY: the GIL is held. GetExcInfo gives new references (or NULL); SetExcInfo steals
+    // one reference to each of its arguments, made here: the type, the value and its
+    // traceback (a new reference or NULL).
+    unsafe {
+        let [kind, value, traceback] = &mut saved;
+        ffi::PyErr_GetExcInfo(kind, value, traceback);
+        let raw = exc.as_ptr();
+        let kind = ffi::Py_TYPE(raw).cast::<ffi::PyObject>();
+        ffi::Py_INCREF(kind);
+        ffi::Py_INCREF(raw);
+        ffi::PyErr_SetExcInfo(kind, raw, ffi::PyException_GetTraceback(raw));
+    }
+    let _restore = Restore(saved);
+    f()
+}
+
 /// `obj.__dict__.get(name)`: an attribute of the instance itself, not of its class; `None`
 /// when it has no such attribute or no `__dict__`.
 pub fn instance_attribute<'py>(

@@ -26,8 +26,9 @@ use ferroloop_core::sys::net;
 use super::buffer::{byte_buffer, Buffer};
 use super::socket::{retry_interrupted, send};
 use super::stream_lifecycle;
+use super::stream_lifecycle::fatal_error;
 use super::stream_lifecycle::SocketSlot;
-use super::transport::{asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef};
+use super::transport::{asyncio_method, get, is_exit, Attributes, TransportRef};
 
 static ASYNCIO_WRITE_READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// asyncio's `selector_events.SC_IOV_MAX`: the most pieces one `sendmsg` takes.
@@ -202,6 +203,7 @@ fn write_failed(
     let exc = error.into_value(py);
     fatal_error(
         transport,
+        attributes,
         PyErr::from_value(exc.bind(py).clone().into_any()),
         intern!(py, "Fatal write error on socket transport"),
     )?;

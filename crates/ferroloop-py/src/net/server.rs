@@ -52,9 +52,9 @@ use super::socket::{
     accepted_socket, fileno, init_patched, ipv4_address, ipv6_address, retry_interrupted,
     socket_kind, unix_address, PeerAddress, SocketKind,
 };
-use super::stream_lifecycle::{make_socket_transport, TransportSocket};
+use super::stream_lifecycle::{local_address_of, make_socket_transport, TransportSocket};
 use crate::event_loop::Loop;
-use crate::ffi::{instance_dict, type_lookup, untrack};
+use crate::ffi::{instance_dict, is_exact_int, type_lookup, untrack};
 use crate::handles::Args;
 
 static ASYNCIO_ACCEPT_CONNECTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -82,6 +82,10 @@ struct Serving {
     transport_class: Option<Py<PyType>>,
     /// 3.12+: the transport is made after `_ensure_fd_no_transport`.
     check_fd: bool,
+    /// A Unix listener's own address, which every connection it accepts has as its local
+    /// address (Linux gives an accepted Unix socket its listener's name): their `sockname`
+    /// without a `getsockname` each.
+    unix_sockname: Option<Py<PyAny>>,
 }
 
 /// The reader callback of a listening socket (see the module docs).
@@ -113,6 +117,12 @@ impl Acceptor {
         };
         let kind = socket_kind(&sock)?;
         let connection_kind = SocketKind::new(sock.py(), connection_kind(kind))?;
+        let unix_sockname = match kind.0 {
+            libc::AF_UNIX => Some(local_address_of(sock.py(), kind.0, fileno(&sock)?)?)
+                .filter(|address| !address.is_none())
+                .map(Bound::unbind),
+            _ => None,
+        };
         Ok(Acceptor {
             serving: Some(Serving {
                 event_loop,
@@ -125,6 +135,7 @@ impl Acceptor {
                 rest,
                 transport_class,
                 check_fd,
+                unix_sockname,
             }),
             backlog,
         })
@@ -187,15 +198,20 @@ impl Acceptor {
             // An IPv4 peer comes as the kernel gave it; an IPv6 or Unix peer's address, for a
             // connection whose socket object is not made, as `accept` gave it (see
             // `accept_batch`).
-            let peer = match addr.extract::<u64>() {
-                Ok(packed) => {
+            // (An int is checked for first: a failed `extract` formats its error message.)
+            let packed = match is_exact_int(&addr) {
+                true => addr.extract::<u64>().ok(),
+                false => None,
+            };
+            let peer = match packed {
+                Some(packed) => {
                     let (host, port) = unpack_ipv4(packed);
                     Some(PeerAddress::Ipv4(host, port))
                 }
-                Err(_) if lazy_fd.is_some() && serving.kind.0 != libc::AF_INET => {
+                None if lazy_fd.is_some() && serving.kind.0 != libc::AF_INET => {
                     Some(PeerAddress::Made(addr.clone().unbind()))
                 }
-                Err(_) => None,
+                None => None,
             };
             match &serving.transport_class {
                 Some(class) if !event_loop.get().is_debug() => {
@@ -223,6 +239,7 @@ impl Acceptor {
                         &py.None().into_bound(py),
                         &extra,
                         peer,
+                        serving.unix_sockname.as_ref().map(|a| a.bind(py).clone()),
                         server,
                         serving.check_fd,
                     )

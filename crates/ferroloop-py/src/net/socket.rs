@@ -14,7 +14,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple, PyType};
 
 use super::buffer::Buffer;
-use crate::errors::os_error;
+use crate::errors::os_error_now;
 use crate::ffi::{
     check_signals, fs_decode, member_offset, type_lookup, untrack, Slots, OBJECT_HEADER_SIZE,
 };
@@ -162,7 +162,7 @@ pub(crate) fn retry_interrupted<T>(
             Ok(value) => return Ok(Some(value)),
             Err(error) if net::would_block(&error) => return Ok(None),
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => check_signals(py)?,
-            Err(error) => return Err(os_error(error)),
+            Err(error) => return Err(os_error_now(py, error)),
         }
     }
 }

@@ -33,9 +33,10 @@ use super::buffer::{byte_buffer, recv_bytes, Buffer};
 use super::max_size;
 use super::socket::{recv_into, send};
 use super::stream_lifecycle;
+use super::stream_lifecycle::fatal_error;
 use super::stream_lifecycle::SocketSlot;
 use super::streams;
-use super::transport::{asyncio_method, fatal_error, get, is_exit, Attributes, TransportRef};
+use super::transport::{asyncio_method, get, is_exit, Attributes, TransportRef};
 use crate::event_loop::Loop;
 use crate::ffi::{bound_method_function, bytes_len, keep_spare_bytes, BUFFER_WRITABLE};
 
@@ -203,6 +204,7 @@ fn read_into_protocol_buffer(
         Err(error) => {
             return fatal_error(
                 transport,
+                attributes,
                 error,
                 intern!(py, "Fatal error: protocol.get_buffer() call failed."),
             )
@@ -232,6 +234,7 @@ fn read_into_protocol_buffer(
         Err(error) => {
             return fatal_error(
                 transport,
+                attributes,
                 error,
                 intern!(py, "Fatal read error on socket transport"),
             )
@@ -246,6 +249,7 @@ fn read_into_protocol_buffer(
         Err(error) if is_exit(&error, py) => Err(error),
         Err(error) => fatal_error(
             transport,
+            attributes,
             error,
             intern!(py, "Fatal error: protocol.buffer_updated() call failed."),
         ),
@@ -324,6 +328,7 @@ impl TransportReader {
             Err(error) => {
                 fatal_error(
                     &transport,
+                    &attributes,
                     error,
                     intern!(py, "Fatal read error on socket transport"),
                 )?;
@@ -344,6 +349,7 @@ impl TransportReader {
             Err(error) => {
                 fatal_error(
                     &transport,
+                    &attributes,
                     error,
                     intern!(py, "Fatal error: protocol.data_received() call failed."),
                 )?;
@@ -393,6 +399,7 @@ impl TransportReader {
             Err(error) => {
                 fatal_error(
                     &transport,
+                    &attributes,
                     error,
                     intern!(py, "Fatal write error on socket transport"),
                 )?;

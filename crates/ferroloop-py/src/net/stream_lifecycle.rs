@@ -22,7 +22,7 @@
 
 use std::sync::Mutex;
 
-use pyo3::exceptions::{PyConnectionError, PyTypeError};
+use pyo3::exceptions::{PyConnectionError, PyOSError, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -40,7 +40,7 @@ use super::socket::{
 };
 use super::stream::TransportReader;
 use super::stream::{is_slotted, write_buffer_empty, SLOTTED, UNSET_BUFFERED};
-use super::transport::{fatal_error, get, instance_attr, is_exit, set, Attributes};
+use super::transport::{get, instance_attr, is_exit, set, Attributes};
 use crate::errors::os_error;
 use crate::event_loop::Loop;
 use crate::ffi::{descriptor_set, dict_discard, exact_int_i32, instance_dict, object_new, untrack};
@@ -298,7 +298,7 @@ fn local_address<'py, K: PartialEq>(
 
 /// `sock.getsockname()` of a socket of `family` (`AF_INET`, `AF_INET6` or `AF_UNIX`), natively:
 /// see [`local_address`].
-fn local_address_of(py: Python<'_>, family: i32, fd: i32) -> PyResult<Bound<'_, PyAny>> {
+pub(crate) fn local_address_of(py: Python<'_>, family: i32, fd: i32) -> PyResult<Bound<'_, PyAny>> {
     static IPV4: LastAddress<([u8; 4], u16)> = Mutex::new(None);
     static IPV6: LastAddress<([u8; 16], u16, u32, u32)> = Mutex::new(None);
     static UNIX: LastAddress<UnixPath> = Mutex::new(None);
@@ -345,6 +345,7 @@ pub fn new_socket_transport<'py>(
         waiter,
         extra,
         None,
+        None,
         server,
         check_fd,
     )
@@ -353,7 +354,8 @@ pub fn new_socket_transport<'py>(
 /// [`new_socket_transport`], for a socket whose `(family, type, proto)` the caller may know
 /// already (an accepted connection's are its listening socket's), and whose peer the
 /// caller may have from `accept` (`peer`: `extra["peername"]`, made only when read on the
-/// slotted class).
+/// slotted class), and whose local address the caller may know (`sockname`: a Unix
+/// listener's, see `server.rs`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn make_socket_transport<'py>(
     event_loop: &Bound<'py, Loop>,
@@ -364,6 +366,7 @@ pub(crate) fn make_socket_transport<'py>(
     waiter: &Bound<'py, PyAny>,
     extra: &Bound<'py, PyAny>,
     peer: Option<PeerAddress>,
+    sockname: Option<Bound<'py, PyAny>>,
     server: &Bound<'py, PyAny>,
     check_fd: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -489,10 +492,15 @@ pub(crate) fn make_socket_transport<'py>(
         (None, TransportSocket::Object(sock)) => socket_kind(sock)?,
         (None, TransportSocket::Unmade { .. }) => unreachable!("made above"),
     };
-    let sockname = match (family, socket) {
-        (libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX, _) => local_address_of(py, family, fd)?,
-        (_, TransportSocket::Object(sock)) => address_or_none(sock, intern!(py, "getsockname"))?,
-        (_, TransportSocket::Unmade { .. }) => unreachable!("made above"),
+    let sockname = match (family, socket, sockname) {
+        (_, _, Some(known)) => known,
+        (libc::AF_INET | libc::AF_INET6 | libc::AF_UNIX, _, None) => {
+            local_address_of(py, family, fd)?
+        }
+        (_, TransportSocket::Object(sock), None) => {
+            address_or_none(sock, intern!(py, "getsockname"))?
+        }
+        (_, TransportSocket::Unmade { .. }, None) => unreachable!("made above"),
     };
     match (slotted, peer, socket) {
         // An accepted IPv4, IPv6 or Unix connection on the slotted class, with no extra of the
@@ -728,6 +736,7 @@ pub(crate) fn on_eof(transport: &Bound<'_, PyAny>, attributes: &Attributes<'_>) 
         Err(error) => {
             return fatal_error(
                 transport,
+                attributes,
                 error,
                 intern!(py, "Fatal error: protocol.eof_received() call failed."),
             )
@@ -784,24 +793,96 @@ pub(crate) fn close(reader: &Bound<'_, TransportReader>) -> PyResult<()> {
         let lost = get!(py, transport, attributes, "_conn_lost")?.add(1)?;
         set!(py, transport, attributes, "_conn_lost", lost)?;
         remove_io(&event_loop, &fd, Interest::WRITE)?;
-        let step = Bound::new(
-            py,
-            Step {
-                reader: reader.clone().unbind(),
-                kind: StepKind::ConnectionLost,
-            },
-        )?;
-        let args = Some(Args::One(py.None()));
-        match event_loop.cast::<Loop>() {
-            Ok(event_loop) => {
-                Loop::schedule_soon(event_loop, step.into_any(), args, None, "call_soon")?;
-            }
-            Err(_) => {
-                event_loop.call_method1(intern!(py, "call_soon"), (step, py.None()))?;
-            }
+        schedule_connection_lost(reader, &event_loop, py.None().into_bound(py))?;
+    }
+    Ok(())
+}
+
+/// asyncio: `self._loop.call_soon(self._call_connection_lost, exc)`, the native step.
+fn schedule_connection_lost(
+    reader: &Bound<'_, TransportReader>,
+    event_loop: &Bound<'_, PyAny>,
+    exc: Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = reader.py();
+    let step = Bound::new(
+        py,
+        Step {
+            reader: reader.clone().unbind(),
+            kind: StepKind::ConnectionLost,
+        },
+    )?;
+    match event_loop.cast::<Loop>() {
+        Ok(event_loop) => {
+            let args = Some(Args::One(exc.unbind()));
+            Loop::schedule_soon(event_loop, step.into_any(), args, None, "call_soon")?;
+        }
+        Err(_) => {
+            event_loop.call_method1(intern!(py, "call_soon"), (step, exc))?;
         }
     }
     Ok(())
+}
+
+/// asyncio's `transport._fatal_error(exc, message)` on a stream transport.
+///
+/// What a peer's reset or a closed pipe gives, an `OSError` outside debug mode, asyncio's
+/// method neither logs nor reports: it calls `_force_close(exc)`, done here natively on the
+/// slotted class while the native reader is there (the connection's socket object, if never
+/// made, is then never made: the native `_call_connection_lost` closes the fd). Every other
+/// case is the transport's own method: another exception (reported to the exception handler),
+/// debug mode (logged), another class, or an instance with attributes of its own (one that
+/// may replace `_fatal_error` or `_force_close`).
+pub(crate) fn fatal_error(
+    transport: &Bound<'_, PyAny>,
+    attributes: &Attributes<'_>,
+    error: PyErr,
+    message: &Bound<'_, pyo3::types::PyString>,
+) -> PyResult<()> {
+    let py = transport.py();
+    if attributes.is_none() && error.is_instance_of::<PyOSError>(py) {
+        let event_loop = get!(py, transport, SLOTS_ONLY, "_loop")?;
+        let native_loop = event_loop
+            .cast::<Loop>()
+            .is_ok_and(|event_loop| !event_loop.get().is_debug());
+        let reader = get!(py, transport, SLOTS_ONLY, "_reader")?;
+        if let (true, Ok(reader)) = (native_loop, reader.cast_into::<TransportReader>()) {
+            // Made (empty) here if the transport had none: it is being closed.
+            let own = instance_dict(transport).is_some_and(|own| !own.is_empty());
+            if !own {
+                let exc = error.into_value(py).into_bound(py).into_any();
+                return force_close(&reader, transport, attributes, &event_loop, exc);
+            }
+        }
+    }
+    super::transport::fatal_error(transport, error, message)
+}
+
+/// asyncio's `_SelectorTransport._force_close(exc)`: unless the connection is already lost,
+/// drop what is buffered, stop reading and writing, and schedule `connection_lost(exc)`.
+fn force_close(
+    reader: &Bound<'_, TransportReader>,
+    transport: &Bound<'_, PyAny>,
+    attributes: &Attributes<'_>,
+    event_loop: &Bound<'_, PyAny>,
+    exc: Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let py = transport.py();
+    let lost = get!(py, transport, attributes, "_conn_lost")?;
+    if lost.is_truthy()? {
+        return Ok(());
+    }
+    let fd = get!(py, transport, attributes, "_sock_fd")?;
+    if !write_buffer_empty(transport, attributes)? {
+        get!(py, transport, attributes, "_buffer")?.call_method0(intern!(py, "clear"))?;
+        remove_io(event_loop, &fd, Interest::WRITE)?;
+    }
+    if !get!(py, transport, attributes, "_closing")?.is_truthy()? {
+        set!(py, transport, attributes, "_closing", true)?;
+        remove_io(event_loop, &fd, Interest::READ)?;
+    }
+    set!(py, transport, attributes, "_conn_lost", lost.add(1)?)?;
+    schedule_connection_lost(reader, event_loop, exc)
 }
 
 /// asyncio's `_SelectorSocketTransport._call_connection_lost(exc)` and its base's, then

@@ -26,7 +26,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PySlice, PyTuple, PyType};
 
 use super::streams;
 use super::transport::dict_attr;
-use crate::ffi::{bytes_len, instance_dict, BytesBuilder};
+use crate::ffi::{bytes_len, instance_dict, while_handling, BytesBuilder};
 
 /// What the native methods compare with, given once by `ferroloop._sslproto`.
 struct Constants {
@@ -146,7 +146,9 @@ impl<'py> Protocol<'py> {
         match result {
             Err(error) if error.is_instance_of::<PyException>(self.py()) => {
                 let message = intern!(self.py(), "Fatal error on SSL protocol");
-                call!(self, "_fatal_error", error.into_value(self.py()), message)?;
+                let exc = error.into_value(self.py()).into_bound(self.py()).into_any();
+                // Called from asyncio's `except` block, where `exc_info=True` finds it.
+                while_handling(&exc, || call!(self, "_fatal_error", &exc, message))?;
                 Ok(())
             }
             other => other,

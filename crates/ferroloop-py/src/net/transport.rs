@@ -13,7 +13,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
 use pyo3::{IntoPyObjectExt, PyTraverseError};
 
-use crate::ffi::Slots;
+use crate::ffi::{while_handling, Slots};
 
 /// `asyncio.selector_events.<class_name>.<name>`, looked up once.
 pub(crate) fn asyncio_method<'py>(
@@ -51,7 +51,10 @@ pub(crate) fn fatal_error(
     message: &Bound<'_, PyString>,
 ) -> PyResult<()> {
     let py = transport.py();
-    transport.call_method1(intern!(py, "_fatal_error"), (error.into_value(py), message))?;
+    let exc = error.into_value(py).into_bound(py).into_any();
+    while_handling(&exc, || {
+        transport.call_method1(intern!(py, "_fatal_error"), (&exc, message))
+    })?;
     Ok(())
 }
 
