@@ -39,6 +39,7 @@ import run  # noqa: E402  (benchmarks/server/run.py: workloads, loadgen, servers
 DEFAULT_LOOPS = ("uvloop", "rloop", "rsloop", "ferroloop", "floor")
 # Valgrind runs a server some 50 times slower: it needs longer to start.
 READY_TIMEOUT = 180.0
+TLS_WARMUP = 10.0
 
 
 def server_command(ctx: run.Ctx, loop: str, wl: run.Workload, addr: str) -> list[str]:
@@ -46,6 +47,7 @@ def server_command(ctx: run.Ctx, loop: str, wl: run.Workload, addr: str) -> list
         if wl.floor is None:
             raise run.RunError("unsupported", "no floor server for this workload")
         cmd = [run.LOADGEN, "floor", "--mode", wl.floor, "--addr", addr]
+        cmd += ["--tls"] if wl.tls else []
     else:
         cmd = [ctx.pythons[loop], run.SERVERS, "--loop", loop, "--workload", wl.server]
         cmd += ["--addr", addr]
@@ -74,7 +76,10 @@ def client(ctx: run.Ctx, wl: run.Workload, addr: str, tag: str) -> subprocess.Po
     a = ctx.args
     cmd = [run.LOADGEN, "client", "--mode", wl.client, "--addr", addr]
     cmd += ["--conns", str(wl.conns), "--size", str(wl.size)]
-    cmd += ["--warmup", str(a.warmup), "--duration", str(a.duration)]
+    # The TLS handshakes (millions of instructions each, 50 times slower under valgrind) are
+    # over before the window.
+    warmup = max(a.warmup, TLS_WARMUP) if wl.tls else a.warmup
+    cmd += ["--warmup", str(warmup), "--duration", str(a.duration)]
     cmd += ["--tls"] if wl.tls else []
     return start(cmd, os.path.join(ctx.logdir, f"client-{tag}.err"), run.CLIENT_CPU)
 
@@ -82,7 +87,10 @@ def client(ctx: run.Ctx, wl: run.Workload, addr: str, tag: str) -> subprocess.Po
 def wait_ready(server: subprocess.Popen, errpath: str) -> None:
     line = run.read_line(server, READY_TIMEOUT)
     if line != "READY":
-        exited = server.poll() is not None
+        try:  # EOF: the server is exiting (give it a moment); None: the wait timed out.
+            exited = server.wait(timeout=5) is not None
+        except subprocess.TimeoutExpired:
+            exited = False
         run.stop(server)
         why = run.last_line(errpath) if exited else ""
         raise run.RunError("unsupported", why or f"no READY in {READY_TIMEOUT:.0f} s")
@@ -92,7 +100,7 @@ def requests_in_window(ctx: run.Ctx, cli: subprocess.Popen, on_start, on_end) ->
     """Runs the client to its END line, calling on_start / on_end at START and END; returns
     the requests it completed in the window."""
     a = ctx.args
-    line = run.read_line(cli, a.warmup + 120)
+    line = run.read_line(cli, max(a.warmup, TLS_WARMUP) + 120)
     if line != "START":
         raise run.RunError("error", f"client: no START ({line!r})")
     on_start()
