@@ -47,7 +47,7 @@ static MESSAGES: Mutex<Option<Messages>> = Mutex::new(None);
 /// translation every time) while the message locale (`LC_MESSAGES`) stays the same.
 fn message(py: Python<'_>, errno: i32) -> Bound<'_, PyString> {
     // SAFETY: with a NULL locale, setlocale only returns the current name (a C string that
-    // stays valid until the next setlocale call; it is copied at once).
+    // stays valid until the next setlocale call; it is read at once, under the lock).
     let name = unsafe { libc::setlocale(libc::LC_MESSAGES, std::ptr::null()) };
     let locale: &[u8] = match name.is_null() {
         true => b"",
@@ -57,17 +57,15 @@ fn message(py: Python<'_>, errno: i32) -> Bound<'_, PyString> {
     let mut messages = MESSAGES
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if messages.as_ref().is_none_or(|m| m.locale != locale) {
-        // (Dropping the strings of another locale runs no Python code.)
-        *messages = Some(Messages {
+    if messages.as_ref().is_some_and(|m| m.locale != locale) {
+        // Another locale's strings (dropping them runs no Python code).
+        *messages = None;
+    }
+    messages
+        .get_or_insert_with(|| Messages {
             locale: locale.to_vec(),
             texts: HashMap::new(),
-        });
-    }
-    let Some(current) = messages.as_mut() else {
-        return PyString::new(py, &strerror(errno));
-    };
-    current
+        })
         .texts
         .entry(errno)
         .or_insert_with(|| PyString::new(py, &strerror(errno)).unbind())
