@@ -156,6 +156,43 @@ def test_echo_of_every_size(loop, contexts):
     assert trace == ["made", "eof", ("lost", None)]
 
 
+def test_protocol_attributes_as_asyncio(contexts):
+    """The attributes of a live connection's ``SSLProtocol`` and TLS transport, names and
+    types, are asyncio's on ferroloop. There, those the native data path reads on every record
+    are slots rather than ``__dict__`` entries (``docs/deviations.md``)."""
+
+    def attributes(obj):
+        names = set(vars(obj))
+        for cls in type(obj).__mro__:
+            slots = cls.__dict__.get("__slots__", ())
+            names.update([slots] if isinstance(slots, str) else slots)
+        # The loop's own type differs, by design.
+        return {
+            name: "loop" if name == "_loop" else type(getattr(obj, name)).__name__
+            for name in names
+            if hasattr(obj, name)
+        }
+
+    async def main():
+        protocol = Recorder([])
+        server, reader, writer = await serve(contexts, protocol)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        app = protocol.transport
+        seen = attributes(app._ssl_protocol), attributes(app)
+        slotted = [name for name in ("_state", "_ssl_protocol") if name not in vars(app)]
+        slotted += [name for name in ("_state", "_incoming") if name not in vars(app._ssl_protocol)]
+        await close_all(server, writer, protocol)
+        return seen, slotted
+
+    asyncio_seen, asyncio_slotted = asyncio.run(main())
+    ferroloop_seen, ferroloop_slotted = ferroloop.run(main())
+    assert "_state" in asyncio_seen[0] and "_ssl_protocol" in asyncio_seen[1]
+    assert ferroloop_seen == asyncio_seen
+    assert asyncio_slotted == ["_state"]  # a transport has no `_state`
+    assert ferroloop_slotted == ["_state", "_ssl_protocol", "_state", "_incoming"]
+
+
 def test_app_write_flow_control_calls(contexts):
     """With a write high-water mark of 0, each write and each read pauses or resumes the
     application's writing: the calls come in asyncio's order on ferroloop."""

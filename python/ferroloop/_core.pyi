@@ -300,7 +300,11 @@ def _install_datagram_methods(cls: type) -> None: ...
 # net/tls.rs, net/methods.rs: asyncio's SSLProtocol data path (3.11+).
 def _install_tls_methods(protocol_cls: type, transport_cls: type) -> None: ...
 def _tls_constants(
-    protocol_class: type, states: Any, ssl_object: type, again_errors: tuple[type, ...]
+    protocol_class: type,
+    transport_class: type,
+    states: Any,
+    ssl_object: type,
+    again_errors: tuple[type, ...],
 ) -> None: ...
 
 # python_hooks.rs: the Python half registers what the native half calls.

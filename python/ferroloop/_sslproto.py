@@ -8,6 +8,13 @@ connection spends its life in (``WRAPPED``, nothing held back) and call asyncio'
 and steps in any other case, so the handshake, shutdown, flow control, errors and messages are
 the running version's asyncio. Everything else is inherited. Python 3.10's ``SSLProtocol`` is a
 different design (``_SSLPipe``): it is used unchanged there.
+
+The attributes that asyncio's code and the native methods read on every record are slots of
+the subclasses (``_PROTOCOL_SLOTS``, ``_TRANSPORT_SLOTS``) rather than entries of the instance
+``__dict__``, where each read was a probe of a forty-entry dict: the native methods read them at
+their offsets. A slot of a subclass is a data descriptor, so asyncio's methods read and write it
+as they would the dict entry; every other attribute stays in the ``__dict__``. Only ``vars()``
+tells the difference (``docs/deviations.md``).
 """
 
 from __future__ import annotations
@@ -31,14 +38,48 @@ if sys.version_info >= (3, 11):
         # "unclosed transport" warnings, logs): "<asyncio.sslproto.SSLProtocol object at 0x...>".
         return f"<{sslproto.__name__}.{type(self).__qualname__} object at {id(self):#x}>"
 
+    def _slots(base: type, names: tuple[str, ...]) -> tuple[str, ...]:
+        # A name the base class (or its bases) defines is left in the dict: a slot would hide
+        # the class attribute until the instance set it.
+        return tuple(name for name in names if not hasattr(base, name))
+
+    # What the native data path reads per record (crates/ferroloop-py/src/net/tls.rs).
+    _PROTOCOL_SLOTS = _slots(
+        sslproto.SSLProtocol,
+        (
+            "_state",
+            "_sslobj",
+            "_incoming",
+            "_outgoing",
+            "_transport",
+            "_app_protocol",
+            "_app_protocol_is_buffer",
+            "_ssl_buffer",
+            "_ssl_buffer_view",
+            "_write_backlog",
+            "_write_buffer_size",
+            "_app_reading_paused",
+            "_app_writing_paused",
+            "_ssl_reading_paused",
+            "_ssl_writing_paused",
+            "_incoming_high_water",
+            "_incoming_low_water",
+            "_outgoing_high_water",
+            "_outgoing_low_water",
+        ),
+    )
+    _TRANSPORT_SLOTS = _slots(sslproto._SSLProtocolTransport, ("_ssl_protocol",))
+
     class _SSLProtocolTransport(sslproto._SSLProtocolTransport):
         """asyncio's TLS transport, with a native ``write``."""
 
+        __slots__ = _TRANSPORT_SLOTS
         __repr__ = _asyncio_repr
 
     class SSLProtocol(sslproto.SSLProtocol):
         """asyncio's ``SSLProtocol``, with native ``get_buffer`` and ``buffer_updated``."""
 
+        __slots__ = _PROTOCOL_SLOTS
         __repr__ = _asyncio_repr
 
         def _get_app_transport(self) -> Any:
@@ -52,7 +93,11 @@ if sys.version_info >= (3, 11):
 
     _core._install_tls_methods(SSLProtocol, _SSLProtocolTransport)
     _core._tls_constants(
-        SSLProtocol, sslproto.SSLProtocolState, ssl.SSLObject, sslproto.SSLAgainErrors
+        SSLProtocol,
+        _SSLProtocolTransport,
+        sslproto.SSLProtocolState,
+        ssl.SSLObject,
+        sslproto.SSLAgainErrors,
     )
 
     def protocol_class() -> type:

@@ -22,11 +22,11 @@ use pyo3::exceptions::PyException;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyDict, PyList, PySlice, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyList, PySlice, PyTuple, PyType};
 
 use super::streams;
-use super::transport::dict_attr;
-use crate::ffi::{bytes_len, instance_dict, while_handling, BytesBuilder};
+use super::transport::{self, dict_attr};
+use crate::ffi::{bytes_len, instance_dict, while_handling, BytesBuilder, Slots};
 
 /// What the native methods compare with, given once by `ferroloop._sslproto`.
 struct Constants {
@@ -51,11 +51,15 @@ static CONSTANTS: PyOnceLock<Constants> = PyOnceLock::new();
 #[pyo3(name = "_tls_constants")]
 pub fn tls_constants(
     protocol_class: &Bound<'_, PyType>,
+    transport_class: &Bound<'_, PyType>,
     states: &Bound<'_, PyAny>,
     ssl_object: &Bound<'_, PyType>,
     again_errors: &Bound<'_, PyTuple>,
 ) -> PyResult<()> {
     let py = states.py();
+    // As the constants: a second call keeps the first tables, of the same classes.
+    let _ = PROTOCOL_SLOTS.set(py, Slots::of(protocol_class)?);
+    let _ = TRANSPORT_SLOTS.set(py, Slots::of(transport_class)?);
     let member = |name: &str| states.getattr(name).map(Bound::unbind);
     let constants = Constants {
         wrapped: member("WRAPPED")?,
@@ -71,22 +75,29 @@ pub fn tls_constants(
     Ok(())
 }
 
-/// An `SSLProtocol` and its `__dict__`, where its attributes are read.
+/// An `SSLProtocol` of ferroloop's class, whose attributes are read with [`get!`].
 struct Protocol<'py> {
     object: Bound<'py, PyAny>,
-    attributes: Bound<'py, PyDict>,
     constants: &'py Constants,
 }
 
+/// The slots of ferroloop's `SSLProtocol` and `_SSLProtocolTransport` (`ferroloop._sslproto`):
+/// the attributes asyncio's code and the steps below read on every record.
+static PROTOCOL_SLOTS: PyOnceLock<Slots> = PyOnceLock::new();
+static TRANSPORT_SLOTS: PyOnceLock<Slots> = PyOnceLock::new();
+
+/// An attribute of the protocol that is one of its slots: read at its offset (a plain lookup
+/// when the slot is empty, which raises asyncio's `AttributeError`, or when it is not a slot).
+/// A slot of the class comes before the instance dict for every reader, as a data
+/// descriptor does.
 macro_rules! get {
     ($protocol:expr, $name:literal) => {
-        dict_attr(
-            &$protocol.object,
-            &$protocol.attributes,
-            intern!($protocol.object.py(), $name),
-        )
+        transport::get!(in PROTOCOL_SLOTS; $protocol.py(), $protocol.object, SLOTS_FIRST, $name)
     };
 }
+
+/// For [`get!`]: the slots first, whether or not the object has an instance dict.
+const SLOTS_FIRST: transport::Attributes<'static> = None;
 
 macro_rules! call {
     ($protocol:expr, $name:literal $(, $arg:expr)*) => {
@@ -97,7 +108,7 @@ macro_rules! call {
 }
 
 impl<'py> Protocol<'py> {
-    /// `object` when it is ferroloop's `SSLProtocol` (not a subclass of it) with a `__dict__`.
+    /// `object` when it is ferroloop's `SSLProtocol` (not a subclass of it).
     fn of(object: &Bound<'py, PyAny>) -> Option<Protocol<'py>> {
         let constants = CONSTANTS.get(object.py())?;
         if !object
@@ -108,9 +119,18 @@ impl<'py> Protocol<'py> {
         }
         Some(Protocol {
             object: object.clone(),
-            attributes: instance_dict(object)?,
             constants,
         })
+    }
+
+    /// `self.max_size`: a class attribute that an instance may set in its `__dict__`, read
+    /// there and then in the class, as the generic lookup would.
+    fn max_size(&self) -> PyResult<Bound<'py, PyAny>> {
+        let name = intern!(self.py(), "max_size");
+        match instance_dict(&self.object) {
+            Some(attributes) => dict_attr(&self.object, &attributes, name),
+            None => self.object.getattr(name),
+        }
     }
 
     fn py(&self) -> Python<'py> {
@@ -167,7 +187,7 @@ pub(crate) fn get_buffer<'py>(
     };
     let (Ok(n), Ok(max_size)) = (
         n.extract::<isize>(),
-        get!(protocol, "max_size")?.extract::<isize>(),
+        protocol.max_size()?.extract::<isize>(),
     ) else {
         return Ok(None);
     };
@@ -236,7 +256,7 @@ fn read_copied(protocol: &Protocol<'_>) -> PyResult<()> {
     let incoming = get!(protocol, "_incoming")?;
     let (data, close_notify) = match exact {
         true => read_in_place(&sslobj, &incoming, protocol.constants)?,
-        false => read_chunks(&sslobj, &get!(protocol, "max_size")?, protocol.constants)?,
+        false => read_chunks(&sslobj, &protocol.max_size()?, protocol.constants)?,
     };
     if let Some(data) = data {
         let app = get!(protocol, "_app_protocol")?;
@@ -419,10 +439,10 @@ pub(crate) fn write<'py>(
     if !data.is_exact_instance_of::<PyBytes>() {
         return Ok(None);
     }
-    let Some(attributes) = instance_dict(transport) else {
-        return Ok(None);
-    };
-    let Some(object) = attributes.get_item(intern!(py, "_ssl_protocol"))? else {
+    // Not there: asyncio's method raises its error.
+    let Ok(object) =
+        transport::get!(in TRANSPORT_SLOTS; py, transport, SLOTS_FIRST, "_ssl_protocol")
+    else {
         return Ok(None);
     };
     let Some(protocol) = Protocol::of(&object) else {
