@@ -337,6 +337,56 @@ def test_peer_close_notify_mid_stream(loop, contexts):
     assert trace == ["made", "eof", ("lost", None)]
 
 
+class Delegate:
+    """Stands for an object of asyncio's TLS machinery (a ``MemoryBIO``, the ``SSLObject``):
+    counts the calls of its methods and passes everything on."""
+
+    def __init__(self, target, calls):
+        self._target = target
+        self._calls = calls
+
+    def __getattr__(self, name):
+        value = getattr(self._target, name)
+        if callable(value):
+
+            def call(*args):
+                self._calls.append(name)
+                return value(*args)
+
+            return call
+        return value
+
+
+def test_replaced_bios_and_ssl_object(loop, contexts):
+    """An ``SSLProtocol`` whose BIOs and SSL object were replaced by other objects (test
+    doubles, wrappers) once the handshake is done: the data path calls their methods, as
+    asyncio's does, and every byte goes through them."""
+    sizes = [1, 1000, 20_000, 100_000]
+    payload = os.urandom(max(sizes))
+
+    async def main():
+        protocol = Recorder([])
+        server, reader, writer = await serve(contexts, protocol)
+        calls = {"incoming": [], "outgoing": [], "sslobj": []}
+        ssl_protocol = protocol.transport._ssl_protocol
+        for name in calls:
+            attribute = f"_{name}"
+            setattr(
+                ssl_protocol, attribute, Delegate(getattr(ssl_protocol, attribute), calls[name])
+            )
+        for size in sizes:
+            writer.write(payload[:size])
+            await writer.drain()
+            assert await reader.readexactly(size) == payload[:size]
+        await close_all(server, writer, protocol)
+        return calls
+
+    calls = loop.run_until_complete(main())
+    assert "write" in calls["incoming"]
+    assert "read" in calls["outgoing"]
+    assert "read" in calls["sslobj"] and "write" in calls["sslobj"]
+
+
 def test_records_split_across_reads(loop, contexts):
     """A client that sends its records in 5,000-byte pieces: the server's reads end inside
     records, so a record's start is taken by one read and its plaintext comes out in the

@@ -26,7 +26,7 @@ use pyo3::types::{PyBytes, PyList, PySlice, PyTuple, PyType};
 
 use super::streams;
 use super::transport::{self, dict_attr};
-use crate::ffi::{bytes_len, instance_dict, while_handling, BytesBuilder, Slots};
+use crate::ffi::{bytes_len, descriptor_get, instance_dict, while_handling, BytesBuilder, Slots};
 
 /// What the native methods compare with, given once by `ferroloop._sslproto`.
 struct Constants {
@@ -42,6 +42,66 @@ struct Constants {
     ssl_object: Py<PyType>,
     /// `sslproto.SSLAgainErrors`.
     again_errors: Py<PyAny>,
+    /// `ssl.MemoryBIO` and its `read`, `write` and `pending`.
+    bio: Exact,
+    /// The C object inside an `ssl.SSLObject` (`_ssl._SSLSocket`) and its `read`, `write` and
+    /// `pending`.
+    ssl: Exact,
+}
+
+/// A C type and some of its methods (or getters), taken from the class once: on an object of
+/// exactly that type, `obj.<name>(...)` is the method called with `obj` as its first argument,
+/// without the attribute lookup and the bound method. Both types are immutable (no instance
+/// dict, no assignable attributes), so that is what the lookup would find.
+struct Exact {
+    class: Py<PyType>,
+    members: Vec<Py<PyAny>>,
+}
+
+impl Exact {
+    fn of(class: Bound<'_, PyAny>, names: &[&str]) -> PyResult<Self> {
+        let members = names
+            .iter()
+            .map(|name| class.getattr(*name).map(Bound::unbind))
+            .collect::<PyResult<_>>()?;
+        Ok(Exact {
+            class: class.cast_into::<PyType>()?.unbind(),
+            members,
+        })
+    }
+
+    /// `obj`'s member `index` when `obj` is exactly of the type.
+    fn member<'py>(&self, obj: &Bound<'py, PyAny>, index: usize) -> Option<&Bound<'py, PyAny>> {
+        let py = obj.py();
+        obj.get_type()
+            .is(self.class.bind(py))
+            .then(|| self.members[index].bind(py))
+    }
+}
+
+/// Indices of [`Exact`]'s members, in the order [`tls_constants`] takes them.
+const READ: usize = 0;
+const WRITE: usize = 1;
+const PENDING: usize = 2;
+
+/// `$obj.<$name>($args...)` through [`Exact`]'s member `$index` of `$exact` when `$obj` is of
+/// its type, else a plain method call.
+macro_rules! exact_call {
+    ($exact:expr, $index:expr, $obj:expr, $name:literal $(, $arg:expr)*) => {{
+        let obj = $obj;
+        match $exact.member(obj, $index) {
+            Some(method) => method.call1((obj, $($arg,)*)),
+            None => obj.call_method1(intern!(obj.py(), $name), ($($arg,)*)),
+        }
+    }};
+}
+
+/// `bio.pending`, through the getter of `ssl.MemoryBIO` when `bio` is one.
+fn bio_pending<'py>(constants: &Constants, bio: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    match constants.bio.member(bio, PENDING) {
+        Some(getter) => descriptor_get(getter, bio),
+        None => bio.getattr(intern!(bio.py(), "pending")),
+    }
 }
 
 static CONSTANTS: PyOnceLock<Constants> = PyOnceLock::new();
@@ -69,6 +129,14 @@ pub fn tls_constants(
         protocol_class: protocol_class.clone().unbind(),
         ssl_object: ssl_object.clone().unbind(),
         again_errors: again_errors.clone().into_any().unbind(),
+        bio: Exact::of(
+            py.import("ssl")?.getattr("MemoryBIO")?,
+            &["read", "write", "pending"],
+        )?,
+        ssl: Exact::of(
+            py.import("_ssl")?.getattr("_SSLSocket")?,
+            &["read", "write", "pending"],
+        )?,
     };
     // A second call (a re-import) keeps the first constants: they are the same objects.
     let _ = CONSTANTS.set(py, constants);
@@ -214,9 +282,15 @@ pub(crate) fn buffer_updated<'py>(
     let py = protocol.py();
     let view = get!(protocol, "_ssl_buffer_view")?;
     let head = view.get_item(PySlice::new(py, 0, nbytes, 1))?;
-    get!(protocol, "_incoming")?.call_method1(intern!(py, "write"), (head,))?;
-    let state = get!(protocol, "_state")?;
     let constants = protocol.constants;
+    exact_call!(
+        constants.bio,
+        WRITE,
+        &get!(protocol, "_incoming")?,
+        "write",
+        head
+    )?;
+    let state = get!(protocol, "_state")?;
     if protocol.in_state(&state, &constants.wrapped) {
         do_read(&protocol)?;
     } else if protocol.in_state(&state, &constants.do_handshake) {
@@ -325,8 +399,8 @@ fn read_in_place<'py>(
     };
     let waiting = |sslobj: &Bound<'py, PyAny>| {
         (
-            count(incoming.getattr(intern!(py, "pending"))),
-            count(sslobj.call_method0(intern!(py, "pending"))),
+            count(bio_pending(constants, incoming)),
+            count(exact_call!(constants.ssl, PENDING, sslobj, "pending")),
         )
     };
     let (encrypted, decrypted) = waiting(sslobj);
@@ -339,9 +413,7 @@ fn read_in_place<'py>(
             data.reserve(RECORD)?;
         }
         let read = data.fill(|view| {
-            sslobj
-                .call_method1(intern!(py, "read"), (view.len()?, view))?
-                .extract::<usize>()
+            exact_call!(constants.ssl, READ, sslobj, "read", view.len()?, view)?.extract::<usize>()
         });
         match read {
             Ok(0) => {
@@ -371,7 +443,12 @@ const RECORD: usize = 16 * 1024;
 fn process_outgoing(protocol: &Protocol<'_>) -> PyResult<()> {
     let py = protocol.py();
     if !protocol.flag(get!(protocol, "_ssl_writing_paused"))? {
-        let data = get!(protocol, "_outgoing")?.call_method0(intern!(py, "read"))?;
+        let data = exact_call!(
+            protocol.constants.bio,
+            READ,
+            &get!(protocol, "_outgoing")?,
+            "read"
+        )?;
         if data.len()? > 0 {
             get!(protocol, "_transport")?.call_method1(intern!(py, "write"), (data,))?;
         }
@@ -401,8 +478,7 @@ fn flow_control_acts(
 
 /// asyncio's `_control_app_writing`, called only when it has something to do.
 fn control_app_writing(protocol: &Protocol<'_>) -> PyResult<()> {
-    let py = protocol.py();
-    let outgoing = get!(protocol, "_outgoing")?.getattr(intern!(py, "pending"))?;
+    let outgoing = bio_pending(protocol.constants, &get!(protocol, "_outgoing")?)?;
     let backlog = get!(protocol, "_write_buffer_size")?;
     let size = outgoing
         .extract::<isize>()
@@ -418,8 +494,7 @@ fn control_app_writing(protocol: &Protocol<'_>) -> PyResult<()> {
 
 /// asyncio's `_control_ssl_reading`, called only when it has something to do.
 fn control_ssl_reading(protocol: &Protocol<'_>) -> PyResult<()> {
-    let py = protocol.py();
-    let size = get!(protocol, "_incoming")?.getattr(intern!(py, "pending"))?;
+    let size = bio_pending(protocol.constants, &get!(protocol, "_incoming")?)?;
     let paused = protocol.flag(get!(protocol, "_ssl_reading_paused"))?;
     let high = get!(protocol, "_incoming_high_water")?;
     let low = get!(protocol, "_incoming_low_water")?;
@@ -462,7 +537,7 @@ pub(crate) fn write<'py>(
     // once the SSL object has it all.
     let steps = || -> PyResult<()> {
         let (sslobj, _) = protocol.ssl_object()?;
-        match sslobj.call_method1(intern!(py, "write"), (data,)) {
+        match exact_call!(protocol.constants.ssl, WRITE, &sslobj, "write", data) {
             Ok(count) => {
                 let count = count.extract::<isize>()?;
                 if count < size {
