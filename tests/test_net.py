@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import subprocess
 import sys
 
 import pytest
@@ -286,3 +287,48 @@ def test_debug_transport_eof_logging(loop):
         ref.close()
     assert expected
     assert _debug_eof_log(loop) == expected
+
+
+NO_SSL_PROGRAM = """
+import sys
+sys.modules["ssl"] = None  # as on a CPython built without OpenSSL
+sys.modules["_ssl"] = None
+import asyncio
+import ferroloop
+
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.close()
+    await writer.wait_closed()
+    try:
+        await asyncio.open_connection("127.0.0.1", port, ssl=True)
+        result = None
+    except Exception as exc:
+        result = (type(exc).__name__, str(exc))
+    server.close()
+    await server.wait_closed()
+    return result
+
+run = asyncio.run if sys.argv[1] == "asyncio" else ferroloop.run
+print(repr(run(main())))
+"""
+
+
+def test_without_the_ssl_module():
+    """On a CPython without ``ssl`` asyncio works, and so does ferroloop: it imports, serves
+    plain connections, and a TLS connection fails with asyncio's error."""
+    out = {}
+    for name in ("asyncio", "ferroloop"):
+        done = subprocess.run(
+            [sys.executable, "-c", NO_SSL_PROGRAM, name],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        out[name] = done.stdout
+    assert "stdlib ssl module not available" in out["asyncio"]
+    assert out["ferroloop"] == out["asyncio"]

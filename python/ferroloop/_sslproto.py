@@ -15,11 +15,13 @@ the subclasses (``_PROTOCOL_SLOTS``, ``_TRANSPORT_SLOTS``) rather than entries o
 their offsets. A slot of a subclass is a data descriptor, so asyncio's methods read and write it
 as they would the dict entry; every other attribute stays in the ``__dict__``. Only ``vars()``
 tells the difference (``docs/deviations.md``).
+
+On a CPython built without the ``ssl`` module, asyncio's classes are used as they are (and
+raise asyncio's error when a TLS connection is asked for).
 """
 
 from __future__ import annotations
 
-import ssl
 import sys
 import types
 from asyncio import base_events, sslproto
@@ -27,11 +29,16 @@ from typing import Any
 
 from . import _core
 
+try:
+    import ssl
+except ImportError:  # a CPython built without OpenSSL, which asyncio supports
+    ssl = None  # type: ignore[assignment]
+
 __all__ = ("protocol_class", "start_tls")
 
 _ASYNCIO_SSL_PROTOCOL = sslproto.SSLProtocol
 
-if sys.version_info >= (3, 11):
+if sys.version_info >= (3, 11) and ssl is not None:
 
     def _asyncio_repr(self: object) -> str:
         # object's default repr as asyncio's class gives it (exception handler contexts,

@@ -53,29 +53,30 @@ struct Constants {
 /// exactly that type, `obj.<name>(...)` is the method called with `obj` as its first argument,
 /// without the attribute lookup and the bound method. Both types are immutable (no instance
 /// dict, no assignable attributes), so that is what the lookup would find.
-struct Exact {
-    class: Py<PyType>,
-    members: Vec<Py<PyAny>>,
-}
+struct Exact(Option<(Py<PyType>, Vec<Py<PyAny>>)>);
 
 impl Exact {
-    fn of(class: Bound<'_, PyAny>, names: &[&str]) -> PyResult<Self> {
-        let members = names
-            .iter()
-            .map(|name| class.getattr(*name).map(Bound::unbind))
-            .collect::<PyResult<_>>()?;
-        Ok(Exact {
-            class: class.cast_into::<PyType>()?.unbind(),
-            members,
-        })
+    /// `<module>.<class>` and its `names`; none (every call a plain one) if a Python does not
+    /// have them.
+    fn of(py: Python<'_>, module: &str, class: &str, names: &[&str]) -> Self {
+        let found = || -> PyResult<_> {
+            let class = py.import(module)?.getattr(class)?.cast_into::<PyType>()?;
+            let members = names
+                .iter()
+                .map(|name| class.getattr(*name).map(Bound::unbind))
+                .collect::<PyResult<_>>()?;
+            Ok((class.unbind(), members))
+        };
+        Exact(found().ok())
     }
 
     /// `obj`'s member `index` when `obj` is exactly of the type.
     fn member<'py>(&self, obj: &Bound<'py, PyAny>, index: usize) -> Option<&Bound<'py, PyAny>> {
         let py = obj.py();
+        let (class, members) = self.0.as_ref()?;
         obj.get_type()
-            .is(self.class.bind(py))
-            .then(|| self.members[index].bind(py))
+            .is(class.bind(py))
+            .then(|| members[index].bind(py))
     }
 }
 
@@ -129,14 +130,8 @@ pub fn tls_constants(
         protocol_class: protocol_class.clone().unbind(),
         ssl_object: ssl_object.clone().unbind(),
         again_errors: again_errors.clone().into_any().unbind(),
-        bio: Exact::of(
-            py.import("ssl")?.getattr("MemoryBIO")?,
-            &["read", "write", "pending"],
-        )?,
-        ssl: Exact::of(
-            py.import("_ssl")?.getattr("_SSLSocket")?,
-            &["read", "write", "pending"],
-        )?,
+        bio: Exact::of(py, "ssl", "MemoryBIO", &["read", "write", "pending"]),
+        ssl: Exact::of(py, "_ssl", "_SSLSocket", &["read", "write", "pending"]),
     };
     // A second call (a re-import) keeps the first constants: they are the same objects.
     let _ = CONSTANTS.set(py, constants);
