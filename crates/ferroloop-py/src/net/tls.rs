@@ -49,58 +49,61 @@ struct Constants {
     ssl: Exact,
 }
 
-/// A C type and some of its methods (or getters), taken from the class once: on an object of
-/// exactly that type, `obj.<name>(...)` is the method called with `obj` as its first argument,
-/// without the attribute lookup and the bound method. Both types are immutable (no instance
-/// dict, no assignable attributes), so that is what the lookup would find.
-struct Exact(Option<(Py<PyType>, Vec<Py<PyAny>>)>);
+/// A C type and its `read`, `write` and `pending`, taken from the class once: on an object of
+/// exactly that type, `obj.<name>(...)` is the class's method (or getter) called with `obj` as
+/// its first argument, without the attribute lookup and the bound method. Both types are
+/// immutable (no instance dict, no assignable attributes), so that is what the lookup would
+/// find. `None` (every call a plain one) on a Python without them.
+struct Exact(Option<Members>);
+
+struct Members {
+    class: Py<PyType>,
+    read: Py<PyAny>,
+    write: Py<PyAny>,
+    pending: Py<PyAny>,
+}
 
 impl Exact {
-    /// `<module>.<class>` and its `names`; none (every call a plain one) if a Python does not
-    /// have them.
-    fn of(py: Python<'_>, module: &str, class: &str, names: &[&str]) -> Self {
-        let found = || -> PyResult<_> {
+    /// `<module>.<class>` and its members.
+    fn of(py: Python<'_>, module: &str, class: &str) -> Self {
+        let found = || -> PyResult<Members> {
             let class = py.import(module)?.getattr(class)?.cast_into::<PyType>()?;
-            let members = names
-                .iter()
-                .map(|name| class.getattr(*name).map(Bound::unbind))
-                .collect::<PyResult<_>>()?;
-            Ok((class.unbind(), members))
+            let member = |name: &str| class.getattr(name).map(Bound::unbind);
+            Ok(Members {
+                read: member("read")?,
+                write: member("write")?,
+                pending: member("pending")?,
+                class: class.unbind(),
+            })
         };
         Exact(found().ok())
     }
 
-    /// `obj`'s member `index` when `obj` is exactly of the type.
-    fn member<'py>(&self, obj: &Bound<'py, PyAny>, index: usize) -> Option<&Bound<'py, PyAny>> {
-        let py = obj.py();
-        let (class, members) = self.0.as_ref()?;
+    /// The members, when `obj` is exactly of the type.
+    fn of_exact(&self, obj: &Bound<'_, PyAny>) -> Option<&Members> {
+        let members = self.0.as_ref()?;
         obj.get_type()
-            .is(class.bind(py))
-            .then(|| members[index].bind(py))
+            .is(members.class.bind(obj.py()))
+            .then_some(members)
     }
 }
 
-/// Indices of [`Exact`]'s members, in the order [`tls_constants`] takes them.
-const READ: usize = 0;
-const WRITE: usize = 1;
-const PENDING: usize = 2;
-
-/// `$obj.<$name>($args...)` through [`Exact`]'s member `$index` of `$exact` when `$obj` is of
-/// its type, else a plain method call.
+/// `$obj.$name($args...)` through [`Exact`]'s member of that name when `$obj` is of its type,
+/// else a plain method call.
 macro_rules! exact_call {
-    ($exact:expr, $index:expr, $obj:expr, $name:literal $(, $arg:expr)*) => {{
+    ($exact:expr, $obj:expr, $name:ident $(, $arg:expr)*) => {{
         let obj = $obj;
-        match $exact.member(obj, $index) {
-            Some(method) => method.call1((obj, $($arg,)*)),
-            None => obj.call_method1(intern!(obj.py(), $name), ($($arg,)*)),
+        match $exact.of_exact(obj) {
+            Some(members) => members.$name.bind(obj.py()).call1((obj, $($arg,)*)),
+            None => obj.call_method1(intern!(obj.py(), stringify!($name)), ($($arg,)*)),
         }
     }};
 }
 
 /// `bio.pending`, through the getter of `ssl.MemoryBIO` when `bio` is one.
 fn bio_pending<'py>(constants: &Constants, bio: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-    match constants.bio.member(bio, PENDING) {
-        Some(getter) => descriptor_get(getter, bio),
+    match constants.bio.of_exact(bio) {
+        Some(members) => descriptor_get(members.pending.bind(bio.py()), bio),
         None => bio.getattr(intern!(bio.py(), "pending")),
     }
 }
@@ -130,8 +133,8 @@ pub fn tls_constants(
         protocol_class: protocol_class.clone().unbind(),
         ssl_object: ssl_object.clone().unbind(),
         again_errors: again_errors.clone().into_any().unbind(),
-        bio: Exact::of(py, "ssl", "MemoryBIO", &["read", "write", "pending"]),
-        ssl: Exact::of(py, "_ssl", "_SSLSocket", &["read", "write", "pending"]),
+        bio: Exact::of(py, "ssl", "MemoryBIO"),
+        ssl: Exact::of(py, "_ssl", "_SSLSocket"),
     };
     // A second call (a re-import) keeps the first constants: they are the same objects.
     let _ = CONSTANTS.set(py, constants);
@@ -278,13 +281,7 @@ pub(crate) fn buffer_updated<'py>(
     let view = get!(protocol, "_ssl_buffer_view")?;
     let head = view.get_item(PySlice::new(py, 0, nbytes, 1))?;
     let constants = protocol.constants;
-    exact_call!(
-        constants.bio,
-        WRITE,
-        &get!(protocol, "_incoming")?,
-        "write",
-        head
-    )?;
+    exact_call!(constants.bio, &get!(protocol, "_incoming")?, write, head)?;
     let state = get!(protocol, "_state")?;
     if protocol.in_state(&state, &constants.wrapped) {
         do_read(&protocol)?;
@@ -395,7 +392,7 @@ fn read_in_place<'py>(
     let waiting = |sslobj: &Bound<'py, PyAny>| {
         (
             count(bio_pending(constants, incoming)),
-            count(exact_call!(constants.ssl, PENDING, sslobj, "pending")),
+            count(exact_call!(constants.ssl, sslobj, pending)),
         )
     };
     let (encrypted, decrypted) = waiting(sslobj);
@@ -408,7 +405,7 @@ fn read_in_place<'py>(
             data.reserve(RECORD)?;
         }
         let read = data.fill(|view| {
-            exact_call!(constants.ssl, READ, sslobj, "read", view.len()?, view)?.extract::<usize>()
+            exact_call!(constants.ssl, sslobj, read, view.len()?, view)?.extract::<usize>()
         });
         match read {
             Ok(0) => {
@@ -438,12 +435,7 @@ const RECORD: usize = 16 * 1024;
 fn process_outgoing(protocol: &Protocol<'_>) -> PyResult<()> {
     let py = protocol.py();
     if !protocol.flag(get!(protocol, "_ssl_writing_paused"))? {
-        let data = exact_call!(
-            protocol.constants.bio,
-            READ,
-            &get!(protocol, "_outgoing")?,
-            "read"
-        )?;
+        let data = exact_call!(protocol.constants.bio, &get!(protocol, "_outgoing")?, read)?;
         if data.len()? > 0 {
             get!(protocol, "_transport")?.call_method1(intern!(py, "write"), (data,))?;
         }
@@ -532,7 +524,7 @@ pub(crate) fn write<'py>(
     // once the SSL object has it all.
     let steps = || -> PyResult<()> {
         let (sslobj, _) = protocol.ssl_object()?;
-        match exact_call!(protocol.constants.ssl, WRITE, &sslobj, "write", data) {
+        match exact_call!(protocol.constants.ssl, &sslobj, write, data) {
             Ok(count) => {
                 let count = count.extract::<isize>()?;
                 if count < size {
