@@ -179,3 +179,30 @@ def test_svg_from_saved_json(plot, tmp_path):
         "lower is better",
     ):
         assert text in svg
+
+
+def test_server_report_takes_ratios_within_rounds():
+    """benchmarks/server/run.py's table: ferroloop over the best peer, and over the floor,
+    sample by sample within each round, then the median and range over rounds."""
+    run_py = os.path.join(ROOT, "benchmarks", "server", "run.py")
+    spec = importlib.util.spec_from_file_location("bench_server_run", run_py)
+    run = importlib.util.module_from_spec(spec)
+    sys.modules["bench_server_run"] = run  # dataclasses look their module up
+    try:
+        spec.loader.exec_module(run)
+        samples = server_result()["samples"]
+        # Rounds: ferroloop 4, 6, 5 against uvloop 8, 10, 12 and the floor 1, 1, 1.
+        assert run.round_ratios(samples, "tcp_1k") == pytest.approx([0.5, 0.6, 5 / 12])
+        assert run.round_ratios(samples, "tcp_1k", ("floor",)) == pytest.approx([4, 6, 5])
+        loops = ["uvloop", "rloop", "ferroloop", "floor"]
+        table = run.report(samples, loops, [run.BY_NAME["tcp_1k"], run.BY_NAME["idle_rss"]])
+    finally:
+        del sys.modules["bench_server_run"]
+    header, _, tcp, idle = table.splitlines()[:4]
+    assert header.split()[-4:] == ["vs", "floor,", "per", "round"]
+    # The cells are the medians over rounds; rloop's samples failed.
+    assert tcp.split()[:5] == ["tcp_1k", "10.00", "missing", "5.00", "1.00"]
+    per_round, vs_floor = tcp.split("  ")[-2:]
+    assert (per_round.strip(), vs_floor.strip()) == ("-50% [-58..-40]", "+400% [+300..+500]")
+    assert idle.split()[:3] == ["idle_rss", "(B/conn)", "2000"]
+    assert "'vs floor, per round'" in table

@@ -2,13 +2,14 @@
 
     python benchmarks/server/run.py [--loops asyncio,uvloop,rloop,rsloop,ferroloop,floor]
         [--workloads tcp_1k,...] [--rounds 2] [--duration 3] [--warmup 1] [--json FILE]
-        [--plot FILE.svg]
+        [--keep-servers] [--plot FILE.svg]
     python benchmarks/server/run.py --plot FILE.svg --from saved.json   # draw, no new run
 
 Each (round, workload, loop) runs one fresh server process pinned to CPU 0 and one client
-pinned to CPU 1.  Server CPU = sum over the server's threads of the first field of
-/proc/PID/task/*/schedstat (ns on CPU), read when the client prints START and END; divided by
-the requests the client completed in that window.
+pinned to CPU 1 (with --keep-servers, each workload's servers are started once and the rounds'
+client windows alternate between them).  Server CPU = sum over the server's threads of the
+first field of /proc/PID/task/*/schedstat (ns on CPU), read when the client prints START and
+END; divided by the requests the client completed in that window.
 """
 
 from __future__ import annotations
@@ -354,40 +355,93 @@ def start_client(ctx: Ctx, cmd: list[str], name: str):
 # one measurement
 
 
-def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
-    a = ctx.args
+def server_address(ctx: Ctx, wl: Workload) -> str:
+    """A free address for a server of `wl`: a Unix socket path, or a free TCP/UDP port."""
     if wl.on_unix_socket:
-        addr = os.path.join(
+        return os.path.join(
             tempfile.gettempdir(), f"ferroloop-bench-{os.getpid()}-{ctx.counter}.sock"
         )
-    elif wl.client == "udp":
-        addr = f"127.0.0.1:{free_udp_port()}"
-    else:
-        addr = f"127.0.0.1:{free_port()}"
-    server = client = None
+    if wl.client == "udp":
+        return f"127.0.0.1:{free_udp_port()}"
+    return f"127.0.0.1:{free_port()}"
+
+
+def remove_address(wl: Workload, addr: str):
+    if wl.on_unix_socket:
+        try:
+            os.unlink(addr)
+        except OSError:
+            pass
+
+
+def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
+    """One sample on a server process of its own, started for it and stopped after it."""
+    addr = server_address(ctx, wl)
+    server = None
     try:
         server, server_err = start_server(ctx, loop, wl, addr)
-        pid = server.pid
         if wl.client == "idle":
             return measure_idle(ctx, wl, server, server_err, addr)
-        if wl.client == "http" and a.http_client == "wrk":
-            return measure_wrk(ctx, wl, server, addr)
-        cmd = [
-            LOADGEN,
-            "client",
-            "--mode",
-            wl.client,
-            "--addr",
-            addr,
-            "--conns",
-            str(wl.conns),
-            "--size",
-            str(wl.size),
-            "--warmup",
-            str(a.warmup),
-            "--duration",
-            str(a.duration),
-        ] + (["--tls"] if wl.tls else [])
+        prime(ctx, wl, addr)
+        return measure_window(ctx, loop, wl, server, server_err, addr)
+    finally:
+        stop(server)
+        remove_address(wl, addr)
+
+
+def client_command(wl: Workload, addr: str, warmup: float, duration: float) -> list[str]:
+    """loadgen's client for `wl` against `addr`."""
+    return [
+        LOADGEN,
+        "client",
+        "--mode",
+        wl.client,
+        "--addr",
+        addr,
+        "--conns",
+        str(wl.conns),
+        "--size",
+        str(wl.size),
+        "--warmup",
+        str(warmup),
+        "--duration",
+        str(duration),
+    ] + (["--tls"] if wl.tls else [])
+
+
+def prime(ctx: Ctx, wl: Workload, addr: str) -> None:
+    """--prime: one client session, not measured, against a server that just started: its
+    connections are made, used and closed once, as a running server's have been. Until a
+    process frees a large `malloc` block whole, glibc serves every block of 128 KiB or more
+    with `mmap` and gives it back at once (its threshold for that rises only then), so a
+    loop that allocates `max_size` (256 KiB) for each read, as asyncio's `sock.recv(max_size)`
+    and `SSLObject.read(max_size)` do, pays `mmap`, `mremap` and `munmap` on every read until
+    its first connection closes: four times the CPU per request of its steady state."""
+    a = ctx.args
+    if a.prime <= 0 or wl.client == "idle":
+        return
+    if wl.client == "http" and a.http_client == "wrk":
+        cmd = ["wrk", f"-c{wl.conns}", "-t1", f"-d{max(1, round(a.prime))}s", f"http://{addr}/"]
+    else:
+        cmd = client_command(wl, addr, 0.0, a.prime)
+    proc, errpath = start_client(ctx, cmd, f"prime-{wl.name}")
+    try:
+        proc.communicate(timeout=a.prime + 60)
+    except subprocess.TimeoutExpired:
+        raise RunError("error", f"priming client did not finish: {last_line(errpath)}") from None
+    finally:
+        stop(proc)
+
+
+def measure_window(ctx: Ctx, loop: str, wl: Workload, server, server_err: str, addr: str) -> dict:
+    """One client window against a running server: its CPU time over the requests done."""
+    a = ctx.args
+    pid = server.pid
+    if wl.client == "http" and a.http_client == "wrk":
+        return measure_wrk(ctx, wl, server, addr)
+    client = None
+    try:
+        cmd = client_command(wl, addr, a.warmup, a.duration)
         client, client_err = start_client(ctx, cmd, f"{loop}-{wl.name}")
 
         def fail(what: str):
@@ -436,12 +490,6 @@ def measure(ctx: Ctx, loop: str, wl: Workload) -> dict:
         }
     finally:
         stop(client)
-        stop(server)
-        if wl.on_unix_socket:
-            try:
-                os.unlink(addr)
-            except OSError:
-                pass
 
 
 def measure_wrk(ctx: Ctx, wl: Workload, server, addr: str) -> dict:
@@ -655,10 +703,13 @@ def fmt_cell(samples: list[dict]) -> tuple[str, float | None]:
     return samples[-1]["status"], None
 
 
-def round_ratios(results: list[dict], workload: str) -> list[float]:
-    """ferroloop's cell over the best peer's, within each round: the samples of one round run
-    one after the other, so a host that is slower in one round than in another (the cells of
-    every loop move together, by up to a fifth here) moves both sides of the ratio."""
+def round_ratios(
+    results: list[dict], workload: str, against: tuple[str, ...] = PEERS
+) -> list[float]:
+    """ferroloop's cell over the best of `against` (the peers, or the floor), within each
+    round: the samples of one round run one after the other, so a host that is slower in one
+    round than in another (the cells of every loop move together, by up to a fifth here) moves
+    both sides of the ratio."""
     ratios = []
     for rnd in sorted({r["round"] for r in results if r["workload"] == workload}):
         ok = {
@@ -666,14 +717,27 @@ def round_ratios(results: list[dict], workload: str) -> list[float]:
             for r in results
             if r["workload"] == workload and r["round"] == rnd and r["status"] == "ok"
         }
-        peers = [ok[p] for p in PEERS if p in ok]
-        if "ferroloop" in ok and peers and min(peers) > 0:
-            ratios.append(ok["ferroloop"] / min(peers))
+        others = [ok[p] for p in against if p in ok]
+        if "ferroloop" in ok and others and min(others) > 0:
+            ratios.append(ok["ferroloop"] / min(others))
     return ratios
+
+
+def fmt_ratios(ratios: list[float]) -> str:
+    """'median% [lowest..highest]' of ratios, as differences from 1."""
+    if not ratios:
+        return "-"
+    return (
+        f"{(statistics.median(ratios) - 1) * 100:+.0f}% "
+        f"[{(min(ratios) - 1) * 100:+.0f}..{(max(ratios) - 1) * 100:+.0f}]"
+    )
 
 
 def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> str:
     header = ["workload"] + loops + ["best peer", "ferroloop vs best peer", "per round"]
+    with_floor = "floor" in loops and "ferroloop" in loops
+    if with_floor:
+        header.append("vs floor, per round")
     rows = []
     notes = {}
     for wl in workloads:
@@ -697,15 +761,11 @@ def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> 
             )
             fl = meds.get("ferroloop")
             row.append(f"{(fl / best - 1) * 100:+.0f}%" if fl is not None and best > 0 else "-")
-            ratios = round_ratios(results, wl.name)
-            row.append(
-                f"{(statistics.median(ratios) - 1) * 100:+.0f}% "
-                f"[{(min(ratios) - 1) * 100:+.0f}..{(max(ratios) - 1) * 100:+.0f}]"
-                if ratios
-                else "-"
-            )
+            row.append(fmt_ratios(round_ratios(results, wl.name)))
         else:
             row += ["-", "-", "-"]
+        if with_floor:
+            row.append(fmt_ratios(round_ratios(results, wl.name, ("floor",))))
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     lines = [
@@ -730,6 +790,8 @@ def report(results: list[dict], loops: list[str], workloads: list[Workload]) -> 
         "'per round': the median over rounds of ferroloop / the round's best peer, "
         "[lowest..highest round]."
     )
+    if with_floor:
+        lines.append("'vs floor, per round': the same with the round's floor sample.")
     steals = [max(r["steal"]) for r in results if r.get("status") == "ok" and "steal" in r]
     if steals:
         noisy = sum(1 for r in results if r.get("noisy"))
@@ -781,6 +843,20 @@ def main():
         default=60.0,
         help="before each retry, wait (at most this many seconds) for a 2-second look at "
         "both CPUs to show steal under the limit",
+    )
+    ap.add_argument(
+        "--prime",
+        type=float,
+        default=0.3,
+        help="seconds of an unmeasured client session against each new server before its "
+        "first sample (0: none); see prime()",
+    )
+    ap.add_argument(
+        "--keep-servers",
+        action="store_true",
+        help="start each loop's server once per workload and alternate the client windows "
+        "between them, round after round (use short windows and many rounds: --rounds 10 "
+        "--duration 0.5 --warmup 0.2); the default is a fresh server per sample",
     )
     ap.add_argument("--list", action="store_true", help="list the workloads")
     ap.add_argument(
@@ -872,49 +948,47 @@ def main():
     meta = plot.run_meta(REPO, python_version(a.python))
     meta["versions"] = loop_versions(ctx, [x for x in loops if x not in missing])
     results = []
+
+    def sample(rnd: int, wl: Workload, loop: str, window=None) -> None:
+        """Run one sample (on a kept server with `window`), keep it, show it."""
+        rec = {
+            "round": rnd,
+            "workload": wl.name,
+            "loop": loop,
+            "server": wl.server,
+            "client": wl.client,
+            "conns": wl.conns,
+            "size": wl.size,
+            "duration": a.duration,
+            "warmup": a.warmup,
+            "kept_server": bool(a.keep_servers),
+        }
+        if loop in missing:
+            rec.update(status="missing", note=missing[loop])
+        elif wl.tls and tls_problem:
+            rec.update(status="unsupported", note=tls_problem)
+        else:
+            rec.update(run_one(ctx, loop, wl, window))
+        results.append(rec)
+        print(progress_line(rec, rnd, a.rounds), flush=True)
+
     try:
-        for rnd in range(a.rounds):
+        if a.keep_servers:
             for wl in workloads:
-                k = rnd % len(loops)
-                order = loops[k:] + loops[:k]
-                for loop in order:
-                    rec = {
-                        "round": rnd,
-                        "workload": wl.name,
-                        "loop": loop,
-                        "server": wl.server,
-                        "client": wl.client,
-                        "conns": wl.conns,
-                        "size": wl.size,
-                        "duration": a.duration,
-                        "warmup": a.warmup,
-                    }
-                    if loop in missing:
-                        rec.update(status="missing", note=missing[loop])
-                    elif wl.tls and tls_problem:
-                        rec.update(status="unsupported", note=tls_problem)
-                    else:
-                        rec.update(run_one(ctx, loop, wl))
-                    results.append(rec)
-                    val = (
-                        f"{rec['value']:.2f} {rec['unit']}"
-                        if rec["status"] == "ok"
-                        else f"{rec['status']}: {rec.get('note', '')}"
-                    )
-                    extra = ""
-                    if "req_per_s" in rec:
-                        cpu = rec["server_cpu_util"] * 100
-                        extra = f"  ({rec['req_per_s']:.0f} req/s, server CPU {cpu:.0f}%"
-                        if "steal" in rec:
-                            st = "/".join(f"{x * 100:.0f}" for x in rec["steal"])
-                            extra += f", steal {st}%"
-                        if rec.get("attempts", 1) > 1:
-                            extra += f", attempt {rec['attempts']}"
-                        extra += ", NOISY)" if rec.get("noisy") else ")"
-                    print(
-                        f"[round {rnd + 1}/{a.rounds}] {wl.name:15} {loop:10} {val}{extra}",
-                        flush=True,
-                    )
+                if wl.client == "idle":  # a fresh process's RSS: never a kept server
+                    for rnd in range(a.rounds):
+                        for loop in rotated(loops, rnd):
+                            sample(rnd, wl, loop)
+                    continue
+                with KeptServers(ctx, wl, [x for x in loops if x not in missing]) as kept:
+                    for rnd in range(a.rounds):
+                        for loop in rotated(loops, rnd):
+                            sample(rnd, wl, loop, kept.window)
+        else:
+            for rnd in range(a.rounds):
+                for wl in workloads:
+                    for loop in rotated(loops, rnd):
+                        sample(rnd, wl, loop)
     finally:
         for p in ctx.procs:
             stop(p)
@@ -932,16 +1006,100 @@ def main():
         print(f"chart: {a.plot}")
 
 
-def run_one(ctx: Ctx, loop: str, wl: Workload) -> dict:
+def rotated(loops: list[str], rnd: int) -> list[str]:
+    """The loops in round `rnd`'s order: the list rotated by one more place each round."""
+    k = rnd % len(loops)
+    return loops[k:] + loops[:k]
+
+
+def progress_line(rec: dict, rnd: int, rounds: int) -> str:
+    val = (
+        f"{rec['value']:.2f} {rec['unit']}"
+        if rec["status"] == "ok"
+        else f"{rec['status']}: {rec.get('note', '')}"
+    )
+    extra = ""
+    if "req_per_s" in rec:
+        cpu = rec["server_cpu_util"] * 100
+        extra = f"  ({rec['req_per_s']:.0f} req/s, server CPU {cpu:.0f}%"
+        if "steal" in rec:
+            st = "/".join(f"{x * 100:.0f}" for x in rec["steal"])
+            extra += f", steal {st}%"
+        if rec.get("attempts", 1) > 1:
+            extra += f", attempt {rec['attempts']}"
+        extra += ", NOISY)" if rec.get("noisy") else ")"
+    return f"[round {rnd + 1}/{rounds}] {rec['workload']:15} {rec['loop']:10} {val}{extra}"
+
+
+class KeptServers:
+    """--keep-servers: one server per loop for a workload, started together and kept up while
+    every round's client windows run against them in turn. The samples compared within a
+    round are then a few seconds apart, with no process start between them; an idle server
+    waits in its poll and costs the others nothing. A server that died is started again before
+    its next window."""
+
+    def __init__(self, ctx: Ctx, wl: Workload, loops: list[str]):
+        self.ctx, self.wl, self.loops = ctx, wl, loops
+        self.servers: dict[str, tuple] = {}  # loop -> (proc, stderr path, address)
+        self.failed: dict[str, RunError] = {}
+
+    def __enter__(self) -> KeptServers:
+        for loop in self.loops:
+            self.start(loop)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for loop in list(self.servers):
+            self.discard(loop)
+
+    def start(self, loop: str) -> None:
+        addr = server_address(self.ctx, self.wl)
+        try:
+            proc, err = start_server(self.ctx, loop, self.wl, addr)
+            try:
+                prime(self.ctx, self.wl, addr)
+            except RunError:
+                stop(proc)
+                raise
+        except RunError as e:
+            remove_address(self.wl, addr)
+            self.failed[loop] = e
+            return
+        self.failed.pop(loop, None)
+        self.servers[loop] = (proc, err, addr)
+
+    def discard(self, loop: str) -> None:
+        proc, _, addr = self.servers.pop(loop)
+        stop(proc)
+        remove_address(self.wl, addr)
+
+    def window(self, loop: str) -> dict:
+        if loop in self.servers and self.servers[loop][0].poll() is not None:
+            self.discard(loop)
+            self.start(loop)
+        if loop not in self.servers:
+            e = self.failed.get(loop) or RunError("error", "server not started")
+            return {"status": e.status, "note": e.note}
+        proc, err, addr = self.servers[loop]
+        try:
+            return measure_window(self.ctx, loop, self.wl, proc, err, addr)
+        except RunError as e:
+            return {"status": e.status, "note": e.note}
+        except (OSError, subprocess.SubprocessError, ValueError) as e:
+            return {"status": "error", "note": f"{type(e).__name__}: {e}"}
+
+
+def run_one(ctx: Ctx, loop: str, wl: Workload, window=None) -> dict:
     """One sample, measured again (up to --steal-retries times) while the host steals more
     than --max-steal of either CPU's time; the sample kept is the least stolen one, and it
-    says how many attempts it took."""
+    says how many attempts it took. `window(loop)` measures it on a kept server; without it,
+    each attempt starts a server of its own."""
     a = ctx.args
     best = None
     for attempt in range(a.steal_retries + 1):
         if attempt:
             wait_for_quiet_host(a.max_steal, a.steal_wait)
-        rec = measure_once(ctx, loop, wl)
+        rec = window(loop) if window is not None else measure_once(ctx, loop, wl)
         stolen = max(rec.get("steal", [0.0]))
         if best is None or (rec["status"] == "ok" and stolen < max(best.get("steal", [0.0]))):
             best = rec
