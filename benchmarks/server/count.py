@@ -13,6 +13,9 @@ client, the same floor server). Each (workload, loop) runs twice, one server at 
 * plain, with `strace -f -ttt` attached during the warm-up: the system calls whose timestamps
   fall between START and END, by name, / requests in the window.
 
+Each server is primed first, as run.py's are (`--prime`: one unmeasured client session, so
+that its steady state, not a fresh process's `malloc` thresholds, is counted).
+
 Both counts are nearly deterministic: they do not move with the host's steal or with the
 kernel's run-to-run variation, which decide CPU-time rows at the kernel's floor by more than
 5 % (docs/network-notes.md). They leave out what a system call costs inside the kernel, so they
@@ -116,6 +119,7 @@ def requests_in_window(ctx: run.Ctx, cli: subprocess.Popen, on_start, on_end) ->
 
 
 def count_instructions(ctx: run.Ctx, loop: str, wl: run.Workload) -> dict:
+    a = ctx.args
     tag = f"cg-{loop}-{wl.name}"
     out = os.path.join(ctx.logdir, f"{tag}.callgrind")
     addr = address(wl, tag)
@@ -129,6 +133,8 @@ def count_instructions(ctx: run.Ctx, loop: str, wl: run.Workload) -> dict:
     cli = None
     try:
         wait_ready(server, errpath)
+        # Valgrind's server is slow to finish TLS handshakes: a longer session for those.
+        run.prime(ctx, wl, addr, max(a.prime, TLS_WARMUP) if wl.tls and a.prime > 0 else None)
         cli = client(ctx, wl, addr, tag)
 
         def control(flag: str):
@@ -161,6 +167,7 @@ def count_syscalls(ctx: run.Ctx, loop: str, wl: run.Workload) -> dict:
     window = [0.0, 0.0]
     try:
         wait_ready(server, errpath)
+        run.prime(ctx, wl, addr)
         tracer = subprocess.Popen(
             ["strace", "-f", "-ttt", "-qq", "-o", out, "-p", str(server.pid)],
             stdout=subprocess.DEVNULL,
@@ -259,6 +266,12 @@ def main() -> None:
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--rsloop-python", default="/tmp/rsvenv/bin/python")
     p.add_argument("--what", choices=("both", "instructions", "syscalls"), default="both")
+    p.add_argument(
+        "--prime",
+        type=float,
+        default=0.3,
+        help="seconds of an unmeasured client session first, as run.py's --prime (0: none)",
+    )
     p.add_argument("--json", default=None)
     a = p.parse_args()
     for tool in ("valgrind", "callgrind_control", "strace"):

@@ -409,24 +409,26 @@ def client_command(wl: Workload, addr: str, warmup: float, duration: float) -> l
     ] + (["--tls"] if wl.tls else [])
 
 
-def prime(ctx: Ctx, wl: Workload, addr: str) -> None:
+def prime(ctx: Ctx, wl: Workload, addr: str, seconds: float | None = None) -> None:
     """--prime: one client session, not measured, against a server that just started: its
     connections are made, used and closed once, as a running server's have been. Until a
     process frees a large `malloc` block whole, glibc serves every block of 128 KiB or more
     with `mmap` and gives it back at once (its threshold for that rises only then), so a
     loop that allocates `max_size` (256 KiB) for each read, as asyncio's `sock.recv(max_size)`
     and `SSLObject.read(max_size)` do, pays `mmap`, `mremap` and `munmap` on every read until
-    its first connection closes: four times the CPU per request of its steady state."""
+    its first connection closes: four times the CPU per request of its steady state.
+    `seconds`: the session's length, --prime's by default."""
     a = ctx.args
-    if a.prime <= 0 or wl.client == "idle":
+    seconds = a.prime if seconds is None else seconds
+    if seconds <= 0 or wl.client == "idle":
         return
-    if wl.client == "http" and a.http_client == "wrk":
-        cmd = ["wrk", f"-c{wl.conns}", "-t1", f"-d{max(1, round(a.prime))}s", f"http://{addr}/"]
+    if wl.client == "http" and getattr(a, "http_client", "loadgen") == "wrk":
+        cmd = ["wrk", f"-c{wl.conns}", "-t1", f"-d{max(1, round(seconds))}s", f"http://{addr}/"]
     else:
-        cmd = client_command(wl, addr, 0.0, a.prime)
+        cmd = client_command(wl, addr, 0.0, seconds)
     proc, errpath = start_client(ctx, cmd, f"prime-{wl.name}")
     try:
-        proc.communicate(timeout=a.prime + 60)
+        proc.communicate(timeout=seconds + 120)
     except subprocess.TimeoutExpired:
         raise RunError("error", f"priming client did not finish: {last_line(errpath)}") from None
     finally:
