@@ -857,7 +857,7 @@ def main():
         "--keep-servers",
         action="store_true",
         help="start each loop's server once per workload and alternate the client windows "
-        "between them, round after round (use short windows and many rounds: --rounds 10 "
+        "between them, round after round (use short windows and many rounds: --rounds 8 "
         "--duration 0.5 --warmup 0.2); the default is a fresh server per sample",
     )
     ap.add_argument("--list", action="store_true", help="list the workloads")
