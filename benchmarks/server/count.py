@@ -77,13 +77,10 @@ def start(cmd: list[str], errpath: str, cpu: int, stdout=subprocess.PIPE) -> sub
 
 def client(ctx: run.Ctx, wl: run.Workload, addr: str, tag: str) -> subprocess.Popen:
     a = ctx.args
-    cmd = [run.LOADGEN, "client", "--mode", wl.client, "--addr", addr]
-    cmd += ["--conns", str(wl.conns), "--size", str(wl.size)]
     # The TLS handshakes (millions of instructions each, 50 times slower under valgrind) are
     # over before the window.
     warmup = max(a.warmup, TLS_WARMUP) if wl.tls else a.warmup
-    cmd += ["--warmup", str(warmup), "--duration", str(a.duration)]
-    cmd += ["--tls"] if wl.tls else []
+    cmd = run.client_command(wl, addr, warmup, a.duration)
     return start(cmd, os.path.join(ctx.logdir, f"client-{tag}.err"), run.CLIENT_CPU)
 
 
