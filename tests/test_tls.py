@@ -387,6 +387,49 @@ def test_replaced_bios_and_ssl_object(loop, contexts):
     assert "read" in calls["sslobj"] and "write" in calls["sslobj"]
 
 
+@pytest.mark.parametrize("where", ["instance", "class"])
+def test_replaced_read_methods_are_called(loop, contexts, monkeypatch, where):
+    """``get_buffer`` and ``buffer_updated`` of a live connection's ``SSLProtocol`` replaced
+    (on the instance, or on its class) by wrappers: the socket transport's reads call the
+    wrappers, as asyncio's ``_read_ready__get_buffer`` does (ferroloop's reader calls the
+    native steps directly only while the methods are the class's own), and every byte still
+    arrives."""
+    sizes = [1, 1000, 20_000, 100_000]
+    payload = os.urandom(max(sizes))
+    calls = []
+
+    def wrapped(method, name):
+        def call(*args):
+            calls.append((name, *args[-1:]))
+            return method(*args)
+
+        return call
+
+    async def main():
+        protocol = Recorder([])
+        server, reader, writer = await serve(contexts, protocol)
+        ssl_protocol = protocol.transport._ssl_protocol
+        for name in ("get_buffer", "buffer_updated"):
+            if where == "instance":
+                setattr(ssl_protocol, name, wrapped(getattr(ssl_protocol, name), name))
+            else:
+                cls = type(ssl_protocol)
+                monkeypatch.setattr(cls, name, wrapped(getattr(cls, name), name))
+        for size in sizes:
+            writer.write(payload[:size])
+            await writer.drain()
+            assert await reader.readexactly(size) == payload[:size]
+        await close_all(server, writer, protocol)
+
+    loop.run_until_complete(main())
+    asked = [call for call in calls if call[0] == "get_buffer"]
+    updated = [call[1] for call in calls if call[0] == "buffer_updated"]
+    assert asked and all(call == ("get_buffer", -1) for call in asked)
+    # The records carry the payloads and their overhead; every read was reported.
+    assert len(asked) >= len(updated) > 0
+    assert sum(updated) > sum(sizes)
+
+
 def test_records_split_across_reads(loop, contexts):
     """A client that sends its records in 5,000-byte pieces: the server's reads end inside
     records, so a record's start is taken by one read and its plaintext comes out in the

@@ -1038,6 +1038,21 @@ pub fn exact_int_i32(obj: &Bound<'_, PyAny>) -> Option<i32> {
     i32::try_from(value).ok()
 }
 
+/// The value of an exact `int` that fits in an `i64`, without the layers of pyo3's conversion
+/// (whose `u64` path goes through `_PyLong_AsByteArray` for any int of more than one digit);
+/// `None` for anything else.
+#[inline]
+pub fn exact_int_i64(obj: &Bound<'_, PyAny>) -> Option<i64> {
+    if !is_exact_int(obj) {
+        return None;
+    }
+    let mut overflow = 0;
+    // SAFETY: an exact int: PyLong_AsLongLongAndOverflow cannot fail on it, and reports a
+    // value out of `long long`'s range in `overflow` (no exception).
+    let value = unsafe { ffi::PyLong_AsLongLongAndOverflow(obj.as_ptr(), &mut overflow) };
+    (overflow == 0).then_some(value)
+}
+
 /// `len(data)` of a `bytes` object (`PyBytes_Size`); the caller checked the type.
 #[inline]
 pub fn bytes_len(data: &Bound<'_, PyAny>) -> isize {

@@ -54,7 +54,7 @@ use super::socket::{
 };
 use super::stream_lifecycle::{local_address_of, make_socket_transport, TransportSocket};
 use crate::event_loop::Loop;
-use crate::ffi::{instance_dict, is_exact_int, type_lookup, untrack};
+use crate::ffi::{exact_int_i64, instance_dict, type_lookup, untrack};
 use crate::handles::Args;
 
 static ASYNCIO_ACCEPT_CONNECTION: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
@@ -198,11 +198,7 @@ impl Acceptor {
             // An IPv4 peer comes as the kernel gave it; an IPv6 or Unix peer's address, for a
             // connection whose socket object is not made, as `accept` gave it (see
             // `accept_batch`).
-            // (An int is checked for first: a failed `extract` formats its error message.)
-            let packed = match is_exact_int(&addr) {
-                true => addr.extract::<u64>().ok(),
-                false => None,
-            };
+            let packed = exact_int_i64(&addr).and_then(|packed| u64::try_from(packed).ok());
             let peer = match packed {
                 Some(packed) => {
                     let (host, port) = unpack_ipv4(packed);

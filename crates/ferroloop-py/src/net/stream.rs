@@ -36,6 +36,7 @@ use super::stream_lifecycle;
 use super::stream_lifecycle::fatal_error;
 use super::stream_lifecycle::SocketSlot;
 use super::streams;
+use super::tls;
 use super::transport::{asyncio_method, get, is_exit, Attributes, TransportRef};
 use crate::event_loop::Loop;
 use crate::ffi::{bound_method_function, bytes_len, keep_spare_bytes, BUFFER_WRITABLE};
@@ -188,8 +189,14 @@ fn read_into_protocol_buffer(
 ) -> PyResult<()> {
     let py = transport.py();
     let protocol = get!(py, transport, attributes, "_protocol")?;
-    let buffer = protocol
-        .call_method1(intern!(py, "get_buffer"), (-1,))
+    // ferroloop's `SSLProtocol` with its own methods: their steps, called directly.
+    let direct = tls::Direct::of(&protocol);
+    let buffer = match &direct {
+        Some(direct) => direct.get_buffer(-1).transpose(),
+        None => None,
+    };
+    let buffer = buffer
+        .unwrap_or_else(|| protocol.call_method1(intern!(py, "get_buffer"), (-1,)))
         .and_then(|buf| {
             if buf.len()? == 0 {
                 return Err(PyRuntimeError::new_err(
@@ -244,8 +251,14 @@ fn read_into_protocol_buffer(
     if nbytes == 0 {
         return read_eof(transport, attributes);
     }
-    match protocol.call_method1(intern!(py, "buffer_updated"), (nbytes,)) {
-        Ok(_) => Ok(()),
+    let updated = match &direct {
+        Some(direct) => direct.buffer_updated(nbytes as isize),
+        None => protocol
+            .call_method1(intern!(py, "buffer_updated"), (nbytes,))
+            .map(drop),
+    };
+    match updated {
+        Ok(()) => Ok(()),
         Err(error) if is_exit(&error, py) => Err(error),
         Err(error) => fatal_error(
             transport,

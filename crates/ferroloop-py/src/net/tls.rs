@@ -18,15 +18,17 @@
 //! ends each of asyncio's read loops: when nothing is left to decrypt (the incoming BIO and the
 //! SSL object's own buffer are empty) the next `read` could only raise it, so it is not made.
 
-use pyo3::exceptions::PyException;
+use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBytes, PyList, PySlice, PyTuple, PyType};
+use pyo3::types::{PyBytes, PyList, PySlice, PyString, PyTuple, PyType};
 
 use super::streams;
 use super::transport::{self, dict_attr};
-use crate::ffi::{bytes_len, descriptor_get, instance_dict, while_handling, BytesBuilder, Slots};
+use crate::ffi::{
+    bytes_len, descriptor_get, instance_dict, type_lookup, while_handling, BytesBuilder, Slots,
+};
 
 /// What the native methods compare with, given once by `ferroloop._sslproto`.
 struct Constants {
@@ -42,6 +44,11 @@ struct Constants {
     ssl_object: Py<PyType>,
     /// `sslproto.SSLAgainErrors`.
     again_errors: Py<PyAny>,
+    /// The class's own `get_buffer` and `buffer_updated` (its C methods, `methods.rs`): while
+    /// an instance's lookup finds them, the socket transport's reader calls the steps below
+    /// directly ([`Direct`]).
+    get_buffer: Py<PyAny>,
+    buffer_updated: Py<PyAny>,
     /// `ssl.MemoryBIO` and its `read`, `write` and `pending`.
     bio: Exact,
     /// The C object inside an `ssl.SSLObject` (`_ssl._SSLSocket`) and its `read`, `write` and
@@ -125,7 +132,14 @@ pub fn tls_constants(
     let _ = PROTOCOL_SLOTS.set(py, Slots::of(protocol_class)?);
     let _ = TRANSPORT_SLOTS.set(py, Slots::of(transport_class)?);
     let member = |name: &str| states.getattr(name).map(Bound::unbind);
+    let own = |name: &str| -> PyResult<Py<PyAny>> {
+        type_lookup(protocol_class, &PyString::new(py, name))
+            .map(Bound::unbind)
+            .ok_or_else(|| PyTypeError::new_err(format!("the TLS protocol class has no {name}")))
+    };
     let constants = Constants {
+        get_buffer: own("get_buffer")?,
+        buffer_updated: own("buffer_updated")?,
         wrapped: member("WRAPPED")?,
         do_handshake: member("DO_HANDSHAKE")?,
         flushing: member("FLUSHING")?,
@@ -248,13 +262,15 @@ pub(crate) fn get_buffer<'py>(
     object: &Bound<'py, PyAny>,
     n: &Bound<'py, PyAny>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let Some(protocol) = Protocol::of(object) else {
+    let (Some(protocol), Ok(n)) = (Protocol::of(object), n.extract::<isize>()) else {
         return Ok(None);
     };
-    let (Ok(n), Ok(max_size)) = (
-        n.extract::<isize>(),
-        protocol.max_size()?.extract::<isize>(),
-    ) else {
+    protocol_buffer(&protocol, n)
+}
+
+/// [`get_buffer`]'s step for an int `n`.
+fn protocol_buffer<'py>(protocol: &Protocol<'py>, n: isize) -> PyResult<Option<Bound<'py, PyAny>>> {
+    let Ok(max_size) = protocol.max_size()?.extract::<isize>() else {
         return Ok(None);
     };
     let want = if n <= 0 || n > max_size { max_size } else { n };
@@ -271,12 +287,16 @@ pub(crate) fn buffer_updated<'py>(
     object: &Bound<'py, PyAny>,
     nbytes: &Bound<'py, PyAny>,
 ) -> PyResult<Option<Bound<'py, PyAny>>> {
-    let Some(protocol) = Protocol::of(object) else {
+    let (Some(protocol), Ok(nbytes)) = (Protocol::of(object), nbytes.extract::<isize>()) else {
         return Ok(None);
     };
-    let Ok(nbytes) = nbytes.extract::<isize>() else {
-        return Ok(None);
-    };
+    let py = protocol.py();
+    received(&protocol, nbytes)?;
+    Ok(Some(py.None().into_bound(py)))
+}
+
+/// [`buffer_updated`]'s step for an int `nbytes`.
+fn received(protocol: &Protocol<'_>, nbytes: isize) -> PyResult<()> {
     let py = protocol.py();
     let view = get!(protocol, "_ssl_buffer_view")?;
     let head = view.get_item(PySlice::new(py, 0, nbytes, 1))?;
@@ -284,7 +304,7 @@ pub(crate) fn buffer_updated<'py>(
     exact_call!(constants.bio, &get!(protocol, "_incoming")?, write, head)?;
     let state = get!(protocol, "_state")?;
     if protocol.in_state(&state, &constants.wrapped) {
-        do_read(&protocol)?;
+        do_read(protocol)?;
     } else if protocol.in_state(&state, &constants.do_handshake) {
         call!(protocol, "_do_handshake")?;
     } else if protocol.in_state(&state, &constants.flushing) {
@@ -292,7 +312,50 @@ pub(crate) fn buffer_updated<'py>(
     } else if protocol.in_state(&state, &constants.shutdown) {
         call!(protocol, "_do_shutdown")?;
     }
-    Ok(Some(py.None().into_bound(py)))
+    Ok(())
+}
+
+/// ferroloop's `SSLProtocol` as the socket transport's reader sees it (`stream.rs`): while
+/// `protocol.get_buffer` and `protocol.buffer_updated` are the class's C methods (not
+/// replaced on the class, not shadowed by instance attributes), the reader calls their steps
+/// as those methods would, without two method lookups, two calls and an int object per read.
+pub(crate) struct Direct<'py>(Protocol<'py>);
+
+impl<'py> Direct<'py> {
+    /// `object`'s direct steps, when its methods are the class's own.
+    pub(crate) fn of(object: &Bound<'py, PyAny>) -> Option<Direct<'py>> {
+        let protocol = Protocol::of(object)?;
+        let py = object.py();
+        let constants = protocol.constants;
+        let class = constants.protocol_class.bind(py);
+        let names = [
+            (intern!(py, "get_buffer"), &constants.get_buffer),
+            (intern!(py, "buffer_updated"), &constants.buffer_updated),
+        ];
+        let attributes = instance_dict(object);
+        for (name, method) in names {
+            if !type_lookup(class, name).is_some_and(|found| found.is(method.bind(py))) {
+                return None;
+            }
+            if let Some(attributes) = &attributes {
+                if !matches!(attributes.get_item(name), Ok(None)) {
+                    return None;
+                }
+            }
+        }
+        Some(Direct(protocol))
+    }
+
+    /// `protocol.get_buffer(n)`: `None` where the C method would call asyncio's (the
+    /// caller calls the method then).
+    pub(crate) fn get_buffer(&self, n: isize) -> PyResult<Option<Bound<'py, PyAny>>> {
+        protocol_buffer(&self.0, n)
+    }
+
+    /// `protocol.buffer_updated(nbytes)`.
+    pub(crate) fn buffer_updated(&self, nbytes: isize) -> PyResult<()> {
+        received(&self.0, nbytes)
+    }
 }
 
 /// asyncio's `_do_read` in the `WRAPPED` state.
