@@ -11,6 +11,10 @@
 //! `_control_app_writing`, `_fatal_error`, ...), so handshakes, shutdown, flow control and
 //! errors are asyncio's code.
 //!
+//! The socket transport's reader (`stream.rs`) calls the steps of `get_buffer` and
+//! `buffer_updated` directly ([`Direct`]) while those are the class's own C methods (not
+//! replaced on the class, not shadowed on the instance), as the method calls would run them.
+//!
 //! What this saves per record: the Python frames of `buffer_updated`, `_do_read`,
 //! `_do_read__copied`, `_process_outgoing`, `_control_app_writing`, `_control_ssl_reading`,
 //! `write`, `_write_appdata` and `_do_write`, the enum class attribute lookups of their state
