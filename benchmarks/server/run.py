@@ -252,8 +252,10 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str | None:
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        r, _, _ = select.select([fd], [], [], left)
-        if not r:
+        # poll, not select: a long run's pipes can have fd numbers above FD_SETSIZE.
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(left * 1000):
             return None
         ch = os.read(fd, 1)  # byte-wise: never read past the line the caller waits for
         if not ch:
@@ -264,16 +266,22 @@ def read_line(proc: subprocess.Popen, timeout: float) -> str | None:
 
 
 def stop(proc: subprocess.Popen | None):
-    if proc is None or proc.poll() is not None:
+    """End proc if it still runs, and close its stdout pipe (a run makes thousands of
+    processes: their pipes must not pile up in this one)."""
+    if proc is None:
         return
     try:
-        proc.terminate()
-        proc.wait(timeout=3)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=3)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=3)
     except ProcessLookupError:
         pass
+    finally:
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 def last_line(path: str) -> str:
