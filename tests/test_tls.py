@@ -430,6 +430,59 @@ def test_replaced_read_methods_are_called(loop, contexts, monkeypatch, where):
     assert sum(updated) > sum(sizes)
 
 
+def test_buffered_app_protocol_then_plain(loop, contexts):
+    """A server whose application protocol is a ``BufferedProtocol`` with a 7-byte buffer (the
+    SSL object keeps what does not fit, read on the next turn) until it has 100 bytes, then
+    switches the TLS transport to a plain ``Protocol``: every byte of a 50 KB write arrives,
+    once, in order, on both loops."""
+    payload = os.urandom(50_000)
+
+    async def main():
+        got = bytearray()
+        done = loop.create_future()
+
+        class Plain(asyncio.Protocol):
+            def data_received(self, data):
+                assert type(data) is bytes
+                got.extend(data)
+                if len(got) >= len(payload) and not done.done():
+                    done.set_result(None)
+
+        class Small(asyncio.BufferedProtocol):
+            def __init__(self):
+                self.buffer = bytearray(7)
+                self.made = loop.create_future()
+                self.lost = loop.create_future()
+
+            def connection_made(self, transport):
+                self.transport = transport
+                self.made.set_result(None)
+
+            def get_buffer(self, sizehint):
+                return self.buffer
+
+            def buffer_updated(self, nbytes):
+                got.extend(self.buffer[:nbytes])
+                if len(got) >= 100:
+                    self.transport.set_protocol(Plain())
+
+            def connection_lost(self, exc):
+                self.lost.set_result(exc)
+
+        protocol = Small()
+        server, reader, writer = await serve(contexts, protocol)
+        writer.write(payload)
+        await writer.drain()
+        await asyncio.wait_for(done, 10)
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return bytes(got)
+
+    assert loop.run_until_complete(main()) == payload
+
+
 def test_records_split_across_reads(loop, contexts):
     """A client that sends its records in 5,000-byte pieces: the server's reads end inside
     records, so a record's start is taken by one read and its plaintext comes out in the

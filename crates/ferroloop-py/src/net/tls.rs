@@ -443,9 +443,18 @@ fn read_chunks<'py>(
 
 /// The same read loop on `ssl.SSLObject`'s C object, decrypting into one `bytes` object made
 /// for it: `read(n, buffer)` into its unused part, the object sized from what the incoming
-/// BIO and the SSL object hold and grown when a record's start was read before, then cut to
-/// what came. asyncio's `read(max_size)` allocates `max_size` (256 KiB) per record and
-/// `b''.join` copies the records again; the data `data_received` gets is the same.
+/// BIO holds and grown when it is full (a record whose start was read before, plaintext the SSL
+/// object kept from an earlier read), then cut to what came. asyncio's `read(max_size)`
+/// allocates `max_size` (256 KiB) per record and `b''.join` copies the records again; the data
+/// `data_received` gets is the same.
+///
+/// The loop ends where asyncio's would raise `SSLWantReadError`, without that read: when a
+/// read gave less than it was offered and the incoming BIO is empty. OpenSSL's `SSL_read`
+/// copies from every record it has decrypted until the buffer is full (`ssl3_read_bytes`, in
+/// every OpenSSL CPython supports), so a read that leaves room has taken all the SSL object
+/// held (its `pending()` is 0, which asking would cost a release and a take of the GIL); and
+/// with nothing in the BIO, no further record can be decrypted. A read that fills its room
+/// is followed by another.
 fn read_in_place<'py>(
     sslobj: &Bound<'py, PyAny>,
     incoming: &Bound<'py, PyAny>,
@@ -453,24 +462,19 @@ fn read_in_place<'py>(
 ) -> PyResult<Decrypted<'py>> {
     let py = sslobj.py();
     let again = constants.again_errors.bind(py);
-    let count = |value: PyResult<Bound<'py, PyAny>>| -> Option<usize> {
-        value.ok()?.extract::<usize>().ok()
+    let encrypted = || -> Option<usize> {
+        bio_pending(constants, incoming)
+            .ok()?
+            .extract::<usize>()
+            .ok()
     };
-    let waiting = |sslobj: &Bound<'py, PyAny>| {
-        (
-            count(bio_pending(constants, incoming)),
-            count(exact_call!(constants.ssl, sslobj, pending)),
-        )
-    };
-    let (encrypted, decrypted) = waiting(sslobj);
-    let mut data = BytesBuilder::new(py, encrypted.unwrap_or(0) + decrypted.unwrap_or(0))?;
+    let mut data = BytesBuilder::new(py, encrypted().unwrap_or(0))?;
     let mut close_notify = false;
     loop {
-        // Full: a record whose start was read by an earlier call (the SSL object keeps it,
-        // the BIO no longer counts it) can hold more than was estimated.
         if data.room() == 0 {
             data.reserve(RECORD)?;
         }
+        let offered = data.room();
         let read = data.fill(|view| {
             exact_call!(constants.ssl, sslobj, read, view.len()?, view)?.extract::<usize>()
         });
@@ -479,13 +483,12 @@ fn read_in_place<'py>(
                 close_notify = true;
                 break;
             }
+            // Everything the SSL object held is taken, and nothing is left to decrypt: the
+            // next read could only raise SSLWantReadError.
+            Ok(count) if count < offered && encrypted() == Some(0) => break,
             Ok(_) => {}
             Err(error) if error.matches(py, again)? => break,
             Err(error) => return Err(error),
-        }
-        // Nothing left to decrypt: the next read could only raise SSLWantReadError.
-        if waiting(sslobj) == (Some(0), Some(0)) {
-            break;
         }
     }
     let data = match data.is_empty() {
