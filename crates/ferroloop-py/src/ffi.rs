@@ -1025,17 +1025,7 @@ pub fn is_exact_int(obj: &Bound<'_, PyAny>) -> bool {
 /// pyo3's conversion; `None` for anything else (the caller converts the general way).
 #[inline]
 pub fn exact_int_i32(obj: &Bound<'_, PyAny>) -> Option<i32> {
-    if !is_exact_int(obj) {
-        return None;
-    }
-    let mut overflow = 0;
-    // SAFETY: an exact int: PyLong_AsLongAndOverflow cannot fail on it, and reports a value
-    // out of `long`'s range in `overflow` (no exception).
-    let value = unsafe { ffi::PyLong_AsLongAndOverflow(obj.as_ptr(), &mut overflow) };
-    if overflow != 0 {
-        return None;
-    }
-    i32::try_from(value).ok()
+    exact_int_i64(obj).and_then(|value| i32::try_from(value).ok())
 }
 
 /// The value of an exact `int` that fits in an `i64`, without the layers of pyo3's conversion
